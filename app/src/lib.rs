@@ -1,0 +1,1 @@
+//! The dashboard, a Leptos client-side app.

@@ -1,0 +1,2 @@
+//! `diffit-server`: serves runs and the dashboard.
+fn main() {}

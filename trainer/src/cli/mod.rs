@@ -1,0 +1,1 @@
+//! The `diffit` command line.

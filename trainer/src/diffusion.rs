@@ -1,0 +1,1 @@
+//! DDPM noise schedule and training objective, and the DDIM sampler.

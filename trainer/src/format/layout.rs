@@ -1,0 +1,224 @@
+//! Where every file of a run lives, and the grammar of run and checkpoint names.
+//!
+//! ```text
+//! checkpoints/
+//!   run_001/
+//!     config.json  metadata.json
+//!     base_model/base_model.safetensors
+//!     lora_weights/epoch_001.safetensors ... best.safetensors last.safetensors
+//!     logs/
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Default checkpoints directory (the seed's `base_dir`).
+pub const DEFAULT_BASE_DIR: &str = "checkpoints";
+/// Training + LoRA (+ model) configuration of a run.
+pub const CONFIG_FILE: &str = "config.json";
+/// Run metadata and checkpoint history.
+pub const METADATA_FILE: &str = "metadata.json";
+/// Folder of the frozen base model.
+pub const BASE_MODEL_DIR: &str = "base_model";
+/// File name of the frozen base model.
+pub const BASE_MODEL_FILE: &str = "base_model.safetensors";
+/// Folder of the per-epoch LoRA checkpoints.
+pub const LORA_DIR: &str = "lora_weights";
+/// Folder of the TensorBoard event files.
+pub const LOGS_DIR: &str = "logs";
+/// Lock file held (OS advisory lock) by the one process writing a run.
+pub const LOCK_FILE: &str = ".lock";
+/// Extension of every tensor file.
+pub const TENSOR_EXT: &str = "safetensors";
+/// Marker in the name of temporary files; anything holding it is a crash leftover.
+pub const TEMP_MARKER: &str = ".tmp-";
+
+/// `run_001`, ..., `run_999`, `run_1000`: at least three digits.
+pub fn run_dir_name(run_number: u32) -> String {
+    format!("run_{run_number:03}")
+}
+
+/// Parses a run directory name; only the canonical spelling (`run_007`, not `run_7` or `run_0007`).
+pub fn parse_run_dir_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("run_")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    (run_dir_name(n) == name).then_some(n)
+}
+
+/// A checkpoint a client can ask for: `base`, `best`, `last` or `epoch_NNN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckpointName {
+    /// The frozen base model.
+    Base,
+    /// The epoch with the best monitored metric.
+    Best,
+    /// The newest epoch.
+    Last,
+    /// One epoch (1-based).
+    Epoch(u32),
+}
+
+/// A string that is not a checkpoint name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid checkpoint name {0:?}: expected base, best, last or epoch_NNN")]
+pub struct InvalidCheckpointName(pub String);
+
+impl CheckpointName {
+    /// File name inside its folder, e.g. `epoch_003.safetensors`.
+    pub fn file_name(self) -> String {
+        match self {
+            CheckpointName::Base => BASE_MODEL_FILE.to_string(),
+            other => format!("{other}.{TENSOR_EXT}"),
+        }
+    }
+
+    /// Path relative to the checkpoints dir with `/` separators, as recorded in metadata:
+    /// `run_001/lora_weights/epoch_001.safetensors`.
+    pub fn relative_path(self, run_number: u32) -> String {
+        let folder = match self {
+            CheckpointName::Base => BASE_MODEL_DIR,
+            _ => LORA_DIR,
+        };
+        format!("{}/{folder}/{}", run_dir_name(run_number), self.file_name())
+    }
+}
+
+impl fmt::Display for CheckpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointName::Base => f.write_str("base"),
+            CheckpointName::Best => f.write_str("best"),
+            CheckpointName::Last => f.write_str("last"),
+            CheckpointName::Epoch(n) => write!(f, "epoch_{n:03}"),
+        }
+    }
+}
+
+impl FromStr for CheckpointName {
+    type Err = InvalidCheckpointName;
+
+    /// Accepts only the canonical spelling; `epoch_000` and `epoch_01` are rejected.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed = match s {
+            "base" => Some(CheckpointName::Base),
+            "best" => Some(CheckpointName::Best),
+            "last" => Some(CheckpointName::Last),
+            _ => s
+                .strip_prefix("epoch_")
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+                .map(CheckpointName::Epoch)
+                .filter(|name| name.to_string() == s),
+        };
+        parsed.ok_or_else(|| InvalidCheckpointName(s.to_string()))
+    }
+}
+
+/// The paths of one run under a checkpoints dir. Pure path arithmetic, no I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLayout {
+    base_dir: PathBuf,
+    run_number: u32,
+}
+
+impl RunLayout {
+    /// Layout of run `run_number` under `base_dir`.
+    pub fn new(base_dir: impl Into<PathBuf>, run_number: u32) -> Self {
+        Self { base_dir: base_dir.into(), run_number }
+    }
+    /// The run's number.
+    pub fn run_number(&self) -> u32 {
+        self.run_number
+    }
+    /// The checkpoints dir holding this run.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+    /// `<base>/run_NNN`.
+    pub fn root(&self) -> PathBuf {
+        self.base_dir.join(run_dir_name(self.run_number))
+    }
+    /// `config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.root().join(CONFIG_FILE)
+    }
+    /// `metadata.json`.
+    pub fn metadata(&self) -> PathBuf {
+        self.root().join(METADATA_FILE)
+    }
+    /// The lock file held by the run's writer.
+    pub fn lock(&self) -> PathBuf {
+        self.root().join(LOCK_FILE)
+    }
+    /// `base_model/`.
+    pub fn base_model_dir(&self) -> PathBuf {
+        self.root().join(BASE_MODEL_DIR)
+    }
+    /// `lora_weights/`.
+    pub fn lora_dir(&self) -> PathBuf {
+        self.root().join(LORA_DIR)
+    }
+    /// `logs/`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root().join(LOGS_DIR)
+    }
+    /// The file of a checkpoint name.
+    pub fn checkpoint(&self, name: CheckpointName) -> PathBuf {
+        match name {
+            CheckpointName::Base => self.base_model_dir().join(name.file_name()),
+            _ => self.lora_dir().join(name.file_name()),
+        }
+    }
+    /// Resolves a path recorded in metadata (relative to the checkpoints dir, `/`-separated).
+    pub fn resolve(&self, recorded: &str) -> PathBuf {
+        recorded.split('/').fold(self.base_dir.clone(), |p, part| p.join(part))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_round_trip_past_999() {
+        for n in [1, 7, 42, 999, 1000, 123_456] {
+            assert_eq!(parse_run_dir_name(&run_dir_name(n)), Some(n));
+        }
+        assert_eq!(run_dir_name(1), "run_001");
+        assert_eq!(run_dir_name(1000), "run_1000");
+        for bad in ["run_1", "run_0001", "run_", "run_-1", "run_1a", "Run_001", "run_001/..", "x"] {
+            assert_eq!(parse_run_dir_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_names_follow_the_grammar() {
+        for good in ["base", "best", "last", "epoch_001", "epoch_999", "epoch_1000"] {
+            let parsed: CheckpointName = good.parse().unwrap();
+            assert_eq!(parsed.to_string(), good);
+        }
+        for bad in [
+            "", "epoch_", "epoch_1", "epoch_000", "epoch_0001", "epoch_1a", "../base", "best.safetensors",
+            "BEST", "epoch_%30%30%31", "epoch_001/..", "epoch_99999999999",
+        ] {
+            assert!(bad.parse::<CheckpointName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn recorded_paths_match_the_seed_layout() {
+        assert_eq!(
+            CheckpointName::Epoch(1).relative_path(1),
+            "run_001/lora_weights/epoch_001.safetensors"
+        );
+        assert_eq!(CheckpointName::Best.relative_path(3), "run_003/lora_weights/best.safetensors");
+        assert_eq!(CheckpointName::Base.relative_path(2), "run_002/base_model/base_model.safetensors");
+        let layout = RunLayout::new("ck", 2);
+        assert_eq!(layout.resolve(&CheckpointName::Last.relative_path(2)), layout.checkpoint(CheckpointName::Last));
+    }
+}

@@ -1,0 +1,282 @@
+//! The `metadata.json` schema: the seed's fields, kept exactly, plus additions. Fields this
+//! version does not know are kept in `extra` and written back unchanged.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version of the run format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Metric name → value (`val_loss`, `train_loss`, `lr`, ...).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Whether a lower or a higher monitored metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Lower is better (losses).
+    #[default]
+    Min,
+    /// Higher is better (accuracies).
+    Max,
+}
+
+impl Mode {
+    /// True when `candidate` improves on `incumbent`. NaN never improves.
+    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
+        match self {
+            Mode::Min => candidate < incumbent,
+            Mode::Max => candidate > incumbent,
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "min" => Ok(Mode::Min),
+            "max" => Ok(Mode::Max),
+            other => Err(format!("invalid mode {other:?}: expected min or max")),
+        }
+    }
+}
+
+/// Lifecycle of a run as its writer last recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Created, nothing trained yet.
+    #[default]
+    Created,
+    /// A writer is (or was, if it died) training.
+    Running,
+    /// Training reached its last epoch.
+    Finished,
+    /// Stopped early by the user (Ctrl-C); resumable.
+    Interrupted,
+    /// Stopped by an error; resumable from the last valid checkpoint.
+    Failed,
+}
+
+/// A tensor file with its integrity data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Relative to the checkpoints dir, `/`-separated.
+    pub path: String,
+    /// `blake3:<hex>` of the whole file.
+    pub checksum: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Fields unknown to this version.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One saved epoch (the seed's `checkpoints[]` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// `run_001/lora_weights/epoch_001.safetensors`.
+    pub path: String,
+    /// Metrics at the end of this epoch.
+    pub metrics: Metrics,
+    /// Local time, `2025-01-15T11:00:00`.
+    pub saved_at: String,
+    /// `blake3:<hex>` of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Size of the file in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Optimizer steps taken when this was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_step: Option<u64>,
+    /// The file was deleted by retention; the entry stays for the metric history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+    /// Fields unknown to this version.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The seed's `best_checkpoint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestCheckpoint {
+    /// Epoch whose file `best.safetensors` holds.
+    pub epoch: u32,
+    /// `run_001/lora_weights/best.safetensors`.
+    pub path: String,
+    /// Metrics of that epoch.
+    pub metrics: Metrics,
+    /// Fields unknown to this version.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Validation metrics of one epoch, logged whether or not the epoch was saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// Metrics at the end of this epoch.
+    pub metrics: Metrics,
+}
+
+/// The whole `metadata.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The run's number (`run_003` → 3).
+    pub run_number: u32,
+    /// Experiment name (default `diffit_lora_trees`).
+    pub experiment_name: String,
+    /// Local time, `2025-01-15T10:30:00`.
+    pub created_at: String,
+    /// Saved epochs in order, including ones retention removed.
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// Best epoch by the monitored metric, once one exists.
+    pub best_checkpoint: Option<BestCheckpoint>,
+    /// Training configuration (see `config.json`).
+    pub training_config: Value,
+    /// LoRA configuration (PEFT-like: r, lora_alpha, lora_dropout, target_modules).
+    pub lora_config: Value,
+    /// Run format version.
+    #[serde(default)]
+    pub format_version: u32,
+    /// Lifecycle as last recorded by the writer.
+    #[serde(default)]
+    pub status: RunStatus,
+    /// Monitored metric for `best`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
+    /// Whether lower or higher `monitor` is better.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Local time of the last metadata write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// The frozen base model file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<FileRecord>,
+    /// Metrics of the base model alone on the validation set (`val_loss`), before any LoRA.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base_metrics: Metrics,
+    /// Every epoch's validation metrics, saved or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_history: Vec<EpochMetrics>,
+    /// Fields unknown to this version.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Metadata {
+    /// A fresh run's metadata.
+    pub fn new(run_number: u32, experiment_name: impl Into<String>, created_at: impl Into<String>) -> Self {
+        Self {
+            run_number,
+            experiment_name: experiment_name.into(),
+            created_at: created_at.into(),
+            checkpoints: Vec::new(),
+            best_checkpoint: None,
+            training_config: Value::Object(Map::new()),
+            lora_config: Value::Object(Map::new()),
+            format_version: FORMAT_VERSION,
+            status: RunStatus::Created,
+            monitor: None,
+            mode: None,
+            updated_at: None,
+            base_model: None,
+            base_metrics: Metrics::new(),
+            metric_history: Vec::new(),
+            extra: Map::new(),
+        }
+    }
+
+    /// The record of `epoch`, if it was saved.
+    pub fn checkpoint(&self, epoch: u32) -> Option<&CheckpointRecord> {
+        self.checkpoints.iter().find(|c| c.epoch == epoch)
+    }
+
+    /// Saved epochs whose files still exist (not removed by retention), oldest first.
+    pub fn live_checkpoints(&self) -> impl Iterator<Item = &CheckpointRecord> {
+        self.checkpoints.iter().filter(|c| !c.removed)
+    }
+
+    /// The newest saved epoch, removed or not.
+    pub fn last_epoch(&self) -> Option<u32> {
+        self.checkpoints.iter().map(|c| c.epoch).max()
+    }
+
+    /// The metric series for charts: every logged epoch, falling back to checkpoint records
+    /// for runs written without `metric_history`.
+    pub fn metric_series(&self) -> Vec<EpochMetrics> {
+        if !self.metric_history.is_empty() {
+            return self.metric_history.clone();
+        }
+        self.checkpoints
+            .iter()
+            .map(|c| EpochMetrics { epoch: c.epoch, metrics: c.metrics.clone() })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_EXAMPLE: &str = r#"{
+      "run_number": 1,
+      "experiment_name": "diffit_lora_trees",
+      "created_at": "2025-01-15T10:30:00",
+      "checkpoints": [
+        {
+          "epoch": 1,
+          "path": "run_001/lora_weights/epoch_001.safetensors",
+          "metrics": {"val_loss": 0.234, "train_loss": 0.189},
+          "saved_at": "2025-01-15T11:00:00"
+        }
+      ],
+      "best_checkpoint": {
+        "epoch": 3,
+        "path": "run_001/lora_weights/best.safetensors",
+        "metrics": {"val_loss": 0.198}
+      },
+      "training_config": {"epochs": 10},
+      "lora_config": {"r": 8},
+      "wandb_id": "abc123"
+    }"#;
+
+    #[test]
+    fn reads_the_seed_schema_and_keeps_unknown_fields() {
+        let meta: Metadata = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        assert_eq!(meta.run_number, 1);
+        assert_eq!(meta.checkpoints[0].metrics["val_loss"], 0.234);
+        assert_eq!(meta.best_checkpoint.as_ref().unwrap().epoch, 3);
+        assert_eq!(meta.format_version, 0, "a seed file has no version");
+        let back: Value = serde_json::to_value(&meta).unwrap();
+        assert_eq!(back["wandb_id"], "abc123");
+        let original: Value = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        for key in ["run_number", "experiment_name", "created_at", "checkpoints", "best_checkpoint", "training_config", "lora_config"] {
+            assert_eq!(back[key], original[key], "{key}");
+        }
+    }
+
+    #[test]
+    fn metric_series_falls_back_to_checkpoints() {
+        let mut meta: Metadata = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        assert_eq!(meta.metric_series().len(), 1);
+        meta.metric_history.push(EpochMetrics { epoch: 1, metrics: Metrics::new() });
+        meta.metric_history.push(EpochMetrics { epoch: 2, metrics: Metrics::new() });
+        assert_eq!(meta.metric_series().len(), 2);
+    }
+
+    #[test]
+    fn mode_compares() {
+        assert!(Mode::Min.is_better(0.1, 0.2));
+        assert!(!Mode::Min.is_better(f64::NAN, 0.2));
+        assert!(Mode::Max.is_better(0.3, 0.2));
+    }
+}

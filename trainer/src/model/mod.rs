@@ -1,0 +1,1 @@
+//! DiffiT (time-dependent self-attention diffusion transformer) and LoRA adapters.

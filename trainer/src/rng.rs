@@ -1,0 +1,1 @@
+//! Our own seeded RNG, so native and wasm draw the same numbers.

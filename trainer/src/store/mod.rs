@@ -1,0 +1,1 @@
+//! The run store: `CheckpointManager`, crash-safe writes, retention, listing.

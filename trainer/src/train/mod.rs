@@ -1,0 +1,1 @@
+//! Training: the `Trainer` loop with callbacks, AdamW, LR scheduler, TensorBoard logs.

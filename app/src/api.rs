@@ -109,7 +109,10 @@ impl RunSummary {
     pub fn best_val_loss(&self) -> Option<f64> {
         let best = self.best.as_ref()?;
         let monitors_val_loss = best.monitor.as_deref().is_none_or(|m| m == "val_loss");
-        best.metrics.get("val_loss").copied().or(if monitors_val_loss { best.value } else { None })
+        best.metrics
+            .get("val_loss")
+            .copied()
+            .or(if monitors_val_loss { best.value } else { None })
     }
 }
 
@@ -143,7 +146,11 @@ pub fn run_url(run_number: u32) -> String {
 
 /// URL of a checkpoint file; `weights_only` asks for the LoRA tensors alone (no optimizer state).
 pub fn checkpoint_url(run_number: u32, name: CheckpointName, weights_only: bool) -> String {
-    let query = if weights_only && name != CheckpointName::Base { "?weights_only=true" } else { "" };
+    let query = if weights_only && name != CheckpointName::Base {
+        "?weights_only=true"
+    } else {
+        ""
+    };
     format!("{RUNS_URL}/{run_number}/checkpoints/{name}{query}")
 }
 
@@ -162,25 +169,41 @@ pub async fn fetch_run(run_number: u32) -> Result<RunDetail, ApiError> {
 /// The raw bytes at `url` (checkpoint files).
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, ApiError> {
     let response = get_ok(url).await?;
-    response.binary().await.map_err(|e| ApiError::Network { url: url.to_string(), message: e.to_string() })
+    response.binary().await.map_err(|e| ApiError::Network {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
 }
 
 async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, ApiError> {
     let response = get_ok(url).await?;
-    let text = response.text().await.map_err(|e| ApiError::Network { url: url.to_string(), message: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| ApiError::Decode { url: url.to_string(), message: e.to_string() })
+    let text = response.text().await.map_err(|e| ApiError::Network {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ApiError::Decode {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
 }
 
 async fn get_ok(url: &str) -> Result<gloo::net::http::Response, ApiError> {
     let response = Request::get(url)
         .send()
         .await
-        .map_err(|e| ApiError::Network { url: url.to_string(), message: e.to_string() })?;
+        .map_err(|e| ApiError::Network {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
     if response.ok() {
         return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
-    Err(ApiError::Status { url: url.to_string(), status: response.status(), message: error_message(&body) })
+    Err(ApiError::Status {
+        url: url.to_string(),
+        status: response.status(),
+        message: error_message(&body),
+    })
 }
 
 /// The `error` field of a JSON error body, else the body itself (trimmed, shortened).
@@ -206,14 +229,21 @@ mod tests {
         let bare = r#"[{"run_number":1,"experiment_name":"e","checkpoints":3,
             "best":{"epoch":2,"metrics":{"val_loss":0.5}},"base_val_loss":0.9,"status":"finished"},
             {"run_number":2,"error":"metadata.json: expected value"}]"#;
-        let RunsBody::Bare(runs) = serde_json::from_str(bare).unwrap() else { panic!("bare") };
+        let RunsBody::Bare(runs) = serde_json::from_str(bare).unwrap() else {
+            panic!("bare")
+        };
         assert_eq!(runs[0].checkpoint_count(), Some(3));
         assert_eq!(runs[0].best_val_loss(), Some(0.5));
-        assert_eq!(runs[1].error.as_deref(), Some("metadata.json: expected value"));
+        assert_eq!(
+            runs[1].error.as_deref(),
+            Some("metadata.json: expected value")
+        );
         let wrapped = r#"{"runs":[{"run_number":4,"checkpoints":[{},{}]},
             {"run_number":5,"status":"finished","checkpoints_count":7,
              "best":{"epoch":3,"monitor":"val_loss","value":0.25}}]}"#;
-        let RunsBody::Wrapped { runs } = serde_json::from_str(wrapped).unwrap() else { panic!("wrapped") };
+        let RunsBody::Wrapped { runs } = serde_json::from_str(wrapped).unwrap() else {
+            panic!("wrapped")
+        };
         assert_eq!(runs[0].checkpoint_count(), Some(2));
         assert_eq!(runs[1].checkpoint_count(), Some(7));
         assert_eq!(runs[1].best_val_loss(), Some(0.25));
@@ -221,14 +251,20 @@ mod tests {
 
     #[test]
     fn error_bodies_become_messages() {
-        assert_eq!(error_message(r#"{"error":"run 9 not found"}"#), "run 9 not found");
+        assert_eq!(
+            error_message(r#"{"error":"run 9 not found"}"#),
+            "run 9 not found"
+        );
         assert_eq!(error_message("  plain text "), "plain text");
         assert_eq!(error_message(""), "no details");
     }
 
     #[test]
     fn checkpoint_urls() {
-        assert_eq!(checkpoint_url(3, CheckpointName::Base, true), "/api/runs/3/checkpoints/base");
+        assert_eq!(
+            checkpoint_url(3, CheckpointName::Base, true),
+            "/api/runs/3/checkpoints/base"
+        );
         assert_eq!(
             checkpoint_url(3, CheckpointName::Epoch(2), true),
             "/api/runs/3/checkpoints/epoch_002?weights_only=true"

@@ -36,7 +36,11 @@ pub fn cache_key(checksum: &str) -> String {
 
 /// The base model bytes: from the cache when `checksum` is known and cached with `size`
 /// bytes, else from `url` (then cached). Cache failures only cost a download.
-pub async fn load_base(url: &str, checksum: Option<&str>, size: Option<u64>) -> Result<(Vec<u8>, BaseSource), ApiError> {
+pub async fn load_base(
+    url: &str,
+    checksum: Option<&str>,
+    size: Option<u64>,
+) -> Result<(Vec<u8>, BaseSource), ApiError> {
     let Some(checksum) = checksum else {
         return Ok((fetch_bytes(url).await?, BaseSource::Network));
     };

@@ -5,7 +5,9 @@
 use leptos::prelude::*;
 
 /// Colours given to runs in order: the shown run first, then the overlays.
-pub const PALETTE: [&str; 8] = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
+pub const PALETTE: [&str; 8] = [
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f",
+];
 
 const WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 240.0;
@@ -102,7 +104,11 @@ pub fn nice_ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
     }
     let rough = (hi - lo) / count as f64;
     let magnitude = 10f64.powf(rough.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= rough).unwrap_or(10.0 * magnitude);
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= rough)
+        .unwrap_or(10.0 * magnitude);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).map(|i| i as f64 * step).collect()
@@ -134,18 +140,28 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     if e_lo > e_hi {
         (e_lo, e_hi) = (1, 1);
     }
-    let (e_lo, e_hi) = if e_lo == e_hi { (e_lo as f64 - 1.0, e_hi as f64 + 1.0) } else { (e_lo as f64, e_hi as f64) };
+    let (e_lo, e_hi) = if e_lo == e_hi {
+        (e_lo as f64 - 1.0, e_hi as f64 + 1.0)
+    } else {
+        (e_lo as f64, e_hi as f64)
+    };
 
     let values = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.baseline))
         .filter(|v| drawable(*v))
         .map(to_axis);
-    let (mut v_lo, mut v_hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (mut v_lo, mut v_hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
     if v_lo > v_hi {
         (v_lo, v_hi) = (0.0, 1.0);
     }
-    let pad = if v_hi > v_lo { (v_hi - v_lo) * 0.06 } else { v_lo.abs().max(1.0) * 0.1 };
+    let pad = if v_hi > v_lo {
+        (v_hi - v_lo) * 0.06
+    } else {
+        v_lo.abs().max(1.0) * 0.1
+    };
     let (v_lo, v_hi) = (v_lo - pad, v_hi + pad);
 
     let x = |e: f64| LEFT + (e - e_lo) / (e_hi - e_lo) * (WIDTH - LEFT - RIGHT);
@@ -153,7 +169,10 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     let path = |pts: &mut dyn Iterator<Item = (f64, f64)>| {
         let mut d = String::new();
         for (i, (px, py)) in pts.enumerate() {
-            d.push_str(&format!("{}{px:.1},{py:.1}", if i == 0 { "M" } else { " L" }));
+            d.push_str(&format!(
+                "{}{px:.1},{py:.1}",
+                if i == 0 { "M" } else { " L" }
+            ));
         }
         d
     };
@@ -161,14 +180,28 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     let placed = series
         .iter()
         .map(|s| {
-            let kept: Vec<(u32, f64)> = s.points.iter().copied().filter(|p| drawable(p.1)).collect();
-            let points: Vec<PlacedPoint> =
-                kept.iter().map(|&(epoch, value)| PlacedPoint { epoch, value, x: x(epoch as f64), y: y(value) }).collect();
+            let kept: Vec<(u32, f64)> =
+                s.points.iter().copied().filter(|p| drawable(p.1)).collect();
+            let points: Vec<PlacedPoint> = kept
+                .iter()
+                .map(|&(epoch, value)| PlacedPoint {
+                    epoch,
+                    value,
+                    x: x(epoch as f64),
+                    y: y(value),
+                })
+                .collect();
             let raw_path = path(&mut points.iter().map(|p| (p.x, p.y)));
             let smooth_path = if smoothing > 0.0 {
                 let raw: Vec<f64> = kept.iter().map(|p| p.1).collect();
                 let smoothed = smooth(&raw, smoothing);
-                path(&mut kept.iter().zip(smoothed).filter(|(_, v)| drawable(*v)).map(|(p, v)| (x(p.0 as f64), y(v))))
+                path(
+                    &mut kept
+                        .iter()
+                        .zip(smoothed)
+                        .filter(|(_, v)| drawable(*v))
+                        .map(|(p, v)| (x(p.0 as f64), y(v))),
+                )
             } else {
                 String::new()
             };
@@ -186,18 +219,51 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     let x_ticks = nice_ticks(e_lo.max(1.0), e_hi, 6)
         .into_iter()
         .filter(|e| e.fract() == 0.0)
-        .map(|e| Tick { at: x(e), label: format!("{e:.0}") })
+        .map(|e| Tick {
+            at: x(e),
+            label: format!("{e:.0}"),
+        })
         .collect();
     let y_ticks = if log_scale {
         let ticks: Vec<f64> = nice_ticks(v_lo, v_hi, 5);
-        let decades: Vec<f64> = (v_lo.ceil() as i32..=v_hi.floor() as i32).map(f64::from).collect();
+        let decades: Vec<f64> = (v_lo.ceil() as i32..=v_hi.floor() as i32)
+            .map(f64::from)
+            .collect();
         // Whole decades when the range spans some, else evenly spaced exponents.
         let exponents = if decades.len() >= 2 { decades } else { ticks };
-        exponents.into_iter().map(|e| 10f64.powf(e)).map(|v| Tick { at: y(v), label: format_value(v) }).collect()
+        exponents
+            .into_iter()
+            .map(|e| 10f64.powf(e))
+            .map(|v| Tick {
+                at: y(v),
+                label: format_value(v),
+            })
+            .collect()
     } else {
-        nice_ticks(v_lo, v_hi, 5).into_iter().map(|v| Tick { at: y(v), label: format_value(v) }).collect()
+        let ticks = nice_ticks(v_lo, v_hi, 5);
+        // As many decimals as the tick step needs, so labels read 0.40, 0.45 rather than 0.4000.
+        let step = ticks.windows(2).map(|w| w[1] - w[0]).next().unwrap_or(1.0);
+        let decimals = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
+        let label = |v: f64| {
+            if (1e-3..1e4).contains(&step) {
+                format!("{v:.decimals$}")
+            } else {
+                format_value(v)
+            }
+        };
+        ticks
+            .into_iter()
+            .map(|v| Tick {
+                at: y(v),
+                label: label(v),
+            })
+            .collect()
     };
-    Plot { series: placed, x_ticks, y_ticks }
+    Plot {
+        series: placed,
+        x_ticks,
+        y_ticks,
+    }
 }
 
 /// A chart of one metric over epochs, for one or more runs.
@@ -325,15 +391,26 @@ mod tests {
     use super::*;
 
     fn series(points: &[(u32, f64)]) -> Series {
-        Series { label: "run 1".into(), color: PALETTE[0], points: points.to_vec(), baseline: Some(1.0) }
+        Series {
+            label: "run 1".into(),
+            color: PALETTE[0],
+            points: points.to_vec(),
+            baseline: Some(1.0),
+        }
     }
 
     #[test]
     fn one_circle_per_logged_epoch_inside_the_area() {
-        let p = plot(&[series(&[(1, 0.9), (2, 0.5), (3, 0.4), (4, 0.45)])], false, 0.0);
+        let p = plot(
+            &[series(&[(1, 0.9), (2, 0.5), (3, 0.4), (4, 0.45)])],
+            false,
+            0.0,
+        );
         let pts = &p.series[0].points;
         assert_eq!(pts.len(), 4);
-        assert!(pts.iter().all(|q| (LEFT..=WIDTH - RIGHT).contains(&q.x) && (TOP..=HEIGHT - BOTTOM).contains(&q.y)));
+        assert!(pts.iter().all(
+            |q| (LEFT..=WIDTH - RIGHT).contains(&q.x) && (TOP..=HEIGHT - BOTTOM).contains(&q.y)
+        ));
         assert!(pts[0].y < pts[2].y, "a larger value is drawn higher");
         assert!(p.series[0].baseline_y.is_some());
         assert!(p.series[0].smooth_path.is_empty());
@@ -366,7 +443,10 @@ mod tests {
     fn ticks_are_round() {
         let t = nice_ticks(0.0, 1.0, 5);
         assert_eq!(t.len(), 6);
-        assert!(t.iter().zip([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]).all(|(a, b)| (a - b).abs() < 1e-12));
+        assert!(t
+            .iter()
+            .zip([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            .all(|(a, b)| (a - b).abs() < 1e-12));
         assert_eq!(nice_ticks(1.0, 10.0, 5), vec![2.0, 4.0, 6.0, 8.0, 10.0]);
     }
 }

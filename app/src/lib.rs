@@ -32,13 +32,18 @@ fn console_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = info.to_string();
         web_sys::console::error_1(&message.clone().into());
-        if let Some(body) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.body()) {
+        if let Some(body) = web_sys::window()
+            .and_then(|w| w.document())
+            .and_then(|d| d.body())
+        {
             if let Some(document) = body.owner_document() {
                 if let Ok(div) = document.create_element("div") {
                     div.set_class_name("error-box fatal");
                     let _ = div.set_attribute("role", "alert");
                     let _ = div.set_attribute("data-error", "");
-                    div.set_text_content(Some(&format!("The dashboard crashed: {message}. Reload the page.")));
+                    div.set_text_content(Some(&format!(
+                        "The dashboard crashed: {message}. Reload the page."
+                    )));
                     let _ = body.prepend_with_node_1(&div);
                 }
             }

@@ -9,8 +9,15 @@ use crate::api::EVENTS_URL;
 
 /// Event names `diffit-server` sends (and the default `message`); any of them means
 /// "something under the checkpoints dir changed".
-const EVENT_NAMES: [&str; 7] =
-    ["message", "ready", "run_added", "run_updated", "checkpoint_added", "run_removed", "resync"];
+const EVENT_NAMES: [&str; 7] = [
+    "message",
+    "ready",
+    "run_added",
+    "run_updated",
+    "checkpoint_added",
+    "run_removed",
+    "resync",
+];
 
 /// State of the connection to the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +68,10 @@ impl LiveUpdates {
             }
             Err(_) => set_connection.set(Connection::Closed),
         }
-        LiveUpdates { changes, connection }
+        LiveUpdates {
+            changes,
+            connection,
+        }
     }
 }
 
@@ -79,6 +89,9 @@ pub fn use_live() -> LiveUpdates {
     use_context::<LiveUpdates>().unwrap_or_else(|| {
         let (changes, _) = signal(0);
         let (connection, _) = signal(Connection::Closed);
-        LiveUpdates { changes, connection }
+        LiveUpdates {
+            changes,
+            connection,
+        }
     })
 }

@@ -33,20 +33,30 @@ impl Route {
         let (path, query) = hash.split_once('?').unwrap_or((hash, ""));
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let param = |key: &str| {
-            query.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
         };
         match parts.as_slice() {
             ["runs", n] => match n.parse() {
                 Ok(run) => {
                     let with = param("with")
-                        .map(|list| list.split(',').filter_map(|v| v.parse().ok()).filter(|&v| v != run).collect())
+                        .map(|list| {
+                            list.split(',')
+                                .filter_map(|v| v.parse().ok())
+                                .filter(|&v| v != run)
+                                .collect()
+                        })
                         .unwrap_or_default();
                     Route::Run { run, with }
                 }
                 Err(_) => Route::Runs,
             },
             ["runs", n, "sample"] => match n.parse() {
-                Ok(run) => Route::Sample { run, checkpoint: param("checkpoint").map(str::to_string) },
+                Ok(run) => Route::Sample {
+                    run,
+                    checkpoint: param("checkpoint").map(str::to_string),
+                },
                 Err(_) => Route::Runs,
             },
             _ => Route::Runs,
@@ -62,8 +72,14 @@ impl Route {
                 let list: Vec<String> = with.iter().map(u32::to_string).collect();
                 format!("#/runs/{run}?with={}", list.join(","))
             }
-            Route::Sample { run, checkpoint: None } => format!("#/runs/{run}/sample"),
-            Route::Sample { run, checkpoint: Some(c) } => format!("#/runs/{run}/sample?checkpoint={c}"),
+            Route::Sample {
+                run,
+                checkpoint: None,
+            } => format!("#/runs/{run}/sample"),
+            Route::Sample {
+                run,
+                checkpoint: Some(c),
+            } => format!("#/runs/{run}/sample?checkpoint={c}"),
         }
     }
 }
@@ -79,11 +95,17 @@ pub fn navigate(route: &Route) {
 /// The current route, following the location hash for the app's lifetime.
 pub fn use_route() -> ReadSignal<Route> {
     let window = web_sys::window();
-    let current = || web_sys::window().and_then(|w| w.location().hash().ok()).unwrap_or_default();
+    let current = || {
+        web_sys::window()
+            .and_then(|w| w.location().hash().ok())
+            .unwrap_or_default()
+    };
     let (route, set_route) = signal(Route::parse(&current()));
     if let Some(window) = window {
-        let on_change = Closure::<dyn FnMut()>::new(move || set_route.set(Route::parse(&current())));
-        let _ = window.add_event_listener_with_callback("hashchange", on_change.as_ref().unchecked_ref());
+        let on_change =
+            Closure::<dyn FnMut()>::new(move || set_route.set(Route::parse(&current())));
+        let _ = window
+            .add_event_listener_with_callback("hashchange", on_change.as_ref().unchecked_ref());
         // The listener lives as long as the page.
         on_change.forget();
     }
@@ -98,10 +120,22 @@ mod tests {
     fn hashes_round_trip() {
         for route in [
             Route::Runs,
-            Route::Run { run: 3, with: vec![] },
-            Route::Run { run: 3, with: vec![1, 2] },
-            Route::Sample { run: 12, checkpoint: None },
-            Route::Sample { run: 12, checkpoint: Some("epoch_002".into()) },
+            Route::Run {
+                run: 3,
+                with: vec![],
+            },
+            Route::Run {
+                run: 3,
+                with: vec![1, 2],
+            },
+            Route::Sample {
+                run: 12,
+                checkpoint: None,
+            },
+            Route::Sample {
+                run: 12,
+                checkpoint: Some("epoch_002".into()),
+            },
         ] {
             assert_eq!(Route::parse(&route.to_hash()), route);
         }
@@ -112,6 +146,12 @@ mod tests {
         for hash in ["", "#", "#/nope", "#/runs/x", "#/runs/-1/sample"] {
             assert_eq!(Route::parse(hash), Route::Runs, "{hash}");
         }
-        assert_eq!(Route::parse("#/runs/2?with=2,5,x"), Route::Run { run: 2, with: vec![5] });
+        assert_eq!(
+            Route::parse("#/runs/2?with=2,5,x"),
+            Route::Run {
+                run: 2,
+                with: vec![5]
+            }
+        );
     }
 }

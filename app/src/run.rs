@@ -18,11 +18,20 @@ const PREFERRED_METRICS: [&str; 2] = ["val_loss", "train_loss"];
 pub fn metric_names<'a>(runs: impl IntoIterator<Item = &'a Metadata>) -> Vec<String> {
     let mut names: Vec<String> = runs
         .into_iter()
-        .flat_map(|m| m.metric_series().into_iter().flat_map(|e| e.metrics.into_keys()))
+        .flat_map(|m| {
+            m.metric_series()
+                .into_iter()
+                .flat_map(|e| e.metrics.into_keys())
+        })
         .collect();
     names.sort();
     names.dedup();
-    let rank = |n: &str| PREFERRED_METRICS.iter().position(|p| *p == n).unwrap_or(PREFERRED_METRICS.len());
+    let rank = |n: &str| {
+        PREFERRED_METRICS
+            .iter()
+            .position(|p| *p == n)
+            .unwrap_or(PREFERRED_METRICS.len())
+    };
     names.sort_by_key(|n| rank(n));
     names
 }
@@ -32,7 +41,11 @@ pub fn series_of(meta: &Metadata, metric: &str, position: usize) -> Series {
     Series {
         label: format!("run {}", meta.run_number),
         color: PALETTE[position % PALETTE.len()],
-        points: meta.metric_series().iter().filter_map(|e| e.metrics.get(metric).map(|v| (e.epoch, *v))).collect(),
+        points: meta
+            .metric_series()
+            .iter()
+            .filter_map(|e| e.metrics.get(metric).map(|v| (e.epoch, *v)))
+            .collect(),
         baseline: meta.base_metrics.get(metric).copied(),
     }
 }
@@ -84,15 +97,27 @@ pub fn RunView(run: u32, with: Vec<u32>) -> impl IntoView {
 }
 
 #[component]
-fn RunBody(detail: RunDetail, overlays: Vec<Result<RunDetail, ApiError>>, with: Vec<u32>) -> impl IntoView {
+fn RunBody(
+    detail: RunDetail,
+    overlays: Vec<Result<RunDetail, ApiError>>,
+    with: Vec<u32>,
+) -> impl IntoView {
     let meta = detail.metadata.clone();
     let run = meta.run_number;
     let log_scale = RwSignal::new(false);
     let smoothing = RwSignal::new(0.0f64);
 
-    let overlay_errors: Vec<String> = overlays.iter().filter_map(|o| o.as_ref().err().map(|e| e.to_string())).collect();
+    let overlay_errors: Vec<String> = overlays
+        .iter()
+        .filter_map(|o| o.as_ref().err().map(|e| e.to_string()))
+        .collect();
     let mut shown: Vec<Metadata> = vec![meta.clone()];
-    shown.extend(overlays.into_iter().filter_map(Result::ok).map(|d| d.metadata));
+    shown.extend(
+        overlays
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|d| d.metadata),
+    );
     let metrics = metric_names(&shown);
 
     let charts = metrics
@@ -157,7 +182,10 @@ fn RunBody(detail: RunDetail, overlays: Vec<Result<RunDetail, ApiError>>, with: 
 }
 
 fn status_name(meta: &Metadata) -> String {
-    serde_json::to_value(meta.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(meta.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Checkboxes for the other runs to overlay on the charts.
@@ -270,7 +298,8 @@ fn ConfigPanel(config: serde_json::Value, meta: Metadata) -> impl IntoView {
     } else {
         config
     };
-    let text = serde_json::to_string_pretty(&shown).unwrap_or_else(|e| format!("unprintable config: {e}"));
+    let text =
+        serde_json::to_string_pretty(&shown).unwrap_or_else(|e| format!("unprintable config: {e}"));
     view! {
         <div class="panel">
             <h2>"Configuration"</h2>
@@ -287,9 +316,16 @@ mod tests {
     fn metrics_are_ordered_and_series_follow_history() {
         let mut meta = Metadata::new(1, "e", "t");
         for (epoch, v) in [(1, 0.5), (2, 0.4)] {
-            let metrics = [("val_loss".to_string(), v), ("lr".to_string(), 1e-3), ("train_loss".to_string(), v)];
+            let metrics = [
+                ("val_loss".to_string(), v),
+                ("lr".to_string(), 1e-3),
+                ("train_loss".to_string(), v),
+            ];
             meta.metric_history
-                .push(trainer::format::metadata::EpochMetrics { epoch, metrics: metrics.into_iter().collect() });
+                .push(trainer::format::metadata::EpochMetrics {
+                    epoch,
+                    metrics: metrics.into_iter().collect(),
+                });
         }
         meta.base_metrics.insert("val_loss".into(), 0.9);
         assert_eq!(metric_names([&meta]), ["val_loss", "train_loss", "lr"]);

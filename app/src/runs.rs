@@ -59,7 +59,11 @@ pub fn compare(a: &RunSummary, b: &RunSummary, key: SortKey, ascending: bool) ->
     }
     let primary = match key {
         SortKey::Run => opt(Some(a.run_number), Some(b.run_number), ascending),
-        SortKey::Experiment => opt(a.experiment_name.as_ref(), b.experiment_name.as_ref(), ascending),
+        SortKey::Experiment => opt(
+            a.experiment_name.as_ref(),
+            b.experiment_name.as_ref(),
+            ascending,
+        ),
         SortKey::Created => opt(a.created_at.as_ref(), b.created_at.as_ref(), ascending),
         SortKey::Checkpoints => opt(a.checkpoint_count(), b.checkpoint_count(), ascending),
         SortKey::BestValLoss => opt(a.best_val_loss(), b.best_val_loss(), ascending),
@@ -84,7 +88,10 @@ pub fn RunsView() -> impl IntoView {
         let mut picked = selected.get();
         picked.sort_unstable();
         if let Some((&first, rest)) = picked.split_first() {
-            navigate(&Route::Run { run: first, with: rest.to_vec() });
+            navigate(&Route::Run {
+                run: first,
+                with: rest.to_vec(),
+            });
         }
     };
 
@@ -123,12 +130,19 @@ pub fn RunsView() -> impl IntoView {
 }
 
 #[component]
-fn RunsTable(runs: Vec<RunSummary>, sort: RwSignal<(SortKey, bool)>, selected: RwSignal<Vec<u32>>) -> impl IntoView {
+fn RunsTable(
+    runs: Vec<RunSummary>,
+    sort: RwSignal<(SortKey, bool)>,
+    selected: RwSignal<Vec<u32>>,
+) -> impl IntoView {
     let rows = move || {
         let (key, ascending) = sort.get();
         let mut sorted = runs.clone();
         sorted.sort_by(|a, b| compare(a, b, key, ascending));
-        sorted.into_iter().map(|run| view! { <RunRow run=run selected=selected/> }).collect_view()
+        sorted
+            .into_iter()
+            .map(|run| view! { <RunRow run=run selected=selected/> })
+            .collect_view()
     };
     let header = COLUMNS
         .iter()
@@ -172,7 +186,12 @@ fn RunsTable(runs: Vec<RunSummary>, sort: RwSignal<(SortKey, bool)>, selected: R
 #[component]
 fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
     let n = run.run_number;
-    let open = move |_| navigate(&Route::Run { run: n, with: Vec::new() });
+    let open = move |_| {
+        navigate(&Route::Run {
+            run: n,
+            with: Vec::new(),
+        })
+    };
     let toggle = move |ev: leptos::ev::Event| {
         let on = event_target_checked(&ev);
         selected.update(|s| {
@@ -228,7 +247,9 @@ mod tests {
     use super::*;
 
     fn run(n: u32, best: Option<f64>) -> RunSummary {
-        let best = best.map(|v| format!(r#","best":{{"epoch":1,"metrics":{{"val_loss":{v}}}}}"#)).unwrap_or_default();
+        let best = best
+            .map(|v| format!(r#","best":{{"epoch":1,"metrics":{{"val_loss":{v}}}}}"#))
+            .unwrap_or_default();
         serde_json::from_str(&format!(r#"{{"run_number":{n}{best}}}"#)).unwrap()
     }
 
@@ -236,10 +257,19 @@ mod tests {
     fn sorts_with_missing_values_last() {
         let mut runs = vec![run(1, Some(0.5)), run(2, None), run(3, Some(0.2))];
         runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, true));
-        assert_eq!(runs.iter().map(|r| r.run_number).collect::<Vec<_>>(), [3, 1, 2]);
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [3, 1, 2]
+        );
         runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, false));
-        assert_eq!(runs.iter().map(|r| r.run_number).collect::<Vec<_>>(), [1, 3, 2]);
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [1, 3, 2]
+        );
         runs.sort_by(|a, b| compare(a, b, SortKey::Run, false));
-        assert_eq!(runs.iter().map(|r| r.run_number).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [3, 2, 1]
+        );
     }
 }

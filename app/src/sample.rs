@@ -18,8 +18,16 @@ pub fn checkpoint_choices(meta: &Metadata) -> Vec<(String, String)> {
     if let Some(last) = meta.last_epoch() {
         choices.push(("last".to_string(), format!("last (epoch {last})")));
     }
-    for c in meta.live_checkpoints().collect::<Vec<_>>().into_iter().rev() {
-        choices.push((format!("epoch_{:03}", c.epoch), format!("epoch {}", c.epoch)));
+    for c in meta
+        .live_checkpoints()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        choices.push((
+            format!("epoch_{:03}", c.epoch),
+            format!("epoch {}", c.epoch),
+        ));
     }
     choices
 }
@@ -50,7 +58,9 @@ pub fn SampleView(run: u32, checkpoint: Option<String>) -> impl IntoView {
 #[component]
 fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
     let choices = checkpoint_choices(&meta);
-    let initial = checkpoint.filter(|c| choices.iter().any(|(v, _)| v == c)).or_else(|| choices.first().map(|c| c.0.clone()));
+    let initial = checkpoint
+        .filter(|c| choices.iter().any(|(v, _)| v == c))
+        .or_else(|| choices.first().map(|c| c.0.clone()));
     let chosen = RwSignal::new(initial.unwrap_or_default());
     let seed = RwSignal::new("0".to_string());
     let steps = RwSignal::new("20".to_string());
@@ -60,7 +70,11 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
         .into_iter()
         .map(|(value, label)| view! { <option value=value.clone() selected=move || chosen.get() == value>{label}</option> })
         .collect_view();
-    let start = move |_| error.set(Some("sampling in the browser is not available in this build".to_string()));
+    let start = move |_| {
+        error.set(Some(
+            "sampling in the browser is not available in this build".to_string(),
+        ))
+    };
     view! {
         <form class="sample-form" on:submit=|ev| ev.prevent_default()>
             <label>

@@ -62,33 +62,49 @@ struct TensorFile {
 }
 
 fn parse_tensor_file(what: &str, bytes: &[u8]) -> Result<TensorFile, SampleError> {
-    let damaged = |message: String| SampleError::Damaged { what: what.to_string(), message };
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| damaged(e.to_string()))?;
+    let damaged = |message: String| SampleError::Damaged {
+        what: what.to_string(),
+        message,
+    };
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| damaged(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| damaged(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| damaged(e.to_string()))?;
     Ok(TensorFile { tensors, metadata })
 }
 
 /// A config from a file's `__metadata__` JSON string under `key`.
 fn from_file<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str) -> Option<T> {
-    file.metadata.get(key).and_then(|text| serde_json::from_str(text).ok())
+    file.metadata
+        .get(key)
+        .and_then(|text| serde_json::from_str(text).ok())
 }
 
 /// The model config recorded in the run's metadata: `training_config.model` (an object or a
 /// preset name), else `training_config.preset`.
 pub fn model_config_from_metadata(meta: &Metadata) -> Option<Config> {
     let training = &meta.training_config;
-    let model = training.get("model").or_else(|| training.get("model_config"));
+    let model = training
+        .get("model")
+        .or_else(|| training.get("model_config"));
     match model {
         Some(Value::Object(_)) => model.and_then(|m| serde_json::from_value(m.clone()).ok()),
         Some(Value::String(name)) => Config::preset(name),
-        _ => training.get("preset").and_then(Value::as_str).and_then(Config::preset),
+        _ => training
+            .get("preset")
+            .and_then(Value::as_str)
+            .and_then(Config::preset),
     }
 }
 
 /// Downloads the base (or takes it from the cache) and `checkpoint`'s LoRA weights, checks they
 /// fit, and builds the base and fused models. `on_phase` is told what is happening.
-pub async fn load_models(meta: &Metadata, checkpoint: CheckpointName, on_phase: impl Fn(&str)) -> Result<Models, SampleError> {
+pub async fn load_models(
+    meta: &Metadata,
+    checkpoint: CheckpointName,
+    on_phase: impl Fn(&str),
+) -> Result<Models, SampleError> {
     let run = meta.run_number;
     on_phase("downloading the base model");
     let record = meta.base_model.as_ref();
@@ -100,8 +116,12 @@ pub async fn load_models(meta: &Metadata, checkpoint: CheckpointName, on_phase: 
     .await?;
     on_phase("downloading the LoRA weights");
     let lora_bytes = fetch_bytes(&checkpoint_url(run, checkpoint, true)).await?;
-    let downloaded_bytes =
-        lora_bytes.len() as u64 + if base_source == BaseSource::Network { base_bytes.len() as u64 } else { 0 };
+    let downloaded_bytes = lora_bytes.len() as u64
+        + if base_source == BaseSource::Network {
+            base_bytes.len() as u64
+        } else {
+            0
+        };
 
     on_phase("fusing LoRA into the base");
     let base = parse_tensor_file("the base model", &base_bytes)?;
@@ -115,9 +135,23 @@ pub async fn load_models(meta: &Metadata, checkpoint: CheckpointName, on_phase: 
         .ok_or(SampleError::MissingConfig("LoRA"))?;
     validate_lora(&config, &base.tensors, &lora.tensors, &lora_config)?;
     let fused_tensors = fuse_lora_weights(&base.tensors, &lora.tensors, &lora_config)?;
-    let fused = DiffiT::new(&config, VarBuilder::from_tensors(fused_tensors, DType::F32, &Device::Cpu), None)?;
-    let base_model = DiffiT::new(&config, VarBuilder::from_tensors(base.tensors, DType::F32, &Device::Cpu), None)?;
-    Ok(Models { config, base: base_model, fused, base_source, downloaded_bytes })
+    let fused = DiffiT::new(
+        &config,
+        VarBuilder::from_tensors(fused_tensors, DType::F32, &Device::Cpu),
+        None,
+    )?;
+    let base_model = DiffiT::new(
+        &config,
+        VarBuilder::from_tensors(base.tensors, DType::F32, &Device::Cpu),
+        None,
+    )?;
+    Ok(Models {
+        config,
+        base: base_model,
+        fused,
+        base_source,
+        downloaded_bytes,
+    })
 }
 
 /// One sampling run: the fused model and (optionally) the base alone, from the same noise.
@@ -128,10 +162,19 @@ pub struct Sampling {
 
 impl Sampling {
     /// Prepares `count` images per model with `steps` DDIM steps from `seed`.
-    pub fn new(models: &Models, seed: u64, steps: usize, count: usize, with_base: bool) -> Result<Self, SampleError> {
+    pub fn new(
+        models: &Models,
+        seed: u64,
+        steps: usize,
+        count: usize,
+        with_base: bool,
+    ) -> Result<Self, SampleError> {
         let schedule = NoiseSchedule::default();
         let make = || DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu);
-        Ok(Sampling { lora: make()?, base: if with_base { Some(make()?) } else { None } })
+        Ok(Sampling {
+            lora: make()?,
+            base: if with_base { Some(make()?) } else { None },
+        })
     }
 
     /// `(steps done, total steps)` of the fused model.
@@ -152,7 +195,11 @@ impl Sampling {
     /// returned false.
     pub fn images(&self) -> Result<(Vec<Vec<u8>>, Option<Vec<Vec<u8>>>), SampleError> {
         let view = |s: &DdimSampler| -> Result<Vec<Vec<u8>>, SampleError> {
-            let x = if s.is_done() { s.clone().finish()? } else { s.current_x0()? };
+            let x = if s.is_done() {
+                s.clone().finish()?
+            } else {
+                s.current_x0()?
+            };
             Ok(to_rgb8(&x)?)
         };
         Ok((view(&self.lora)?, self.base.as_ref().map(view).transpose()?))
@@ -170,7 +217,8 @@ mod tests {
         assert_eq!(model_config_from_metadata(&meta), Some(Config::tiny()));
         meta.training_config = serde_json::json!({ "model": "small" });
         assert_eq!(model_config_from_metadata(&meta), Some(Config::small()));
-        meta.training_config = serde_json::json!({ "model": serde_json::to_value(Config::tiny()).unwrap() });
+        meta.training_config =
+            serde_json::json!({ "model": serde_json::to_value(Config::tiny()).unwrap() });
         assert_eq!(model_config_from_metadata(&meta), Some(Config::tiny()));
         meta.training_config = serde_json::json!({});
         assert_eq!(model_config_from_metadata(&meta), None);

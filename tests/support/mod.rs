@@ -21,7 +21,10 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `target/e2e-artifacts/`, where screenshots and sampled images are kept for a human to look at.
@@ -47,21 +50,35 @@ pub fn site_dir() -> PathBuf {
 pub fn workspace_binaries() -> (PathBuf, PathBuf) {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/browser-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut build = Command::new(env!("CARGO"));
-    build.current_dir(workspace_root()).args(["build", "--quiet", "-p", "trainer", "-p", "server", "--bins"]);
+    build.current_dir(workspace_root()).args([
+        "build", "--quiet", "-p", "trainer", "-p", "server", "--bins",
+    ]);
     if release {
         build.arg("--release");
     }
     let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of diffit and diffit-server failed");
-    (profile_dir.join("diffit"), profile_dir.join("diffit-server"))
+    assert!(
+        status.success(),
+        "cargo build of diffit and diffit-server failed"
+    );
+    (
+        profile_dir.join("diffit"),
+        profile_dir.join("diffit-server"),
+    )
 }
 
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
@@ -88,7 +105,9 @@ impl ProcessGuard {
     /// Starts `command` in its own process group (so its children die with it).
     pub fn spawn(name: &'static str, mut command: Command) -> ProcessGuard {
         command.process_group(0);
-        let child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
         ProcessGuard { child, name }
     }
 }
@@ -97,7 +116,9 @@ impl Drop for ProcessGuard {
     fn drop(&mut self) {
         let pid = self.child.id() as i32;
         // The whole group: chromedriver's Chromium and its helpers too.
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
         }
@@ -118,7 +139,8 @@ impl Server {
     pub fn start(server_bin: &Path, checkpoints: &Path) -> Server {
         let port = free_port();
         let log = artifacts_dir().join(format!("server-{port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let log_file =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut command = Command::new(server_bin);
         command
             .arg("--checkpoints")
@@ -130,7 +152,10 @@ impl Server {
             .stderr(Stdio::from(log_file));
         let mut process = ProcessGuard::spawn("diffit-server", command);
         wait_for_port(port, "diffit-server", &mut process.child);
-        Server { url: format!("http://127.0.0.1:{port}"), _process: process }
+        Server {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
     }
 }
 
@@ -139,7 +164,10 @@ pub fn browser_available() -> bool {
     let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
     if !present {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "{CHROMIUM} or {CHROMEDRIVER} is missing: run scripts/browser-env.sh");
+        assert!(
+            !ci,
+            "{CHROMIUM} or {CHROMEDRIVER} is missing: run scripts/browser-env.sh"
+        );
         eprintln!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is missing (run scripts/browser-env.sh)");
     }
     present
@@ -158,7 +186,10 @@ impl Browser {
     pub async fn start() -> Browser {
         let port = free_port();
         let mut command = Command::new(CHROMEDRIVER);
-        command.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut driver = ProcessGuard::spawn("chromedriver", command);
         wait_for_port(port, "chromedriver", &mut driver.child);
 
@@ -180,13 +211,19 @@ impl Browser {
             "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
             "goog:loggingPrefs": { "browser": "ALL" },
         });
-        let Value::Object(capabilities) = capabilities else { unreachable!() };
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
         let client = ClientBuilder::native()
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("start a Chromium session through chromedriver");
-        Browser { client, _profile: profile, _driver: driver }
+        Browser {
+            client,
+            _profile: profile,
+            _driver: driver,
+        }
     }
 
     /// Saves a PNG screenshot of the page as `target/e2e-artifacts/<name>.png`.
@@ -199,11 +236,20 @@ impl Browser {
 
     /// Waits up to `timeout` for an element matching `css`.
     pub async fn wait_for(&self, css: &str, timeout: Duration) -> fantoccini::elements::Element {
-        match self.client.wait().at_most(timeout).for_element(Locator::Css(css)).await {
+        match self
+            .client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+        {
             Ok(element) => element,
             Err(e) => {
                 let shot = self.screenshot("timeout").await;
-                panic!("no `{css}` within {timeout:?} ({e}); page in {}", shot.display());
+                panic!(
+                    "no `{css}` within {timeout:?} ({e}); page in {}",
+                    shot.display()
+                );
             }
         }
     }
@@ -212,13 +258,20 @@ impl Browser {
     pub async fn wait_until(&self, script: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let value = self.client.execute(&format!("return !!({script});"), vec![]).await.expect("execute");
+            let value = self
+                .client
+                .execute(&format!("return !!({script});"), vec![])
+                .await
+                .expect("execute");
             if value == Value::Bool(true) {
                 return;
             }
             if Instant::now() > deadline {
                 let shot = self.screenshot("timeout").await;
-                panic!("`{script}` still false after {timeout:?}; page in {}", shot.display());
+                panic!(
+                    "`{script}` still false after {timeout:?}; page in {}",
+                    shot.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -226,6 +279,10 @@ impl Browser {
 
     /// Number of elements matching `css`.
     pub async fn count(&self, css: &str) -> usize {
-        self.client.find_all(Locator::Css(css)).await.expect("find_all").len()
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find_all")
+            .len()
     }
 }

@@ -5,6 +5,7 @@
 //! event stream, `route` keeps the open view in the URL hash.
 
 pub mod api;
+pub mod base_cache;
 pub mod chart;
 pub mod display;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod route;
 pub mod run;
 pub mod runs;
 pub mod sample;
+pub mod sampler;
 
 use leptos::prelude::*;
 use wasm_bindgen::prelude::wasm_bindgen;

@@ -1,0 +1,204 @@
+//! Exporting a trained run: PEFT adapter folders (`adapter_model.safetensors` +
+//! `adapter_config.json`) and merged (LoRA fused into the base) safetensors files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::format::tensors::{is_lora_tensor, lora_module};
+use crate::train::config::LoraSettings;
+
+/// PEFT's file names inside an adapter folder.
+pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PEFT's adapter config file name.
+pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
+/// PEFT prefixes every adapter tensor with the wrapped model's path.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Errors of exporting; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Writing a file or folder failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serialising tensors failed.
+    #[error("cannot write tensors to {path}: {source}")]
+    Tensors {
+        /// The safetensors file.
+        path: PathBuf,
+        /// candle's error.
+        source: candle_core::Error,
+    },
+    /// The checkpoint holds no LoRA tensors to export.
+    #[error("no LoRA tensors to export")]
+    NoLoraTensors,
+}
+
+/// `adapter_config.json` as PEFT writes it for LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftAdapterConfig {
+    /// Always `LORA`.
+    pub peft_type: String,
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator.
+    pub lora_alpha: f64,
+    /// Dropout used in training.
+    pub lora_dropout: f64,
+    /// Module-name suffixes with adapters.
+    pub target_modules: Vec<String>,
+    /// Which biases were trained (`none`).
+    pub bias: String,
+    /// Weights are stored `out × in` (candle and PyTorch `Linear` layout).
+    pub fan_in_fan_out: bool,
+    /// Adapters are for inference.
+    pub inference_mode: bool,
+    /// The base model these adapters belong to.
+    pub base_model_name_or_path: String,
+    /// Task type (none for a diffusion model).
+    pub task_type: Option<String>,
+    /// Modules trained in full besides LoRA (none).
+    pub modules_to_save: Option<Vec<String>>,
+}
+
+impl PeftAdapterConfig {
+    /// The PEFT config of our LoRA settings.
+    pub fn new(lora: &LoraSettings, base_model: impl Into<String>) -> Self {
+        Self {
+            peft_type: "LORA".into(),
+            r: lora.r,
+            lora_alpha: lora.lora_alpha,
+            lora_dropout: lora.lora_dropout,
+            target_modules: lora.target_modules.clone(),
+            bias: "none".into(),
+            fan_in_fan_out: false,
+            inference_mode: true,
+            base_model_name_or_path: base_model.into(),
+            task_type: None,
+            modules_to_save: None,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a PEFT adapter folder: only the `lora_A` / `lora_B` tensors of `tensors` (optimizer
+/// state and anything else is dropped), renamed with PEFT's `base_model.model.` prefix.
+pub fn write_peft_adapter(
+    dir: &Path,
+    tensors: &HashMap<String, Tensor>,
+    lora: &LoraSettings,
+    base_model: &str,
+) -> Result<PathBuf, ExportError> {
+    let adapters: BTreeMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(name, _)| is_lora_tensor(name) && lora_module(name).is_some())
+        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t.clone()))
+        .collect();
+    if adapters.is_empty() {
+        return Err(ExportError::NoLoraTensors);
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let weights = dir.join(PEFT_WEIGHTS_FILE);
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    write_safetensors(&weights, &adapters, Some(meta))?;
+    let config = dir.join(PEFT_CONFIG_FILE);
+    let json =
+        serde_json::to_string_pretty(&PeftAdapterConfig::new(lora, base_model)).map_err(|e| {
+            ExportError::Io {
+                path: config.clone(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+    std::fs::write(&config, json + "\n").map_err(io_err(&config))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Writes tensors (sorted by name) with optional `__metadata__`.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), ExportError> {
+    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| ExportError::Tensors {
+        path: path.to_path_buf(),
+        source: candle_core::Error::wrap(e),
+    })?;
+    std::fs::write(path, bytes).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn peft_folder_holds_only_adapters_and_a_peft_config() {
+        let dev = Device::Cpu;
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            "blocks.0.attn.qkv.lora_A.weight".to_string(),
+            Tensor::ones((4, 8), DType::F32, &dev).unwrap(),
+        );
+        tensors.insert(
+            "blocks.0.attn.qkv.lora_B.weight".to_string(),
+            Tensor::zeros((24, 4), DType::F32, &dev).unwrap(),
+        );
+        tensors.insert(
+            "optimizer.exp_avg.blocks.0.attn.qkv.lora_A.weight".to_string(),
+            Tensor::zeros((4, 8), DType::F32, &dev).unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("adapter");
+        let lora = LoraSettings {
+            r: 4,
+            ..Default::default()
+        };
+        write_peft_adapter(
+            &out,
+            &tensors,
+            &lora,
+            "run_001/base_model/base_model.safetensors",
+        )
+        .unwrap();
+
+        let loaded = candle_core::safetensors::load(out.join(PEFT_WEIGHTS_FILE), &dev).unwrap();
+        let mut names: Vec<_> = loaded.keys().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "base_model.model.blocks.0.attn.qkv.lora_A.weight",
+                "base_model.model.blocks.0.attn.qkv.lora_B.weight"
+            ]
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(PEFT_CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(cfg["peft_type"], "LORA");
+        assert_eq!(cfg["r"], 4);
+        assert_eq!(cfg["lora_alpha"], 16.0);
+        assert_eq!(cfg["target_modules"][0], "attn.qkv");
+    }
+
+    #[test]
+    fn nothing_to_export_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_peft_adapter(dir.path(), &HashMap::new(), &LoraSettings::default(), "x")
+            .unwrap_err();
+        assert!(matches!(err, ExportError::NoLoraTensors));
+    }
+}

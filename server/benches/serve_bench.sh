@@ -2,7 +2,7 @@
 # Measures diffit-server on loopback: requests/s of GET /api/runs with $RUNS runs (wrk), next to
 # nginx serving the same JSON from a file, and peak RSS while streaming a $LARGE_BYTES checkpoint.
 # Only 127.0.0.1 is used; every process started here is stopped on exit.
-#   server/benches/serve_bench.sh            (env: RUNS DURATION CONNS THREADS LARGE_BYTES PROFILE)
+#   server/benches/serve_bench.sh   (env: RUNS DURATION CONNS THREADS LARGE_BYTES PROFILE SKIP_BUILD)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$ROOT"
-cargo build --profile "$PROFILE" -p server --bin diffit-server --example gen_runs
+[ -n "${SKIP_BUILD:-}" ] || cargo build --profile "$PROFILE" -p server --bin diffit-server --example gen_runs
 OUT_DIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 "$OUT_DIR/examples/gen_runs" "$WORK/checkpoints" "$RUNS" --large-bytes "$LARGE_BYTES"
 
@@ -48,7 +48,10 @@ end=$(date +%s.%N)
 echo "server VmRSS after: $(rss VmRSS) KiB, peak VmHWM: $(rss VmHWM) KiB, took $(echo "$end - $start" | bc) s"
 
 mkdir -p "$WORK/www/api" "$WORK/nginx"
+# nginx workers run unprivileged: let them read the served copy.
+chmod 755 "$WORK" "$WORK/www" "$WORK/www/api"
 curl -sf "http://127.0.0.1:$SERVER_PORT/api/runs" -o "$WORK/www/api/runs.json"
+chmod 644 "$WORK/www/api/runs.json"
 echo "== /api/runs body: $(stat -c %s "$WORK/www/api/runs.json") bytes for $RUNS runs"
 cat >"$WORK/nginx/nginx.conf" <<CONF
 worker_processes auto;

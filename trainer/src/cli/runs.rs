@@ -1,0 +1,63 @@
+//! `diffit train --list-runs` / `diffit runs list` (the seed's table) and `diffit runs show N`.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::store::{list_all_runs, CheckpointManager, RunListing};
+
+/// A rule line of the seed's table.
+fn rule(c: char) -> String {
+    std::iter::repeat_n(c, 80).collect()
+}
+
+/// The seed's run table: one line per run, starting with its number; broken runs say why.
+pub fn format_runs_table(runs: &[RunListing]) -> String {
+    let mut out = String::new();
+    out.push_str("Available Training Runs:\n");
+    out.push_str(&rule('='));
+    out.push('\n');
+    out.push_str(&format!(
+        "{:<8} {:<25} {:<21} {}\n",
+        "Run #", "Experiment", "Created", "Checkpoints"
+    ));
+    out.push_str(&rule('-'));
+    out.push('\n');
+    for run in runs {
+        let line = match &run.info {
+            Ok(info) => {
+                // `2025-01-15T10:30:00` is shown as `2025-01-15 10:30:00`, as in the seed.
+                let created = info.created_at.replacen('T', " ", 1);
+                format!(
+                    "{:<8} {:<25} {:<20} {}",
+                    run.run_number, info.experiment_name, created, info.checkpoints_count
+                )
+            }
+            Err(e) => format!("{:<8} BROKEN: {e}", run.run_number),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&rule('='));
+    out.push('\n');
+    out
+}
+
+/// Prints the table of runs under `base_dir`.
+pub fn print_runs_table(base_dir: &Path) -> anyhow::Result<()> {
+    let runs = list_all_runs(base_dir)?;
+    if runs.is_empty() {
+        println!("No training runs in {}", base_dir.display());
+        return Ok(());
+    }
+    print!("{}", format_runs_table(&runs));
+    Ok(())
+}
+
+/// Prints the summary of run `run_number`.
+pub fn show_run(base_dir: &Path, run_number: u32) -> anyhow::Result<()> {
+    let run = CheckpointManager::open_read_only(base_dir, run_number)
+        .with_context(|| format!("cannot show run {run_number}"))?;
+    print!("{}", run.get_run_summary());
+    Ok(())
+}

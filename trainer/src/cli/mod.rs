@@ -3,7 +3,10 @@
 //! Parsing lives here; each subcommand's work lives in its own module, and the binary is a thin
 //! `main` over [`run`].
 
+pub mod pretrain;
 pub mod runs;
+pub mod sample;
+pub mod train;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -39,6 +42,12 @@ pub enum Command {
     },
     /// Check every file of a run against its recorded checksum; non-zero exit if any is damaged.
     Verify(VerifyArgs),
+    /// Train a full base model on the generic (tree-free) set and write it.
+    Pretrain(pretrain::PretrainArgs),
+    /// Sample an image grid from a run's checkpoint (base + LoRA fused, DDIM).
+    Sample(sample::SampleArgs),
+    /// Export a run's checkpoint as merged weights or a PEFT adapter folder.
+    Export(sample::ExportArgs),
 }
 
 /// `diffit runs ...`.
@@ -109,9 +118,9 @@ pub struct TrainArgs {
     /// Seed for data order, initialisation and noise.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Directory holding the runs.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE_DIR)]
-    pub checkpoints: PathBuf,
+    /// Directory holding the runs (default: the config's `base_dir`, else `checkpoints`).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Option<PathBuf>,
     /// Experiment name recorded in a new run.
     #[arg(long)]
     pub experiment: Option<String>,
@@ -143,11 +152,17 @@ pub fn run() -> anyhow::Result<()> {
 /// Runs an already parsed command line.
 pub fn run_cli(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(args) if args.list_runs => runs::print_runs_table(&args.checkpoints),
-        Command::Train(_args) => {
-            // The training loop plugs in here as `crate::train::cli_train(_args)`.
-            anyhow::bail!("training is not built yet")
+        Command::Train(args) if args.list_runs => {
+            let dir = args
+                .checkpoints
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
+            runs::print_runs_table(&dir)
         }
+        Command::Train(args) => train::train(&args),
+        Command::Pretrain(args) => pretrain::pretrain(&args),
+        Command::Sample(args) => sample::sample(&args),
+        Command::Export(args) => sample::export(&args),
         Command::Runs {
             command: RunsCommand::Show(args),
         } => runs::show_run(&args.dir.checkpoints, args.run_number),
@@ -210,7 +225,7 @@ mod tests {
         assert_eq!(a.learning_rate, Some(1e-4));
         assert!(a.resume && !a.list_runs);
         assert_eq!(a.mode, Some(Mode::Max));
-        assert_eq!(a.checkpoints, PathBuf::from("ck"));
+        assert_eq!(a.checkpoints, Some(PathBuf::from("ck")));
         assert_eq!(a.keep_last_n, Some(5));
         assert_eq!(a.save_every_n_epochs, Some(2));
         assert!(

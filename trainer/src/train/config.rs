@@ -144,6 +144,28 @@ impl Default for LoraSettings {
     }
 }
 
+impl LoraSettings {
+    /// The model's LoRA config.
+    pub fn to_model(&self) -> crate::model::LoraConfig {
+        crate::model::LoraConfig {
+            r: self.r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            target_modules: self.target_modules.clone(),
+        }
+    }
+
+    /// Settings of a model LoRA config.
+    pub fn from_model(c: &crate::model::LoraConfig) -> Self {
+        Self {
+            r: c.r,
+            lora_alpha: c.lora_alpha,
+            lora_dropout: c.lora_dropout,
+            target_modules: c.target_modules.clone(),
+        }
+    }
+}
+
 /// Where the fine-tuning images come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,12 +1,35 @@
-//! Training: the `Trainer` loop with callbacks, AdamW, LR scheduler, TensorBoard logs.
+//! Training: the `Trainer` loop with callbacks, AdamW, LR scheduler, TensorBoard logs,
+//! pretraining of base models, and sampling/export of trained runs.
+//!
+//! - [`trainer`]: [`Trainer`], the [`Callback`] trait and validation.
+//! - [`callbacks`]: the seed's checkpoint and resume callbacks on the run store, TensorBoard.
+//! - [`state`]: [`TrainState`] and its checkpoint round trip.
+//! - [`session`]: one `diffit train` end to end (new run or resume).
+//! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
+//! - [`config`]: defaults, the seed's YAML, command-line overrides.
+//! - [`pretrain`], [`sample`], [`export`], [`tensorboard`].
 
+pub mod callbacks;
 pub mod config;
+pub mod error;
 pub mod export;
 pub mod optim;
+pub mod pretrain;
+pub mod sample;
 pub mod scheduler;
+pub mod session;
+pub mod state;
 pub mod tensorboard;
+pub mod trainer;
 
+pub use callbacks::{
+    DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
+};
 pub use config::{ConfigError, Overrides, Preset, TrainingConfig};
+pub use error::TrainError;
 pub use optim::{AdamW, AdamWParams, OptimError};
 pub use scheduler::{LrScheduler, SchedulerError};
+pub use session::{run_training, TrainReport, TrainRequest};
+pub use state::TrainState;
 pub use tensorboard::{EventWriter, TensorBoardError};
+pub use trainer::{Callback, FitOutcome, Trainer};

@@ -1,0 +1,102 @@
+//! `diffit sample` and `diffit export`: use a trained run's checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::format::layout::DEFAULT_BASE_DIR;
+use crate::format::CheckpointName;
+use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
+
+/// `diffit sample` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SampleArgs {
+    /// The run to sample from.
+    #[arg(long)]
+    pub run_number: u32,
+    /// Checkpoint: best, last, epoch_NNN, or base (no LoRA).
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Output PNG.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Directory holding the runs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE_DIR)]
+    pub checkpoints: PathBuf,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One safetensors file: LoRA fused into the base, no LoRA tensors.
+    Merged,
+    /// A PEFT adapter folder: adapter_model.safetensors + adapter_config.json.
+    Peft,
+}
+
+/// `diffit export` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The run to export.
+    #[arg(long)]
+    pub run_number: u32,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output file (merged) or folder (peft).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Checkpoint: best, last or epoch_NNN.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// Directory holding the runs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE_DIR)]
+    pub checkpoints: PathBuf,
+}
+
+fn checkpoint_name(text: &str) -> anyhow::Result<CheckpointName> {
+    text.parse::<CheckpointName>().context("--checkpoint")
+}
+
+/// Runs `diffit sample`.
+pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
+    let name = checkpoint_name(&args.checkpoint)?;
+    let model = load_fused(&args.checkpoints, args.run_number, name)?;
+    let path = sample_grid(&model, args.n, args.seed, args.steps, &args.out)?;
+    eprintln!(
+        "wrote {} ({} images, run {:03} {name}, seed {})",
+        path.display(),
+        args.n,
+        args.run_number,
+        args.seed
+    );
+    Ok(())
+}
+
+/// Runs `diffit export`.
+pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let name = checkpoint_name(&args.checkpoint)?;
+    if name == CheckpointName::Base {
+        anyhow::bail!("--checkpoint base has no adapters; export best, last or epoch_NNN");
+    }
+    let model = load_fused(&args.checkpoints, args.run_number, name)?;
+    let path = match args.format {
+        ExportFormat::Merged => export_merged(&model, &args.out)?,
+        ExportFormat::Peft => {
+            let base = CheckpointName::Base.relative_path(args.run_number);
+            export_peft(&model, &args.out, &base)?
+        }
+    };
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

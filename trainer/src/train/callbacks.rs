@@ -1,0 +1,261 @@
+//! The seed's callbacks on the run store: `DistributedCheckpointCallback` (base model once,
+//! LoRA + optimizer + scheduler + RNG state per epoch, best/last, retention, status),
+//! `ResumeFromCheckpointCallback`, and a TensorBoard logger.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::json;
+
+use crate::diffusion::{ddim_sample, to_rgb8, NoiseSchedule};
+use crate::format::metadata::Metrics;
+use crate::format::{Mode, RunStatus};
+use crate::rng::mix_seed;
+use crate::store::CheckpointManager;
+
+use super::error::TrainError;
+use super::state::{streams, TrainState};
+use super::tensorboard::EventWriter;
+use super::trainer::{Callback, FitOutcome};
+
+/// A run store shared by the callbacks of one fit (as the seed passes one manager to each).
+pub type SharedManager = Rc<RefCell<CheckpointManager>>;
+
+/// Saves the base model once and a LoRA checkpoint every `save_every_n_epochs` epochs (and at
+/// the last epoch), keeping `best` by `monitor`/`mode` and the newest `keep_last_n` epochs.
+#[derive(Debug)]
+pub struct DistributedCheckpointCallback {
+    manager: SharedManager,
+    /// Metric deciding `best`.
+    pub monitor: String,
+    /// Whether lower or higher is better.
+    pub mode: Mode,
+    /// Save every N epochs.
+    pub save_every_n_epochs: u32,
+    /// Epoch files kept.
+    pub keep_last_n: u32,
+    /// Write the base model into the run if it is not there yet.
+    pub save_base_model: bool,
+    /// Write LoRA checkpoints at all (`training.checkpoint.enabled`).
+    pub enabled: bool,
+}
+
+impl DistributedCheckpointCallback {
+    /// The callback with the seed's defaults (`val_loss`, min, every epoch, keep 5, save base).
+    pub fn new(manager: SharedManager) -> Self {
+        Self {
+            manager,
+            monitor: "val_loss".into(),
+            mode: Mode::Min,
+            save_every_n_epochs: 1,
+            keep_last_n: 5,
+            save_base_model: true,
+            enabled: true,
+        }
+    }
+
+    /// Settings from a run's `training.checkpoint` section.
+    pub fn from_settings(manager: SharedManager, s: &super::config::CheckpointSettings) -> Self {
+        Self {
+            manager,
+            monitor: s.monitor.clone(),
+            mode: s.mode,
+            save_every_n_epochs: s.save_every_n_epochs.max(1),
+            keep_last_n: s.keep_last_n.max(1),
+            save_base_model: s.save_base_model,
+            enabled: s.enabled,
+        }
+    }
+
+    fn due(&self, state: &TrainState) -> bool {
+        state.epoch % self.save_every_n_epochs == 0 || state.epoch >= state.config.epochs
+    }
+}
+
+impl Callback for DistributedCheckpointCallback {
+    fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
+        let mut m = self.manager.borrow_mut();
+        let config = json!({
+            "training": state.config,
+            "lora": state.lora_config,
+            "model": state.model_config,
+        });
+        m.save_config(&config)?;
+        if self.save_base_model && !m.has_base_model() {
+            let tensors = state
+                .base
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let model_config = serde_json::to_value(&state.model_config)
+                .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
+            m.save_base_model(&tensors, &model_config)?;
+        }
+        if let Some(record) = &m.metadata().base_model {
+            state.base_checksum = Some(record.checksum.clone());
+        }
+        m.set_status(RunStatus::Running)?;
+        Ok(())
+    }
+
+    fn on_base_validation_end(
+        &mut self,
+        _state: &mut TrainState,
+        metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        self.manager
+            .borrow_mut()
+            .set_base_metrics(metrics.clone())?;
+        Ok(())
+    }
+
+    fn on_validation_end(
+        &mut self,
+        state: &mut TrainState,
+        metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        self.manager
+            .borrow_mut()
+            .record_epoch_metrics(state.epoch, metrics)?;
+        Ok(())
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        state: &mut TrainState,
+        metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        if !self.enabled || !self.due(state) {
+            return Ok(());
+        }
+        let ckpt = state.to_checkpoint(metrics)?;
+        let mut m = self.manager.borrow_mut();
+        m.save_lora_weights(&ckpt, &self.monitor, self.mode)?;
+        m.cleanup_old_checkpoints(self.keep_last_n as usize, true)?;
+        Ok(())
+    }
+
+    fn on_fit_end(
+        &mut self,
+        _state: &mut TrainState,
+        outcome: FitOutcome,
+    ) -> Result<(), TrainError> {
+        let status = match outcome {
+            FitOutcome::Finished => RunStatus::Finished,
+            FitOutcome::Interrupted => RunStatus::Interrupted,
+            FitOutcome::Failed => RunStatus::Failed,
+        };
+        self.manager.borrow_mut().set_status(status)?;
+        Ok(())
+    }
+}
+
+/// Restores the newest valid checkpoint of the run at fit start: LoRA weights and RNG states
+/// always, the optimizer and scheduler states when asked (the seed's defaults: both).
+#[derive(Debug)]
+pub struct ResumeFromCheckpointCallback {
+    manager: SharedManager,
+    /// Restore Adam's moments and step.
+    pub load_optimizer: bool,
+    /// Restore the LR schedule.
+    pub load_scheduler: bool,
+    /// Damaged newer checkpoints passed over, as messages.
+    pub skipped: Vec<String>,
+}
+
+impl ResumeFromCheckpointCallback {
+    /// Resumes through `manager`.
+    pub fn new(manager: SharedManager, load_optimizer: bool, load_scheduler: bool) -> Self {
+        Self {
+            manager,
+            load_optimizer,
+            load_scheduler,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl Callback for ResumeFromCheckpointCallback {
+    fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
+        let m = self.manager.borrow();
+        if state.base_checksum.is_none() {
+            state.base_checksum = m.metadata().base_model.as_ref().map(|r| r.checksum.clone());
+        }
+        let Some(resume) = m.load_for_resume()? else {
+            return Ok(());
+        };
+        for err in &resume.skipped {
+            let msg = format!("skipped damaged checkpoint: {err}");
+            eprintln!("warning: {msg}");
+            self.skipped.push(msg);
+        }
+        state.restore(&resume.checkpoint, self.load_optimizer, self.load_scheduler)?;
+        Ok(())
+    }
+}
+
+/// Logs `train_loss`, `val_loss`, `lr` (and a few samples) to TensorBoard under the run's
+/// `logs/`, fsyncing each epoch.
+#[derive(Debug)]
+pub struct TensorBoardCallback {
+    writer: EventWriter,
+    /// Images sampled per epoch for the `samples` image summary (0 = none).
+    pub samples_per_epoch: usize,
+    /// DDIM steps of those samples.
+    pub sample_steps: usize,
+}
+
+impl TensorBoardCallback {
+    /// Logs into a new event file in `writer`.
+    pub fn new(writer: EventWriter) -> Self {
+        Self {
+            writer,
+            samples_per_epoch: 4,
+            sample_steps: 20,
+        }
+    }
+}
+
+impl Callback for TensorBoardCallback {
+    fn on_base_validation_end(
+        &mut self,
+        _state: &mut TrainState,
+        metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        if let Some(v) = metrics.get("val_loss") {
+            self.writer.add_scalar("base_val_loss", *v, 0)?;
+        }
+        self.writer.sync()?;
+        Ok(())
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        state: &mut TrainState,
+        metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        let step = i64::from(state.epoch);
+        for (tag, value) in metrics {
+            self.writer.add_scalar(tag, *value, step)?;
+        }
+        if self.samples_per_epoch > 0 {
+            // Sampling uses its own seed, never the training RNGs, so logging cannot change
+            // what is trained.
+            let seed = mix_seed(state.config.seed, streams::SAMPLES);
+            let images = ddim_sample(
+                &state.model,
+                &NoiseSchedule::default(),
+                self.samples_per_epoch,
+                seed,
+                self.sample_steps,
+                &state.device,
+            )?;
+            let size = state.model_config.image_size;
+            let rgb = to_rgb8(&images)?;
+            let (w, h, strip) = super::sample::grid(&rgb, size, self.samples_per_epoch, 1)?;
+            self.writer.add_image_rgb8("samples", &strip, w, h, step)?;
+        }
+        self.writer.sync()?;
+        Ok(())
+    }
+}

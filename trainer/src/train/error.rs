@@ -1,0 +1,92 @@
+//! `TrainError`: every failure of training, pretraining, sampling and export.
+
+use std::path::PathBuf;
+
+use crate::data::DataError;
+use crate::model::ModelError;
+use crate::store::StoreError;
+
+use super::config::ConfigError;
+use super::export::ExportError;
+use super::optim::OptimError;
+use super::scheduler::SchedulerError;
+use super::tensorboard::TensorBoardError;
+
+/// A training failure; I/O variants name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Building or merging the model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Loading images failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The run store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The optimizer or its saved state failed.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    /// The LR schedule or its saved state failed.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Writing TensorBoard logs failed.
+    #[error(transparent)]
+    TensorBoard(#[from] TensorBoardError),
+    /// Exporting failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// Reading or writing a file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file is not what it should be (not safetensors, wrong model, ...).
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A saved state (checkpoint JSON, config.json) does not fit this run.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// The request is contradictory or refers to something absent.
+    #[error("{0}")]
+    Usage(String),
+    /// The loss became NaN or infinite.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: loss is {loss}; lower --learning-rate"
+    )]
+    Diverged {
+        /// The epoch (1-based).
+        epoch: u32,
+        /// The global step.
+        step: u64,
+        /// The loss seen.
+        loss: f64,
+    },
+}
+
+impl TrainError {
+    /// An I/O error naming `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

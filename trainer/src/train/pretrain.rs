@@ -1,0 +1,321 @@
+//! Pretraining the full base model on the generic (tree-free) procedural set, deterministically
+//! for a seed, and the per-preset cache of pretrained bases.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::data::Dataset;
+use crate::diffusion::{ddpm_loss, NoiseSchedule};
+use crate::format::tensors::{meta_keys, BASE_MODEL_FORMAT};
+use crate::model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
+use crate::rng::{mix_seed, Rng};
+
+use super::config::Preset;
+use super::error::TrainError;
+use super::export::write_safetensors;
+use super::optim::{AdamW, AdamWParams};
+use super::scheduler::LrScheduler;
+
+/// Seed of the cached base models.
+pub const DEFAULT_PRETRAIN_SEED: u64 = 0;
+
+/// Settings of a pretraining run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainConfig {
+    /// Model size.
+    pub preset: Preset,
+    /// Passes over the generic set.
+    pub epochs: u32,
+    /// Seed of initialisation, data and noise.
+    pub seed: u64,
+    /// Generic images generated.
+    pub num_images: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+}
+
+impl PretrainConfig {
+    /// Defaults sized so the `tiny` base trains in seconds and `small` within the demo budget.
+    pub fn for_preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Tiny => Self {
+                preset,
+                epochs: 6,
+                seed: DEFAULT_PRETRAIN_SEED,
+                num_images: 512,
+                batch_size: 32,
+                learning_rate: 3e-3,
+            },
+            Preset::Small => Self {
+                preset,
+                epochs: 8,
+                seed: DEFAULT_PRETRAIN_SEED,
+                num_images: 1024,
+                batch_size: 32,
+                learning_rate: 1e-3,
+            },
+        }
+    }
+}
+
+/// The model hyper-parameters of a preset.
+pub fn model_config(preset: Preset) -> Config {
+    match preset {
+        Preset::Tiny => Config::tiny(),
+        Preset::Small => Config::small(),
+    }
+}
+
+/// Trains a base model from scratch; returns its weights. Same config ⇒ same bits (for the
+/// same thread count).
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    show_progress: bool,
+    stop: &Arc<AtomicBool>,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.num_images == 0 {
+        return Err(TrainError::Usage(
+            "pretraining needs at least one epoch, image and batch".into(),
+        ));
+    }
+    let device = Device::Cpu;
+    let model_cfg = model_config(cfg.preset);
+    let mut init_rng = Rng::new(mix_seed(cfg.seed, 11));
+    let init = init_base_tensors(&model_cfg, &mut init_rng, &device)?;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Usage("parameter map poisoned".into()))?;
+        for (name, t) in &init {
+            data.insert(name.clone(), Var::from_tensor(t)?);
+        }
+    }
+    let model = DiffiT::new(
+        &model_cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        None,
+    )?;
+    let mut params: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Usage("parameter map poisoned".into()))?
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let data = Dataset::generic(cfg.num_images, model_cfg.image_size, mix_seed(cfg.seed, 12));
+    let steps_per_epoch = cfg.num_images.div_ceil(cfg.batch_size) as u64;
+    let total = steps_per_epoch * u64::from(cfg.epochs);
+    let mut opt = AdamW::new(AdamWParams {
+        lr: cfg.learning_rate,
+        weight_decay: 0.0,
+        ..Default::default()
+    })?;
+    let mut sched = LrScheduler::new(
+        cfg.learning_rate,
+        cfg.learning_rate * 0.05,
+        (total / 20).max(1),
+        total,
+    )?;
+    let schedule = NoiseSchedule::default();
+    let mut data_rng = Rng::new(mix_seed(cfg.seed, 13));
+    let mut noise_rng = Rng::new(mix_seed(cfg.seed, 14));
+
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if show_progress && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("pretrain [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    for epoch in 1..=cfg.epochs {
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        data_rng.shuffle(&mut order);
+        let (mut sum, mut seen) = (0.0, 0usize);
+        for chunk in order.chunks(cfg.batch_size) {
+            if stop.load(Ordering::SeqCst) {
+                return Err(TrainError::Usage("pretraining interrupted".into()));
+            }
+            let x = data.batch(chunk, &device)?;
+            let loss = ddpm_loss(&model, &x, &schedule, &mut noise_rng)?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: sched.step,
+                    loss: value,
+                });
+            }
+            let grads = loss.backward()?;
+            opt.set_lr(sched.lr());
+            opt.step(&params, &grads)?;
+            sched.advance();
+            sum += value * chunk.len() as f64;
+            seen += chunk.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {epoch}/{} loss {:.4}",
+                cfg.epochs,
+                sum / seen as f64
+            ));
+        }
+        if show_progress && !std::io::stderr().is_terminal() {
+            eprintln!(
+                "pretrain epoch {epoch}/{}: loss={:.5}",
+                cfg.epochs,
+                sum / seen.max(1) as f64
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let mut out = HashMap::new();
+    for (name, _) in base_tensor_shapes(&model_cfg) {
+        let var = params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| TrainError::Usage(format!("pretrained model lacks {name}")))?;
+        out.insert(name, var.1.as_tensor().copy()?);
+    }
+    Ok(out)
+}
+
+/// Writes a base model file (with its model config in the header) atomically.
+pub fn save_base(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    model_cfg: &Config,
+) -> Result<(), TrainError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io("create directory", dir, e))?;
+    }
+    let config = serde_json::to_string(model_cfg)
+        .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
+    let meta = HashMap::from([
+        (meta_keys::FORMAT.to_string(), BASE_MODEL_FORMAT.to_string()),
+        (meta_keys::MODEL_CONFIG.to_string(), config),
+    ]);
+    let tmp = path.with_extension(format!(
+        "safetensors{}{}",
+        crate::format::layout::TEMP_MARKER,
+        std::process::id()
+    ));
+    let sorted = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    write_safetensors(&tmp, &sorted, Some(meta))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io("rename into place", path, e))?;
+    Ok(())
+}
+
+/// A base model file read back, checked against the preset's shapes.
+#[derive(Debug)]
+pub struct LoadedBase {
+    /// The weights.
+    pub tensors: HashMap<String, Tensor>,
+    /// The model config stored in the header, if any.
+    pub model_config: Option<Config>,
+}
+
+/// Reads a base model file; errors name the file and the offending tensor.
+pub fn load_base(path: &Path, expected: &Config) -> Result<LoadedBase, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io("read base model", path, e))?;
+    let bad = |reason: String| TrainError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let model_config = match header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
+    {
+        Some(text) => Some(
+            serde_json::from_str::<Config>(text).map_err(|e| bad(format!("model_config: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(cfg) = &model_config {
+        if cfg != expected {
+            return Err(bad(format!(
+                "this base model was trained for {cfg:?}, the chosen preset is {expected:?}; pass the matching --preset"
+            )));
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(format!("cannot load tensors: {e}")))?;
+    for (name, shape) in base_tensor_shapes(expected) {
+        match tensors.get(&name) {
+            None => {
+                return Err(bad(format!(
+                    "missing tensor {name:?} (is this a base model of this preset?)"
+                )))
+            }
+            Some(t) if t.dims() != shape.as_slice() => {
+                return Err(bad(format!(
+                    "tensor {name:?} has shape {:?}, the preset needs {shape:?}",
+                    t.dims()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect::<Result<_, TrainError>>()?;
+    Ok(LoadedBase {
+        tensors,
+        model_config,
+    })
+}
+
+/// `<checkpoints>/.cache/base_<preset>_<seed>.safetensors`.
+pub fn cached_base_path(checkpoints: &Path, preset: Preset, seed: u64) -> PathBuf {
+    checkpoints
+        .join(".cache")
+        .join(format!("base_{preset}_{seed}.safetensors"))
+}
+
+/// True when two weight sets hold the same names, shapes and bits.
+pub fn same_weights(
+    a: &HashMap<String, Tensor>,
+    b: &HashMap<String, Tensor>,
+) -> Result<bool, TrainError> {
+    if a.len() != b.len() {
+        return Ok(false);
+    }
+    for (name, x) in a {
+        let Some(y) = b.get(name) else {
+            return Ok(false);
+        };
+        if x.dims() != y.dims() {
+            return Ok(false);
+        }
+        let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let ys = y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if xs.iter().zip(&ys).any(|(p, q)| p.to_bits() != q.to_bits()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

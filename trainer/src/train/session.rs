@@ -1,0 +1,287 @@
+//! One `diffit train` invocation end to end: settle the configuration (new run or resume),
+//! find the base model, build the data, wire the callbacks, fit.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::data::Dataset;
+use crate::rng::mix_seed;
+use crate::store::CheckpointManager;
+
+use super::callbacks::{
+    DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
+};
+use super::config::{Overrides, TrainingConfig};
+use super::error::TrainError;
+use super::pretrain::{
+    cached_base_path, load_base, model_config, pretrain, same_weights, save_base, PretrainConfig,
+    DEFAULT_PRETRAIN_SEED,
+};
+use super::state::{streams, TrainState};
+use super::tensorboard::EventWriter;
+use super::trainer::{FitOutcome, Trainer};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// Defaults + YAML (new runs); ignored on resume except where `overrides` say otherwise.
+    pub config: TrainingConfig,
+    /// Command-line settings; on resume they override the run's saved config.
+    pub overrides: Overrides,
+    /// Continue `run_number` (or `resume_from_run`) from its newest valid checkpoint.
+    pub resume: bool,
+    /// Show progress bars / epoch lines on stderr.
+    pub show_progress: bool,
+    /// Log a few DDIM samples to TensorBoard each epoch.
+    pub log_samples: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The run's number.
+    pub run_number: u32,
+    /// Its directory.
+    pub run_dir: PathBuf,
+    /// How the fit ended.
+    pub outcome: FitOutcome,
+    /// Epochs completed.
+    pub epochs_done: u32,
+    /// The base model's validation loss.
+    pub base_val_loss: Option<f64>,
+    /// Best monitored value so far.
+    pub best: Option<(u32, f64)>,
+    /// The configuration trained with.
+    pub config: TrainingConfig,
+    /// Epoch resumed from, if any.
+    pub resumed_from: Option<u32>,
+}
+
+/// Prints a status line to stderr when progress is shown.
+fn say(show: bool, text: &str) {
+    if show {
+        eprintln!("{text}");
+    }
+}
+
+/// Loads the fine-tuning images for `cfg` and splits them.
+pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError> {
+    let size = model_config(cfg.preset).image_size;
+    let all = match &cfg.data.dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(TrainError::Usage(format!(
+                    "--data {}: not a directory",
+                    dir.display()
+                )));
+            }
+            let set = Dataset::from_folder(dir, size)?;
+            for skipped in set.skipped() {
+                eprintln!("warning: skipped {skipped}");
+            }
+            set
+        }
+        None => Dataset::trees(
+            cfg.data.num_images,
+            size,
+            mix_seed(cfg.seed, streams::TREES),
+        ),
+    };
+    if all.len() < 2 {
+        return Err(TrainError::Usage(format!(
+            "need at least 2 images to hold some out for validation, found {}",
+            all.len()
+        )));
+    }
+    let (train, val) = all.split(cfg.data.val_fraction, mix_seed(cfg.seed, streams::SPLIT));
+    if train.is_empty() || val.is_empty() {
+        return Err(TrainError::Usage(format!(
+            "val_fraction {} leaves {} training and {} validation images; both must be non-empty",
+            cfg.data.val_fraction,
+            train.len(),
+            val.len()
+        )));
+    }
+    Ok((train, val))
+}
+
+/// The base model for a new run: `--base FILE`, else the preset's cached base (pretrained now,
+/// with a message, when absent).
+pub fn resolve_base(
+    cfg: &TrainingConfig,
+    show: bool,
+    stop: &Arc<AtomicBool>,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    let expected = model_config(cfg.preset);
+    if let Some(path) = &cfg.base {
+        return Ok(load_base(path, &expected)?.tensors);
+    }
+    let cached = cached_base_path(&cfg.checkpoint.base_dir, cfg.preset, DEFAULT_PRETRAIN_SEED);
+    if cached.exists() {
+        say(
+            show,
+            &format!(
+                "using the cached {} base model {}",
+                cfg.preset,
+                cached.display()
+            ),
+        );
+        return Ok(load_base(&cached, &expected)?.tensors);
+    }
+    say(
+        show,
+        &format!(
+            "no base model given and none cached: pretraining the {} base on the generic set first (once; cached at {})",
+            cfg.preset,
+            cached.display()
+        ),
+    );
+    let tensors = pretrain(&PretrainConfig::for_preset(cfg.preset), show, stop)?;
+    save_base(&cached, &tensors, &expected)?;
+    Ok(tensors)
+}
+
+/// Runs a training request to its end (or to a requested stop).
+pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainReport, TrainError> {
+    let show = req.show_progress;
+    let resume_run = if req.resume {
+        let from_flags = req
+            .overrides
+            .run_number
+            .or(req.config.checkpoint.run_number);
+        Some(
+            from_flags
+                .or(req.config.checkpoint.resume_from_run)
+                .ok_or_else(|| {
+                    TrainError::Usage(
+                        "--resume needs --run-number N (or training.checkpoint.resume_from_run)"
+                            .into(),
+                    )
+                })?,
+        )
+    } else {
+        req.config.checkpoint.resume_from_run
+    };
+
+    let (cfg, manager, base) = match resume_run {
+        Some(run) => {
+            let base_dir = req
+                .overrides
+                .base_dir
+                .clone()
+                .unwrap_or_else(|| req.config.checkpoint.base_dir.clone());
+            let manager = CheckpointManager::open(&base_dir, run)?;
+            let saved = manager.load_config()?;
+            let mut cfg: TrainingConfig = serde_json::from_value(
+                saved.get("training").cloned().unwrap_or(saved),
+            )
+            .map_err(|e| {
+                TrainError::Resume(format!(
+                    "config.json of run {run} is not a training config: {e}"
+                ))
+            })?;
+            let requested_base = req.overrides.base.clone();
+            let mut overrides = req.overrides.clone();
+            overrides.base = None;
+            cfg.apply(&overrides);
+            cfg.checkpoint.base_dir = base_dir;
+            cfg.checkpoint.run_number = Some(run);
+            cfg.validate()?;
+            let stored = manager.load_base_model()?;
+            let base: HashMap<String, Tensor> = stored.tensors.into_iter().collect();
+            if let Some(path) = requested_base {
+                let given = load_base(&path, &model_config(cfg.preset))?.tensors;
+                if !same_weights(&given, &base)? {
+                    return Err(TrainError::Usage(format!(
+                        "--base {} differs from the base model run {run} was trained on; drop --base to resume",
+                        path.display()
+                    )));
+                }
+            }
+            (cfg, manager, base)
+        }
+        None => {
+            let mut cfg = req.config.clone();
+            cfg.apply(&req.overrides);
+            cfg.validate()?;
+            let manager = CheckpointManager::open_or_create(
+                &cfg.checkpoint.base_dir,
+                &cfg.experiment_name,
+                cfg.checkpoint.run_number,
+            )?;
+            if !manager.metadata().checkpoints.is_empty() {
+                return Err(TrainError::Usage(format!(
+                    "run {} already has checkpoints; pass --resume to continue it, or choose another --run-number",
+                    manager.run_number()
+                )));
+            }
+            let base = resolve_base(&cfg, show, &stop)?;
+            (cfg, manager, base)
+        }
+    };
+    let run_number = manager.run_number();
+    let run_dir = manager.run_dir();
+    let logs = manager.logs_dir();
+    let (train, val) = load_data(&cfg)?;
+    say(
+        show,
+        &format!(
+            "run {run_number:03} ({}): {} training / {} validation images, preset {}",
+            run_dir.display(),
+            train.len(),
+            val.len(),
+            cfg.preset
+        ),
+    );
+    let steps = Trainer::steps_per_epoch(train.len(), cfg.batch_size);
+    let mut state = TrainState::new(
+        cfg.clone(),
+        model_config(cfg.preset),
+        base,
+        Device::Cpu,
+        steps,
+    )?;
+    let shared = Rc::new(RefCell::new(manager));
+    let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
+    if !req.log_samples {
+        tb.samples_per_epoch = 0;
+    }
+    let mut trainer = Trainer::new(train, val, stop).with_progress(show);
+    if resume_run.is_some() {
+        trainer = trainer.with_callback(ResumeFromCheckpointCallback::new(
+            shared.clone(),
+            true,
+            true,
+        ));
+    }
+    trainer = trainer
+        .with_callback(DistributedCheckpointCallback::from_settings(
+            shared.clone(),
+            &cfg.checkpoint,
+        ))
+        .with_callback(tb);
+    let outcome = trainer.fit(&mut state)?;
+    let m = shared.borrow();
+    let meta = m.metadata();
+    let best = meta.best_checkpoint.as_ref().and_then(|b| {
+        b.metrics
+            .get(&cfg.checkpoint.monitor)
+            .map(|v| (b.epoch, *v))
+    });
+    Ok(TrainReport {
+        run_number,
+        run_dir,
+        outcome,
+        epochs_done: state.epoch,
+        base_val_loss: meta.base_metrics.get("val_loss").copied(),
+        best,
+        config: cfg,
+        resumed_from: state.resumed_from,
+    })
+}

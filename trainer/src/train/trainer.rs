@@ -1,0 +1,386 @@
+//! The `Trainer` loop and its `Callback` hooks (the seed's Lightning usage, minus Lightning):
+//! train an epoch, validate, let callbacks log and checkpoint, repeat; stop cleanly on request.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::data::Dataset;
+use crate::diffusion::{ddpm_eval_loss, ddpm_loss, NoiseSchedule};
+use crate::format::metadata::Metrics;
+use crate::model::DiffiT;
+use crate::rng::{mix_seed, Rng};
+
+use super::error::TrainError;
+use super::state::{streams, TrainState};
+
+/// How a fit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FitOutcome {
+    /// Every configured epoch was trained.
+    Finished,
+    /// A stop was requested (Ctrl-C); the last saved checkpoint is intact.
+    Interrupted,
+    /// An error stopped training.
+    Failed,
+}
+
+/// Hooks called by [`Trainer::fit`], in the order listed. Every hook has a no-op default.
+pub trait Callback {
+    /// Before anything is trained (a resume callback restores state here).
+    fn on_fit_start(&mut self, _state: &mut TrainState) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After the base model alone was validated (fresh runs only, before epoch 1).
+    fn on_base_validation_end(
+        &mut self,
+        _state: &mut TrainState,
+        _metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After an epoch's validation; `metrics` holds `train_loss`, `val_loss` and `lr`.
+    fn on_validation_end(
+        &mut self,
+        _state: &mut TrainState,
+        _metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// At the end of an epoch (checkpoints are written here).
+    fn on_epoch_end(
+        &mut self,
+        _state: &mut TrainState,
+        _metrics: &Metrics,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// Once, however the fit ended (also after an error, with [`FitOutcome::Failed`]).
+    fn on_fit_end(
+        &mut self,
+        _state: &mut TrainState,
+        _outcome: FitOutcome,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// Validation repeats each held-out image at this many random timesteps, to steady the loss.
+pub const VAL_REPEATS: u64 = 4;
+
+/// Runs epochs over a dataset with callbacks.
+pub struct Trainer {
+    train: Dataset,
+    val: Dataset,
+    schedule: NoiseSchedule,
+    callbacks: Vec<Box<dyn Callback>>,
+    stop: Arc<AtomicBool>,
+    show_progress: bool,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("train_images", &self.train.len())
+            .field("val_images", &self.val.len())
+            .field("callbacks", &self.callbacks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mean validation loss of `model` over `val`: each batch uses its own RNG seeded from
+/// `(seed, repeat, batch)`, so the number is comparable across epochs and runs.
+pub fn validation_loss(
+    model: &DiffiT,
+    val: &Dataset,
+    schedule: &NoiseSchedule,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<f64, TrainError> {
+    let indices: Vec<usize> = (0..val.len()).collect();
+    let (mut total, mut count) = (0.0f64, 0usize);
+    let val_seed = mix_seed(seed, streams::VALIDATION);
+    for repeat in 0..VAL_REPEATS {
+        for (b, chunk) in indices.chunks(batch_size.max(1)).enumerate() {
+            let mut rng = Rng::new(mix_seed(mix_seed(val_seed, repeat), b as u64));
+            let x = val.batch(chunk, device)?;
+            let loss = ddpm_eval_loss(model, &x, schedule, &mut rng)?.to_scalar::<f32>()?;
+            total += f64::from(loss) * chunk.len() as f64;
+            count += chunk.len();
+        }
+    }
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        total / count as f64
+    })
+}
+
+/// The base model alone (no adapters), built from the state's frozen weights.
+pub fn base_only_model(state: &TrainState) -> Result<DiffiT, TrainError> {
+    let vb = VarBuilder::from_tensors(state.base.clone(), DType::F32, &state.device);
+    Ok(DiffiT::new(&state.model_config, vb, None)?)
+}
+
+/// Progress display: bars on a terminal, one line per epoch otherwise.
+struct Progress {
+    multi: MultiProgress,
+    epochs: ProgressBar,
+    steps: ProgressBar,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(show: bool, total_epochs: u32, done_epochs: u32, steps_per_epoch: u64) -> Self {
+        let terminal = show && std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let epoch_style = ProgressStyle::with_template("{prefix:>7} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let step_style = ProgressStyle::with_template(
+            "{prefix:>7} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let epochs = multi.add(
+            ProgressBar::new(u64::from(total_epochs))
+                .with_style(epoch_style)
+                .with_prefix("epochs"),
+        );
+        epochs.set_position(u64::from(done_epochs));
+        let steps = multi.add(
+            ProgressBar::new(steps_per_epoch)
+                .with_style(step_style)
+                .with_prefix("steps"),
+        );
+        Self {
+            multi,
+            epochs,
+            steps,
+            terminal,
+        }
+    }
+
+    fn line(&self, show: bool, text: &str) {
+        if !show {
+            return;
+        }
+        if self.terminal {
+            // Printed above the bars so they stay at the bottom.
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+}
+
+impl Trainer {
+    /// A trainer over `train` (shuffled each epoch) validated on `val`.
+    pub fn new(train: Dataset, val: Dataset, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            train,
+            val,
+            schedule: NoiseSchedule::default(),
+            callbacks: Vec::new(),
+            stop,
+            show_progress: false,
+        }
+    }
+
+    /// Adds a callback (called in the order added).
+    pub fn with_callback(mut self, callback: impl Callback + 'static) -> Self {
+        self.callbacks.push(Box::new(callback));
+        self
+    }
+
+    /// Shows progress bars on a terminal and epoch lines otherwise.
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.show_progress = show;
+        self
+    }
+
+    /// The training images.
+    pub fn train_set(&self) -> &Dataset {
+        &self.train
+    }
+
+    /// The held-out images.
+    pub fn val_set(&self) -> &Dataset {
+        &self.val
+    }
+
+    /// Optimizer steps per epoch for `batch_size` (the last batch may be smaller).
+    pub fn steps_per_epoch(train_len: usize, batch_size: usize) -> u64 {
+        train_len.div_ceil(batch_size.max(1)) as u64
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Trains from `state.epoch` up to `state.config.epochs`, calling the callbacks.
+    pub fn fit(&mut self, state: &mut TrainState) -> Result<FitOutcome, TrainError> {
+        let mut callbacks = std::mem::take(&mut self.callbacks);
+        let result = self.fit_inner(state, &mut callbacks);
+        let outcome = match &result {
+            Ok(outcome) => *outcome,
+            Err(_) => FitOutcome::Failed,
+        };
+        let mut end_error = None;
+        for cb in callbacks.iter_mut() {
+            if let Err(e) = cb.on_fit_end(state, outcome) {
+                end_error.get_or_insert(e);
+            }
+        }
+        self.callbacks = callbacks;
+        let outcome = result?;
+        match end_error {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
+    }
+
+    fn fit_inner(
+        &mut self,
+        state: &mut TrainState,
+        callbacks: &mut [Box<dyn Callback>],
+    ) -> Result<FitOutcome, TrainError> {
+        for cb in callbacks.iter_mut() {
+            cb.on_fit_start(state)?;
+        }
+        let show = self.show_progress;
+        let total_epochs = state.config.epochs;
+        let progress = Progress::new(
+            show,
+            total_epochs,
+            state.epoch.min(total_epochs),
+            state.steps_per_epoch,
+        );
+        if state.epoch == 0 {
+            progress.steps.set_message("validating the base model");
+            let base = base_only_model(state)?;
+            let val_loss = self.validate(&base, state)?;
+            let metrics = Metrics::from([("val_loss".to_string(), val_loss)]);
+            progress.line(show, &format!("base model: val_loss={val_loss:.5}"));
+            for cb in callbacks.iter_mut() {
+                cb.on_base_validation_end(state, &metrics)?;
+            }
+        } else if let Some(epoch) = state.resumed_from {
+            progress.line(
+                show,
+                &format!("resumed after epoch {epoch} (step {})", state.global_step),
+            );
+        }
+        while state.epoch < total_epochs {
+            if self.stop_requested() {
+                return Ok(FitOutcome::Interrupted);
+            }
+            let epoch = state.epoch + 1;
+            progress.steps.reset();
+            progress.steps.set_length(state.steps_per_epoch);
+            let started = Instant::now();
+            let Some((train_loss, lr)) = self.train_epoch(state, epoch, &progress.steps)? else {
+                progress.line(
+                    show,
+                    &format!("stopped during epoch {epoch}; it will be trained again on resume"),
+                );
+                return Ok(FitOutcome::Interrupted);
+            };
+            let secs = started.elapsed().as_secs_f64();
+            progress.steps.set_message("validating");
+            let val_loss = self.validate(&state.model, state)?;
+            state.epoch = epoch;
+            let metrics = Metrics::from([
+                ("train_loss".to_string(), train_loss),
+                ("val_loss".to_string(), val_loss),
+                ("lr".to_string(), lr),
+            ]);
+            state.last_metrics = metrics.clone();
+            for cb in callbacks.iter_mut() {
+                cb.on_validation_end(state, &metrics)?;
+            }
+            for cb in callbacks.iter_mut() {
+                cb.on_epoch_end(state, &metrics)?;
+            }
+            let ips = self.train.len() as f64 / secs.max(1e-9);
+            progress.epochs.set_position(u64::from(epoch));
+            progress
+                .epochs
+                .set_message(format!("val_loss {val_loss:.4}"));
+            progress.line(
+                show,
+                &format!(
+                    "epoch {epoch}/{total_epochs}: train_loss={train_loss:.5} val_loss={val_loss:.5} lr={lr:.2e} ({ips:.1} images/s)"
+                ),
+            );
+        }
+        progress.steps.finish_and_clear();
+        progress.epochs.finish_and_clear();
+        Ok(FitOutcome::Finished)
+    }
+
+    fn validate(&self, model: &DiffiT, state: &TrainState) -> Result<f64, TrainError> {
+        validation_loss(
+            model,
+            &self.val,
+            &self.schedule,
+            state.config.batch_size,
+            state.config.seed,
+            &state.device,
+        )
+    }
+
+    /// One epoch; `None` when a stop was requested before it ended (the epoch is discarded:
+    /// its partial updates live only in memory and the last checkpoint is what resumes).
+    fn train_epoch(
+        &self,
+        state: &mut TrainState,
+        epoch: u32,
+        bar: &ProgressBar,
+    ) -> Result<Option<(f64, f64)>, TrainError> {
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        state.data_rng.shuffle(&mut order);
+        let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, state.scheduler.lr());
+        let started = Instant::now();
+        for chunk in order.chunks(state.config.batch_size.max(1)) {
+            if self.stop_requested() {
+                return Ok(None);
+            }
+            let x: Tensor = self.train.batch(chunk, &state.device)?;
+            let loss = ddpm_loss(&state.model, &x, &self.schedule, &mut state.noise_rng)?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: state.global_step,
+                    loss: value,
+                });
+            }
+            let grads = loss.backward()?;
+            lr = state.scheduler.lr();
+            state.optimizer.set_lr(lr);
+            state.optimizer.step(&state.params, &grads)?;
+            state.scheduler.advance();
+            state.global_step += 1;
+            loss_sum += value * chunk.len() as f64;
+            seen += chunk.len();
+            let ips = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} | {ips:.1} img/s",
+                loss_sum / seen as f64
+            ));
+        }
+        Ok(Some((loss_sum / seen.max(1) as f64, lr)))
+    }
+}

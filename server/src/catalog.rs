@@ -1,10 +1,9 @@
 //! Reading runs from the checkpoints dir: the list summaries, one run's metadata and config.
 //!
 //! Every read of `metadata.json` / `config.json` goes through this module (and through
-//! `CheckpointsRoot`, so nothing outside the checkpoints dir is read). It is kept small so the
-//! listing can move onto the run store's `list_all_runs` without touching the handlers.
+//! `CheckpointsRoot`, so nothing outside the checkpoints dir is read). List rows come from the
+//! run store's `run_info`, one run at a time, so the watcher re-reads only runs that changed.
 
-use std::fs::{File, TryLockError};
 use std::io::Read;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
@@ -13,6 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use trainer::format::layout::parse_run_dir_name;
 use trainer::format::{Metadata, RunLayout, RunStatus};
+use trainer::store::listing::{run_info, RunInfo as StoreRunInfo};
+use trainer::store::manager::writer_active;
 
 use crate::error::ApiError;
 use crate::root::{CheckpointsRoot, ConfineError};
@@ -53,7 +54,7 @@ pub struct RunInfo {
     pub experiment_name: String,
     /// Creation time as recorded.
     pub created_at: String,
-    /// Last metadata write, falling back to the file's modification time (Unix seconds).
+    /// Last metadata write as recorded.
     pub updated_at: Option<String>,
     /// Status as the writer last recorded it.
     pub recorded_status: RunStatus,
@@ -141,24 +142,39 @@ fn fingerprint(path: &Path) -> Fingerprint {
     }
 }
 
-/// The list row of run `n` (broken with its error when unreadable; never fails).
+/// The list row of run `n` (broken with its error when unreadable; never fails). The row is
+/// the run store's `run_info`, read only after the run and its metadata are confirmed inside
+/// the root (the store itself does not refuse symlinks pointing out).
 pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
-    match read_metadata(root, n) {
-        Ok(meta) => {
-            let writer_active = root.layout(n).is_some_and(|layout| writer_active(&layout));
+    let broken = |reason: String| RunSummary {
+        run_number: n,
+        status: RunState::Broken,
+        error: Some(reason),
+        info: None,
+    };
+    let layout = match run_layout(root, n) {
+        Ok(layout) => layout,
+        Err(err) => return broken(broken_reason(err)),
+    };
+    let metadata = layout.metadata();
+    match root.open(&metadata) {
+        Ok(_) => {}
+        Err(ConfineError::NotFound(_)) => {
+            return broken(format!("{} is missing", display_rel(root, &metadata)))
+        }
+        Err(err) => return broken(broken_reason(err.into())),
+    }
+    match run_info(&layout) {
+        Ok(info) => {
+            let status = state_of(info.status, info.writer_active);
             RunSummary {
                 run_number: n,
-                status: state_of(&meta, writer_active),
+                status,
                 error: None,
-                info: Some(info_of(&meta, writer_active)),
+                info: Some(info_of(info)),
             }
         }
-        Err(err) => RunSummary {
-            run_number: n,
-            status: RunState::Broken,
-            error: Some(broken_reason(err)),
-            info: None,
-        },
+        Err(err) => broken(strip_root(root, &err.to_string())),
     }
 }
 
@@ -184,11 +200,11 @@ fn broken_reason(err: ApiError) -> String {
     }
 }
 
-fn state_of(meta: &Metadata, writer_active: bool) -> RunState {
+fn state_of(recorded: RunStatus, writer_active: bool) -> RunState {
     if writer_active {
         return RunState::Running;
     }
-    match meta.status {
+    match recorded {
         RunStatus::Finished => RunState::Finished,
         // A run recorded as created/running whose lock nobody holds lost its writer.
         RunStatus::Created | RunStatus::Running | RunStatus::Interrupted | RunStatus::Failed => {
@@ -197,41 +213,30 @@ fn state_of(meta: &Metadata, writer_active: bool) -> RunState {
     }
 }
 
-fn info_of(meta: &Metadata, writer_active: bool) -> RunInfo {
-    let monitor = meta
-        .monitor
-        .clone()
-        .unwrap_or_else(|| "val_loss".to_string());
+fn info_of(info: StoreRunInfo) -> RunInfo {
+    let monitor = info.monitor.unwrap_or_else(|| "val_loss".to_string());
     RunInfo {
-        experiment_name: meta.experiment_name.clone(),
-        created_at: meta.created_at.clone(),
-        updated_at: meta.updated_at.clone(),
-        recorded_status: meta.status,
-        checkpoints_count: meta.live_checkpoints().count(),
-        last_epoch: meta.last_epoch(),
-        best: meta.best_checkpoint.as_ref().map(|best| BestSummary {
-            epoch: best.epoch,
-            value: best.metrics.get(&monitor).copied(),
-            monitor: monitor.clone(),
+        experiment_name: info.experiment_name,
+        created_at: info.created_at,
+        updated_at: info.updated_at,
+        recorded_status: info.status,
+        checkpoints_count: info.checkpoints_count,
+        last_epoch: info.last_epoch,
+        best: info.best_epoch.map(|epoch| BestSummary {
+            epoch,
+            monitor,
+            value: info.best_metric,
         }),
-        base_val_loss: meta.base_metrics.get("val_loss").copied(),
-        writer_active,
+        base_val_loss: info.base_val_loss,
+        writer_active: info.writer_active,
     }
 }
 
-/// Whether a writer holds the run's advisory lock (the lock file is opened read-only).
-fn writer_active(layout: &RunLayout) -> bool {
-    let Ok(file) = File::open(layout.lock()) else {
-        return false;
-    };
-    match file.try_lock_shared() {
-        Ok(()) => {
-            // Release at once so a writer starting now is not refused.
-            let _ = file.unlock();
-            false
-        }
-        Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(_)) => false,
+/// Store errors name absolute paths; rows name files relative to the checkpoints dir.
+fn strip_root(root: &CheckpointsRoot, message: &str) -> String {
+    match root.canonical() {
+        Some(base) => message.replace(&format!("{}/", base.display()), ""),
+        None => message.to_string(),
     }
 }
 

@@ -77,7 +77,7 @@ fn write_sparse_checkpoint(path: &Path, bytes: u64) -> anyhow::Result<()> {
         "__metadata__": {"format": "diffit-lora-checkpoint", "epoch": "1"},
         "blocks.0.attn.qkv.lora_A.weight": {"dtype": "U8", "shape": [bytes], "data_offsets": [0, bytes]},
     }))?;
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut file =

@@ -276,7 +276,7 @@ impl Representation {
         let mut json = serde_json::to_vec(&header)
             .map_err(|e| TensorFileError::Invalid(format!("LoRA view header: {e}")))?;
         // Pad with spaces so tensor data starts 8-byte aligned, as safetensors writers do.
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let mut head = Vec::with_capacity(8 + json.len());

@@ -26,7 +26,7 @@ fn write_large_checkpoint(path: &std::path::Path) {
         "blocks.0.attn.qkv.lora_A.weight": {"dtype": "U8", "shape": [FILE_BYTES], "data_offsets": [0, FILE_BYTES]},
     }))
     .unwrap();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut file = std::fs::File::create(path).unwrap();
@@ -83,7 +83,7 @@ async fn streaming_a_large_file_keeps_memory_flat() {
             }
             received += n as u64;
             reads += 1;
-            if reads % 256 == 0 {
+            if reads.is_multiple_of(256) {
                 peak = peak.max(vm_rss_kib().unwrap());
             }
         }

@@ -7,7 +7,7 @@ CHECKPOINTS ?= checkpoints
 PORT ?= 8080
 DEMO_EPOCHS ?= 8
 
-.PHONY: demo test lint unit app serve bench setup clean-demo
+.PHONY: demo test lint unit e2e app serve bench setup
 
 ## Set up what is missing, train the demo run (small preset), serve the dashboard on :$(PORT).
 demo: setup
@@ -32,6 +32,11 @@ lint:
 unit:
 	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
 	$(CARGO) test --workspace
+
+## Browser end-to-end tests (real trainer + server + headless Chromium); not yet part of `test`.
+e2e: setup
+	scripts/build-app.sh
+	$(CARGO) test -p e2e -- --ignored --test-threads=1
 
 ## Build the browser app into target/site (served by diffit-server by default).
 app:

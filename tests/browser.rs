@@ -39,6 +39,7 @@ fn read_metadata(checkpoints: &Path, run: u32) -> Metadata {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn runs_table_charts_and_live_updates() {
     if !support::browser_available() {
         return;
@@ -194,6 +195,7 @@ async fn runs_table_charts_and_live_updates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn errors_are_shown_in_the_page() {
     if !support::browser_available() {
         return;

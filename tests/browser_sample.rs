@@ -112,6 +112,7 @@ async fn stats(browser: &Browser) -> (f64, f64, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn browser_sample_matches_native_sampler() {
     if !support::browser_available() {
         return;

@@ -59,6 +59,18 @@ fn bench_listing(base: &Path) -> anyhow::Result<()> {
         fs::metadata(RunLayout::new(base, 1).metadata())?.len(),
         started.elapsed().as_secs_f64()
     );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for n in 1..=RUNS {
+            bytes += fs::read(RunLayout::new(base, n).metadata())?.len();
+        }
+        let read = started.elapsed();
+        println!(
+            "  read only: {bytes} bytes of metadata.json in {:.1} ms",
+            read.as_secs_f64() * 1e3
+        );
+    }
     for attempt in 1..=5 {
         let started = Instant::now();
         let runs = list_all_runs(base)?;

@@ -11,6 +11,9 @@ use trainer::data::{generic_image, tree_image};
 const GRID: usize = 8;
 const ZOOM: usize = 4;
 
+/// A procedural image generator: `(seed, index, size)` → CHW values.
+type Generator = fn(u64, u64, usize) -> Vec<f32>;
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(args.next().unwrap_or_else(|| "data_grid".into()));
@@ -27,8 +30,7 @@ fn main() -> Result<()> {
         .context("SEED must be a number")?
         .unwrap_or(0);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let sets: [(&str, fn(u64, u64, usize) -> Vec<f32>); 2] =
-        [("trees", tree_image), ("generic", generic_image)];
+    let sets: [(&str, Generator); 2] = [("trees", tree_image), ("generic", generic_image)];
     for (name, make) in sets {
         let start = std::time::Instant::now();
         let images: Vec<Vec<f32>> = (0..(GRID * GRID) as u64)

@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a LoRA run (new, numbered or resumed), or list runs with --list-runs.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Inspect runs.
     Runs {
         /// Which inspection.

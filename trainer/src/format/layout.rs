@@ -129,7 +129,10 @@ pub struct RunLayout {
 impl RunLayout {
     /// Layout of run `run_number` under `base_dir`.
     pub fn new(base_dir: impl Into<PathBuf>, run_number: u32) -> Self {
-        Self { base_dir: base_dir.into(), run_number }
+        Self {
+            base_dir: base_dir.into(),
+            run_number,
+        }
     }
     /// The run's number.
     pub fn run_number(&self) -> u32 {
@@ -176,7 +179,9 @@ impl RunLayout {
     }
     /// Resolves a path recorded in metadata (relative to the checkpoints dir, `/`-separated).
     pub fn resolve(&self, recorded: &str) -> PathBuf {
-        recorded.split('/').fold(self.base_dir.clone(), |p, part| p.join(part))
+        recorded
+            .split('/')
+            .fold(self.base_dir.clone(), |p, part| p.join(part))
     }
 }
 
@@ -191,20 +196,46 @@ mod tests {
         }
         assert_eq!(run_dir_name(1), "run_001");
         assert_eq!(run_dir_name(1000), "run_1000");
-        for bad in ["run_1", "run_0001", "run_", "run_-1", "run_1a", "Run_001", "run_001/..", "x"] {
+        for bad in [
+            "run_1",
+            "run_0001",
+            "run_",
+            "run_-1",
+            "run_1a",
+            "Run_001",
+            "run_001/..",
+            "x",
+        ] {
             assert_eq!(parse_run_dir_name(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn checkpoint_names_follow_the_grammar() {
-        for good in ["base", "best", "last", "epoch_001", "epoch_999", "epoch_1000"] {
+        for good in [
+            "base",
+            "best",
+            "last",
+            "epoch_001",
+            "epoch_999",
+            "epoch_1000",
+        ] {
             let parsed: CheckpointName = good.parse().unwrap();
             assert_eq!(parsed.to_string(), good);
         }
         for bad in [
-            "", "epoch_", "epoch_1", "epoch_000", "epoch_0001", "epoch_1a", "../base", "best.safetensors",
-            "BEST", "epoch_%30%30%31", "epoch_001/..", "epoch_99999999999",
+            "",
+            "epoch_",
+            "epoch_1",
+            "epoch_000",
+            "epoch_0001",
+            "epoch_1a",
+            "../base",
+            "best.safetensors",
+            "BEST",
+            "epoch_%30%30%31",
+            "epoch_001/..",
+            "epoch_99999999999",
         ] {
             assert!(bad.parse::<CheckpointName>().is_err(), "{bad}");
         }
@@ -216,9 +247,18 @@ mod tests {
             CheckpointName::Epoch(1).relative_path(1),
             "run_001/lora_weights/epoch_001.safetensors"
         );
-        assert_eq!(CheckpointName::Best.relative_path(3), "run_003/lora_weights/best.safetensors");
-        assert_eq!(CheckpointName::Base.relative_path(2), "run_002/base_model/base_model.safetensors");
+        assert_eq!(
+            CheckpointName::Best.relative_path(3),
+            "run_003/lora_weights/best.safetensors"
+        );
+        assert_eq!(
+            CheckpointName::Base.relative_path(2),
+            "run_002/base_model/base_model.safetensors"
+        );
         let layout = RunLayout::new("ck", 2);
-        assert_eq!(layout.resolve(&CheckpointName::Last.relative_path(2)), layout.checkpoint(CheckpointName::Last));
+        assert_eq!(
+            layout.resolve(&CheckpointName::Last.relative_path(2)),
+            layout.checkpoint(CheckpointName::Last)
+        );
     }
 }

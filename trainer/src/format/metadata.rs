@@ -174,7 +174,11 @@ pub struct Metadata {
 
 impl Metadata {
     /// A fresh run's metadata.
-    pub fn new(run_number: u32, experiment_name: impl Into<String>, created_at: impl Into<String>) -> Self {
+    pub fn new(
+        run_number: u32,
+        experiment_name: impl Into<String>,
+        created_at: impl Into<String>,
+    ) -> Self {
         Self {
             run_number,
             experiment_name: experiment_name.into(),
@@ -218,7 +222,10 @@ impl Metadata {
         }
         self.checkpoints
             .iter()
-            .map(|c| EpochMetrics { epoch: c.epoch, metrics: c.metrics.clone() })
+            .map(|c| EpochMetrics {
+                epoch: c.epoch,
+                metrics: c.metrics.clone(),
+            })
             .collect()
     }
 }
@@ -259,7 +266,15 @@ mod tests {
         let back: Value = serde_json::to_value(&meta).unwrap();
         assert_eq!(back["wandb_id"], "abc123");
         let original: Value = serde_json::from_str(SEED_EXAMPLE).unwrap();
-        for key in ["run_number", "experiment_name", "created_at", "checkpoints", "best_checkpoint", "training_config", "lora_config"] {
+        for key in [
+            "run_number",
+            "experiment_name",
+            "created_at",
+            "checkpoints",
+            "best_checkpoint",
+            "training_config",
+            "lora_config",
+        ] {
             assert_eq!(back[key], original[key], "{key}");
         }
     }
@@ -268,8 +283,14 @@ mod tests {
     fn metric_series_falls_back_to_checkpoints() {
         let mut meta: Metadata = serde_json::from_str(SEED_EXAMPLE).unwrap();
         assert_eq!(meta.metric_series().len(), 1);
-        meta.metric_history.push(EpochMetrics { epoch: 1, metrics: Metrics::new() });
-        meta.metric_history.push(EpochMetrics { epoch: 2, metrics: Metrics::new() });
+        meta.metric_history.push(EpochMetrics {
+            epoch: 1,
+            metrics: Metrics::new(),
+        });
+        meta.metric_history.push(EpochMetrics {
+            epoch: 2,
+            metrics: Metrics::new(),
+        });
         assert_eq!(meta.metric_series().len(), 2);
     }
 

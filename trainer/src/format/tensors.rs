@@ -60,7 +60,8 @@ pub fn lora_b_name(module: &str) -> String {
 
 /// True for `<module>.lora_A.weight` / `<module>.lora_B.weight`.
 pub fn is_lora_tensor(name: &str) -> bool {
-    !name.starts_with(OPTIMIZER_PREFIX) && (name.ends_with(LORA_A_SUFFIX) || name.ends_with(LORA_B_SUFFIX))
+    !name.starts_with(OPTIMIZER_PREFIX)
+        && (name.ends_with(LORA_A_SUFFIX) || name.ends_with(LORA_B_SUFFIX))
 }
 
 /// The module a LoRA tensor belongs to: `blocks.0.attn.qkv.lora_A.weight` → `blocks.0.attn.qkv`.
@@ -68,7 +69,8 @@ pub fn lora_module(name: &str) -> Option<&str> {
     if name.starts_with(OPTIMIZER_PREFIX) {
         return None;
     }
-    name.strip_suffix(LORA_A_SUFFIX).or_else(|| name.strip_suffix(LORA_B_SUFFIX))
+    name.strip_suffix(LORA_A_SUFFIX)
+        .or_else(|| name.strip_suffix(LORA_B_SUFFIX))
 }
 
 #[cfg(test)]
@@ -80,7 +82,10 @@ mod tests {
         let a = lora_a_name("blocks.0.attn.qkv");
         assert_eq!(a, "blocks.0.attn.qkv.lora_A.weight");
         assert!(is_lora_tensor(&a));
-        assert_eq!(lora_module(&lora_b_name("blocks.1.mlp.fc1")), Some("blocks.1.mlp.fc1"));
+        assert_eq!(
+            lora_module(&lora_b_name("blocks.1.mlp.fc1")),
+            Some("blocks.1.mlp.fc1")
+        );
         assert!(!is_lora_tensor("blocks.0.attn.qkv.weight"));
         assert!(!is_lora_tensor(&format!("{EXP_AVG_PREFIX}{a}")));
     }

@@ -116,31 +116,34 @@ impl Config {
         if self.image_size == 0 || self.in_channels == 0 || self.patch_size == 0 {
             return bad("image_size, in_channels and patch_size must be positive".into());
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.hidden_size == 0 || self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.hidden_size == 0
+            || self.num_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_heads)
+        {
             return bad(format!(
                 "hidden_size {} must be a positive multiple of num_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return bad(format!(
                 "hidden_size {} must be a multiple of 4 (2-D sin-cos positions)",
                 self.hidden_size
             ));
         }
-        if self.time_freq_dim < 2 || self.time_freq_dim % 2 != 0 {
+        if self.time_freq_dim < 2 || !self.time_freq_dim.is_multiple_of(2) {
             return bad(format!(
                 "time_freq_dim {} must be even and ≥ 2",
                 self.time_freq_dim
             ));
         }
-        if !(self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || self.mlp_hidden() == 0 {
             return bad(format!("mlp_ratio {} must be positive", self.mlp_ratio));
         }
         Ok(())

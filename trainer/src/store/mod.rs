@@ -1,13 +1,13 @@
 //! The run store: `CheckpointManager`, crash-safe writes, retention, listing.
 //!
-//! - [`atomic`]: temp-file + fsync + rename writes, atomic hard-link replacement, crash cleanup.
-//! - [`checksum`]: `blake3:<hex>` digests of whole files.
-//! - [`tensor_file`]: safetensors streamed to disk while hashing, and read back verified.
-//! - [`checkpoint`]: [`LoraCheckpoint`], one epoch's resumable state.
-//! - [`manager`]: [`CheckpointManager`], one run directory.
-//! - [`retention`]: [`RetentionPolicy`], the pure keep/delete decision.
-//! - [`listing`]: [`list_all_runs`].
-//! - [`hooks`]: [`SaveHooks`], code run around saves.
+//! - [`atomic`] -- temp-file + fsync + rename writes, atomic hard-link replacement, crash cleanup.
+//! - [`checksum`] -- `blake3:<hex>` digests of whole files.
+//! - [`tensor_file`] -- safetensors streamed to disk while hashing, and read back verified.
+//! - [`checkpoint`] -- [`LoraCheckpoint`], one epoch's resumable state.
+//! - [`manager`] -- [`CheckpointManager`], one run directory.
+//! - [`retention`] -- [`RetentionPolicy`], the pure keep/delete decision.
+//! - [`listing`] -- [`list_all_runs`].
+//! - [`hooks`] -- [`SaveHooks`], code run around saves.
 
 pub mod atomic;
 pub mod checkpoint;

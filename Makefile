@@ -1,0 +1,41 @@
+# The project's front door. `make demo` trains a demo run and serves the dashboard;
+# `make test` sets up what is missing and runs every test. Both are idempotent.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+CHECKPOINTS ?= checkpoints
+PORT ?= 8080
+DEMO_EPOCHS ?= 8
+
+.PHONY: demo test lint unit app serve bench setup clean-demo
+
+## Set up what is missing, train the demo run (small preset), serve the dashboard on :$(PORT).
+demo: setup
+	$(CARGO) build --release -p trainer -p server
+	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
+	./target/release/diffit train --preset small --epochs $(DEMO_EPOCHS) --checkpoints $(CHECKPOINTS)
+	./target/release/diffit train --list-runs --checkpoints $(CHECKPOINTS)
+	./target/release/diffit-server --checkpoints $(CHECKPOINTS) --port $(PORT)
+
+## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end).
+test: setup lint unit
+
+setup:
+	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }
+	scripts/setup-python.sh
+	@if [ -x scripts/browser-env.sh ]; then scripts/browser-env.sh; fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
+	$(CARGO) test --workspace
+
+## Build the browser app into target/site (served by diffit-server by default).
+app:
+	scripts/build-app.sh
+
+serve:
+	$(CARGO) run --release -p server --bin diffit-server -- --checkpoints $(CHECKPOINTS) --port $(PORT)

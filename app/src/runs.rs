@@ -1,0 +1,275 @@
+//! The runs view: every run in a sortable table, refreshed by live updates; a row opens the run,
+//! checked rows open together with their charts overlaid.
+
+use std::cmp::Ordering;
+
+use leptos::prelude::*;
+
+use crate::api::{fetch_runs, RunSummary};
+use crate::display;
+use crate::error::ErrorBox;
+use crate::live::use_live;
+use crate::route::{navigate, Route};
+
+/// A column the table can be sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// Run number.
+    Run,
+    /// Experiment name.
+    Experiment,
+    /// Creation time.
+    Created,
+    /// Number of checkpoints.
+    Checkpoints,
+    /// Best validation loss.
+    BestValLoss,
+    /// Base model's validation loss.
+    BaseValLoss,
+    /// Run status.
+    Status,
+}
+
+const COLUMNS: [(SortKey, &str, &str); 7] = [
+    (SortKey::Run, "run", "Run"),
+    (SortKey::Experiment, "experiment", "Experiment"),
+    (SortKey::Created, "created", "Created"),
+    (SortKey::Checkpoints, "checkpoints", "Checkpoints"),
+    (SortKey::BestValLoss, "best_val_loss", "Best val_loss"),
+    (SortKey::BaseValLoss, "base_val_loss", "Base val_loss"),
+    (SortKey::Status, "status", "Status"),
+];
+
+/// Orders two runs by `key`; missing values sort last whatever the direction.
+pub fn compare(a: &RunSummary, b: &RunSummary, key: SortKey, ascending: bool) -> Ordering {
+    fn opt<T: PartialOrd>(a: Option<T>, b: Option<T>, ascending: bool) -> Ordering {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let o = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
+                if ascending {
+                    o
+                } else {
+                    o.reverse()
+                }
+            }
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        }
+    }
+    let primary = match key {
+        SortKey::Run => opt(Some(a.run_number), Some(b.run_number), ascending),
+        SortKey::Experiment => opt(
+            a.experiment_name.as_ref(),
+            b.experiment_name.as_ref(),
+            ascending,
+        ),
+        SortKey::Created => opt(a.created_at.as_ref(), b.created_at.as_ref(), ascending),
+        SortKey::Checkpoints => opt(a.checkpoint_count(), b.checkpoint_count(), ascending),
+        SortKey::BestValLoss => opt(a.best_val_loss(), b.best_val_loss(), ascending),
+        SortKey::BaseValLoss => opt(a.base_val_loss, b.base_val_loss, ascending),
+        SortKey::Status => opt(a.status.as_ref(), b.status.as_ref(), ascending),
+    };
+    primary.then(a.run_number.cmp(&b.run_number))
+}
+
+/// The runs table.
+#[component]
+pub fn RunsView() -> impl IntoView {
+    let live = use_live();
+    let runs = LocalResource::new(move || {
+        live.changes.track();
+        fetch_runs()
+    });
+    let sort = RwSignal::new((SortKey::Run, false));
+    let selected = RwSignal::new(Vec::<u32>::new());
+
+    let open_selected = move |_| {
+        let mut picked = selected.get();
+        picked.sort_unstable();
+        if let Some((&first, rest)) = picked.split_first() {
+            navigate(&Route::Run {
+                run: first,
+                with: rest.to_vec(),
+            });
+        }
+    };
+
+    view! {
+        <section class="view runs-view">
+            <header class="view-header">
+                <h1>"Runs"</h1>
+                <button
+                    class="secondary"
+                    data-action="compare"
+                    disabled=move || selected.with(|s| s.len() < 2)
+                    on:click=open_selected
+                >
+                    {move || format!("Compare selected ({})", selected.with(Vec::len))}
+                </button>
+            </header>
+            <Transition fallback=|| view! { <p class="loading">"Loading runs…"</p> }>
+                {move || {
+                    runs.get()
+                        .map(|result| match result {
+                            Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
+                            Ok(list) if list.is_empty() => view! {
+                                <p class="empty" data-empty="">
+                                    "No runs yet. Train one with "
+                                    <code>"diffit train --preset tiny"</code>
+                                    " and it appears here."
+                                </p>
+                            }
+                            .into_any(),
+                            Ok(list) => view! { <RunsTable runs=list sort=sort selected=selected/> }.into_any(),
+                        })
+                }}
+            </Transition>
+        </section>
+    }
+}
+
+#[component]
+fn RunsTable(
+    runs: Vec<RunSummary>,
+    sort: RwSignal<(SortKey, bool)>,
+    selected: RwSignal<Vec<u32>>,
+) -> impl IntoView {
+    let rows = move || {
+        let (key, ascending) = sort.get();
+        let mut sorted = runs.clone();
+        sorted.sort_by(|a, b| compare(a, b, key, ascending));
+        sorted
+            .into_iter()
+            .map(|run| view! { <RunRow run=run selected=selected/> })
+            .collect_view()
+    };
+    let header = COLUMNS
+        .iter()
+        .map(|&(key, attr, label)| {
+            let arrow = move || match sort.get() {
+                (k, true) if k == key => " ▲",
+                (k, false) if k == key => " ▼",
+                _ => "",
+            };
+            let on_click = move |_| {
+                sort.update(|(k, ascending)| {
+                    if *k == key {
+                        *ascending = !*ascending;
+                    } else {
+                        *k = key;
+                        *ascending = true;
+                    }
+                })
+            };
+            view! {
+                <th data-sort=attr class:sorted=move || sort.get().0 == key on:click=on_click>
+                    {label}
+                    {arrow}
+                </th>
+            }
+        })
+        .collect_view();
+    view! {
+        <table class="runs">
+            <thead>
+                <tr>
+                    <th class="select"></th>
+                    {header}
+                </tr>
+            </thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+}
+
+#[component]
+fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
+    let n = run.run_number;
+    let open = move |_| {
+        navigate(&Route::Run {
+            run: n,
+            with: Vec::new(),
+        })
+    };
+    let toggle = move |ev: leptos::ev::Event| {
+        let on = event_target_checked(&ev);
+        selected.update(|s| {
+            s.retain(|&r| r != n);
+            if on {
+                s.push(n);
+            }
+        });
+    };
+    let checkbox = view! {
+        <td class="select" on:click=|ev| ev.stop_propagation()>
+            <input
+                type="checkbox"
+                aria-label=format!("select run {n}")
+                prop:checked=move || selected.with(|s| s.contains(&n))
+                on:change=toggle
+            />
+        </td>
+    };
+    if let Some(error) = run.error.clone() {
+        return view! {
+            <tr class="broken" data-run=n on:click=open>
+                {checkbox}
+                <td class="num">{n}</td>
+                <td colspan="6" class="error-text">{format!("unreadable: {error}")}</td>
+            </tr>
+        }
+        .into_any();
+    }
+    let status = run.status.clone().unwrap_or_else(|| "unknown".to_string());
+    view! {
+        <tr data-run=n on:click=open>
+            {checkbox}
+            <td class="num">{n}</td>
+            <td>{run.experiment_name.clone().unwrap_or_default()}</td>
+            <td>{run.created_at.as_deref().map(display::time).unwrap_or_default()}</td>
+            <td class="num">{run.checkpoint_count().map(|c| c.to_string()).unwrap_or_default()}</td>
+            <td class="num">
+                {display::metric(run.best_val_loss())}
+                {run.best.as_ref().map(|b| view! { <span class="sub">{format!(" (epoch {})", b.epoch)}</span> })}
+            </td>
+            <td class="num">{display::metric(run.base_val_loss)}</td>
+            <td>
+                <span class=format!("status status-{status}")>{status.clone()}</span>
+            </td>
+        </tr>
+    }
+    .into_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(n: u32, best: Option<f64>) -> RunSummary {
+        let best = best
+            .map(|v| format!(r#","best":{{"epoch":1,"metrics":{{"val_loss":{v}}}}}"#))
+            .unwrap_or_default();
+        serde_json::from_str(&format!(r#"{{"run_number":{n}{best}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn sorts_with_missing_values_last() {
+        let mut runs = vec![run(1, Some(0.5)), run(2, None), run(3, Some(0.2))];
+        runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, true));
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [3, 1, 2]
+        );
+        runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, false));
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [1, 3, 2]
+        );
+        runs.sort_by(|a, b| compare(a, b, SortKey::Run, false));
+        assert_eq!(
+            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+            [3, 2, 1]
+        );
+    }
+}

@@ -1,0 +1,473 @@
+//! The sample view: pick a checkpoint, seed, steps and count; the browser downloads the base
+//! (cached by checksum) and the LoRA weights, fuses them, runs DDIM step by step and draws the
+//! base and base+LoRA images side by side as they denoise.
+
+use std::rc::Rc;
+
+use leptos::html::Canvas;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use trainer::format::layout::CheckpointName;
+use trainer::format::Metadata;
+use wasm_bindgen::{Clamped, JsCast};
+
+use crate::api::fetch_run;
+use crate::error::ErrorBox;
+use crate::route::Route;
+use crate::sampler::{load_models, Models, Sampling};
+
+/// Largest count of images per model, to keep the page responsive.
+const MAX_COUNT: usize = 16;
+/// Largest number of DDIM steps (the schedule's length).
+const MAX_STEPS: usize = 1000;
+
+/// Checkpoint choices for a run: `best` (if any), `last`, then every epoch whose file exists.
+pub fn checkpoint_choices(meta: &Metadata) -> Vec<(String, String)> {
+    let mut choices = Vec::new();
+    if let Some(best) = &meta.best_checkpoint {
+        choices.push(("best".to_string(), format!("best (epoch {})", best.epoch)));
+    }
+    if let Some(last) = meta.last_epoch() {
+        choices.push(("last".to_string(), format!("last (epoch {last})")));
+    }
+    for c in meta
+        .live_checkpoints()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        choices.push((
+            format!("epoch_{:03}", c.epoch),
+            format!("epoch {}", c.epoch),
+        ));
+    }
+    choices
+}
+
+/// The form's values, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Checkpoint to fuse.
+    pub checkpoint: CheckpointName,
+    /// Noise seed.
+    pub seed: u64,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Images per model.
+    pub count: usize,
+}
+
+/// Parses the form fields into a [`Request`], or says which field is wrong.
+pub fn parse_request(
+    checkpoint: &str,
+    seed: &str,
+    steps: &str,
+    count: &str,
+) -> Result<Request, String> {
+    let checkpoint: CheckpointName = checkpoint.parse().map_err(|e| format!("{e}"))?;
+    if checkpoint == CheckpointName::Base {
+        return Err("choose a LoRA checkpoint (best, last or an epoch)".to_string());
+    }
+    let seed = seed
+        .trim()
+        .parse()
+        .map_err(|_| format!("seed {seed:?} is not a non-negative integer"))?;
+    let steps: usize = steps
+        .trim()
+        .parse()
+        .map_err(|_| format!("steps {steps:?} is not a positive integer"))?;
+    if !(1..=MAX_STEPS).contains(&steps) {
+        return Err(format!("steps must be between 1 and {MAX_STEPS}"));
+    }
+    let count: usize = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("count {count:?} is not a positive integer"))?;
+    if !(1..=MAX_COUNT).contains(&count) {
+        return Err(format!("count must be between 1 and {MAX_COUNT}"));
+    }
+    Ok(Request {
+        checkpoint,
+        seed,
+        steps,
+        count,
+    })
+}
+
+/// Grid of `count` images: (columns, rows).
+pub fn grid(count: usize) -> (usize, usize) {
+    let cols = (count as f64).sqrt().ceil().max(1.0) as usize;
+    (cols, count.div_ceil(cols))
+}
+
+/// Lays out RGB images (HWC, `size`×`size`) in a grid as one RGBA buffer, with its width and height.
+pub fn compose_rgba(images: &[Vec<u8>], size: usize) -> (Vec<u8>, usize, usize) {
+    let (cols, rows) = grid(images.len());
+    let (width, height) = (cols * size, rows * size);
+    let mut rgba = vec![0u8; width * height * 4];
+    for (i, image) in images.iter().enumerate() {
+        let (ox, oy) = ((i % cols) * size, (i / cols) * size);
+        for (p, px) in image.chunks(3).enumerate().take(size * size) {
+            let at = ((oy + p / size) * width + ox + p % size) * 4;
+            rgba[at..at + 3].copy_from_slice(px);
+            rgba[at + 3] = 255;
+        }
+    }
+    (rgba, width, height)
+}
+
+/// Lifecycle of one sampling run, also the canvases' `data-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Running => "running",
+            Phase::Done => "done",
+            Phase::Failed => "error",
+        }
+    }
+}
+
+/// Timings and sizes of the last run, shown under the progress bar.
+#[derive(Debug, Clone, PartialEq)]
+struct Stats {
+    total_ms: f64,
+    step_ms: f64,
+    steps: usize,
+    base_source: &'static str,
+    downloaded: u64,
+}
+
+/// Sampling from one run.
+#[component]
+pub fn SampleView(run: u32, checkpoint: Option<String>) -> impl IntoView {
+    let detail = LocalResource::new(move || fetch_run(run));
+    view! {
+        <section class="view sample-view">
+            <header class="view-header">
+                <h1>{format!("Sample from run {run}")}</h1>
+                <a class="button secondary" href=Route::Run { run, with: Vec::new() }.to_hash()>"Back to the run"</a>
+            </header>
+            <Suspense fallback=|| view! { <p class="loading">"Loading the run…"</p> }>
+                {move || {
+                    let checkpoint = checkpoint.clone();
+                    detail.get().map(|result| match result {
+                        Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
+                        Ok(detail) => view! { <SamplePanel meta=detail.metadata checkpoint=checkpoint/> }.into_any(),
+                    })
+                }}
+            </Suspense>
+        </section>
+    }
+}
+
+fn now_ms() -> f64 {
+    web_sys::window()
+        .and_then(|w| w.performance())
+        .map(|p| p.now())
+        .unwrap_or(0.0)
+}
+
+fn draw(canvas: &NodeRef<Canvas>, images: &[Vec<u8>], size: usize) -> Result<(), String> {
+    let Some(canvas) = canvas.get_untracked() else {
+        return Ok(());
+    };
+    let (rgba, width, height) = compose_rgba(images, size);
+    canvas.set_width(width as u32);
+    canvas.set_height(height as u32);
+    let context = canvas
+        .get_context("2d")
+        .ok()
+        .flatten()
+        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+        .ok_or("this browser has no 2D canvas")?;
+    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+        Clamped(&rgba),
+        width as u32,
+        height as u32,
+    )
+    .map_err(|e| format!("ImageData: {e:?}"))?;
+    context
+        .put_image_data(&data, 0.0, 0.0)
+        .map_err(|e| format!("putImageData: {e:?}"))
+}
+
+fn download_png(canvas: &NodeRef<Canvas>, name: &str) {
+    let Some(canvas) = canvas.get_untracked() else {
+        return;
+    };
+    let Ok(url) = canvas.to_data_url() else {
+        return;
+    };
+    let anchor = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.create_element("a").ok())
+        .and_then(|a| a.dyn_into::<web_sys::HtmlAnchorElement>().ok());
+    if let Some(anchor) = anchor {
+        anchor.set_href(&url);
+        anchor.set_download(name);
+        anchor.click();
+    }
+}
+
+#[component]
+fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
+    let run = meta.run_number;
+    let choices = checkpoint_choices(&meta);
+    let initial = checkpoint
+        .filter(|c| choices.iter().any(|(v, _)| v == c))
+        .or_else(|| choices.first().map(|c| c.0.clone()));
+    let chosen = RwSignal::new(initial.unwrap_or_default());
+    let seed = RwSignal::new("0".to_string());
+    let steps = RwSignal::new("20".to_string());
+    let count = RwSignal::new("1".to_string());
+    let with_base = RwSignal::new(true);
+
+    let phase = RwSignal::new(Phase::Idle);
+    let status = RwSignal::new(String::new());
+    let progress = RwSignal::new((0usize, 0usize));
+    let error = RwSignal::new(None::<String>);
+    let stats = RwSignal::new(None::<Stats>);
+    let lora_canvas = NodeRef::<Canvas>::new();
+    let base_canvas = NodeRef::<Canvas>::new();
+    // Loaded models stay in memory for the page's life, keyed by checkpoint, so a second click
+    // only samples.
+    let loaded = StoredValue::new_local(None::<(CheckpointName, Rc<Models>)>);
+    let meta = Rc::new(meta);
+    let has_choices = !choices.is_empty();
+
+    let start = move |_| {
+        if phase.get_untracked() == Phase::Running {
+            return;
+        }
+        let request = match parse_request(
+            &chosen.get_untracked(),
+            &seed.get_untracked(),
+            &steps.get_untracked(),
+            &count.get_untracked(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                error.set(Some(e));
+                return;
+            }
+        };
+        let compare = with_base.get_untracked();
+        let meta = meta.clone();
+        error.set(None);
+        stats.set(None);
+        phase.set(Phase::Running);
+        progress.set((0, request.steps));
+        spawn_local(async move {
+            let started = now_ms();
+            let result = async {
+                let cached = loaded.with_value(|l| {
+                    l.as_ref()
+                        .filter(|(c, _)| *c == request.checkpoint)
+                        .map(|(_, m)| m.clone())
+                });
+                let (models, source, downloaded) = match cached {
+                    Some(models) => (models, "memory", 0),
+                    None => {
+                        let models = Rc::new(
+                            load_models(&meta, request.checkpoint, |s| status.set(s.to_string()))
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        );
+                        loaded.set_value(Some((request.checkpoint, models.clone())));
+                        (
+                            models.clone(),
+                            models.base_source.as_str(),
+                            models.downloaded_bytes,
+                        )
+                    }
+                };
+                let size = models.config.image_size;
+                let mut sampling =
+                    Sampling::new(&models, request.seed, request.steps, request.count, compare)
+                        .map_err(|e| e.to_string())?;
+                let steps_started = now_ms();
+                loop {
+                    let (done, total) = sampling.progress();
+                    status.set(format!("denoising: step {done} of {total}"));
+                    // Hand the event loop a turn so the page repaints and stays responsive.
+                    gloo::timers::future::TimeoutFuture::new(0).await;
+                    let more = sampling.step(&models).map_err(|e| e.to_string())?;
+                    progress.set(sampling.progress());
+                    let (lora_images, base_images) =
+                        sampling.images().map_err(|e| e.to_string())?;
+                    draw(&lora_canvas, &lora_images, size)?;
+                    if let Some(base_images) = base_images {
+                        draw(&base_canvas, &base_images, size)?;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+                let finished = now_ms();
+                let steps_done = sampling.progress().1;
+                Ok::<_, String>(Stats {
+                    total_ms: finished - started,
+                    step_ms: (finished - steps_started) / steps_done.max(1) as f64,
+                    steps: steps_done,
+                    base_source: source,
+                    downloaded,
+                })
+            }
+            .await;
+            match result {
+                Ok(s) => {
+                    status.set(String::new());
+                    stats.set(Some(s));
+                    phase.set(Phase::Done);
+                }
+                Err(e) => {
+                    status.set(String::new());
+                    error.set(Some(e));
+                    phase.set(Phase::Failed);
+                }
+            }
+        });
+    };
+
+    let options = choices
+        .into_iter()
+        .map(|(value, label)| {
+            let selected = value.clone();
+            view! { <option value=value selected=move || chosen.get() == selected>{label}</option> }
+        })
+        .collect_view();
+    let file_name = move |side: &str| {
+        format!(
+            "run{run:03}-{}-seed{}-{side}.png",
+            chosen.get_untracked(),
+            seed.get_untracked()
+        )
+    };
+
+    view! {
+        <form class="sample-form" on:submit=|ev| ev.prevent_default()>
+            <label>
+                "Checkpoint"
+                <select data-field="checkpoint" on:change=move |ev| chosen.set(event_target_value(&ev))>{options}</select>
+            </label>
+            <label>
+                "Seed"
+                <input type="number" min="0" data-field="seed" prop:value=seed on:input=move |ev| seed.set(event_target_value(&ev))/>
+            </label>
+            <label>
+                "Steps"
+                <input type="number" min="1" max=MAX_STEPS data-field="steps" prop:value=steps on:input=move |ev| steps.set(event_target_value(&ev))/>
+            </label>
+            <label>
+                "Count"
+                <input type="number" min="1" max=MAX_COUNT data-field="count" prop:value=count on:input=move |ev| count.set(event_target_value(&ev))/>
+            </label>
+            <label class="inline">
+                <input type="checkbox" data-field="compare-base" prop:checked=with_base on:change=move |ev| with_base.set(event_target_checked(&ev))/>
+                " Compare with the base"
+            </label>
+            <button
+                type="button"
+                data-action="sample"
+                disabled=move || !has_choices || phase.get() == Phase::Running
+                on:click=start
+            >
+                {move || if phase.get() == Phase::Running { "Sampling…" } else { "Sample" }}
+            </button>
+        </form>
+        {(!has_choices).then(|| view! { <ErrorBox message="this run has no LoRA checkpoint to sample from yet"/> })}
+        {move || error.get().map(|e| view! { <ErrorBox message=e/> })}
+        <div class="sample-progress">
+            <progress
+                data-field="progress"
+                max=move || progress.get().1.max(1)
+                value=move || progress.get().0
+            ></progress>
+            <span class="sub" data-field="status">{move || status.get()}</span>
+            {move || stats.get().map(|s| view! {
+                <span class="sample-stats" data-field="stats" data-total-ms=s.total_ms data-step-ms=s.step_ms data-base-source=s.base_source>
+                    {format!(
+                        "{:.0} ms from click to image · {:.1} ms per step ({} steps, both models) · base from {} · {} downloaded",
+                        s.total_ms, s.step_ms, s.steps, s.base_source, crate::display::bytes(s.downloaded)
+                    )}
+                </span>
+            })}
+        </div>
+        <div class="samples">
+            <div class="sample-card" class:hidden=move || !with_base.get()>
+                <h2>"Base model"</h2>
+                <canvas node_ref=base_canvas data-sample="base" data-state=move || if with_base.get() { phase.get().as_str() } else { "idle" } width="1" height="1"></canvas>
+                <button type="button" class="secondary" data-action="download-base" disabled=move || phase.get() != Phase::Done on:click=move |_| download_png(&base_canvas, &file_name("base"))>
+                    "Download PNG"
+                </button>
+            </div>
+            <div class="sample-card">
+                <h2>"Base + LoRA"</h2>
+                <canvas node_ref=lora_canvas data-sample="lora" data-state=move || phase.get().as_str() width="1" height="1"></canvas>
+                <button type="button" class="secondary" data-action="download" disabled=move || phase.get() != Phase::Done on:click=move |_| download_png(&lora_canvas, &file_name("lora"))>
+                    "Download PNG"
+                </button>
+            </div>
+        </div>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked() {
+        let r = parse_request("best", "7", "20", "2").unwrap();
+        assert_eq!(
+            r,
+            Request {
+                checkpoint: CheckpointName::Best,
+                seed: 7,
+                steps: 20,
+                count: 2
+            }
+        );
+        assert!(parse_request("base", "7", "20", "1").is_err());
+        assert!(parse_request("epoch_1", "7", "20", "1").is_err());
+        assert!(parse_request("last", "-1", "20", "1").is_err());
+        assert!(parse_request("last", "1", "0", "1").is_err());
+        assert!(parse_request("last", "1", "10", "17").is_err());
+    }
+
+    #[test]
+    fn images_are_laid_out_in_a_grid() {
+        assert_eq!(grid(1), (1, 1));
+        assert_eq!(grid(3), (2, 2));
+        assert_eq!(grid(4), (2, 2));
+        assert_eq!(grid(5), (3, 2));
+        let red = vec![255, 0, 0, 255, 0, 0, 255, 0, 0, 255, 0, 0];
+        let blue = vec![0, 0, 255, 0, 0, 255, 0, 0, 255, 0, 0, 255];
+        let (rgba, w, h) = compose_rgba(&[red, blue], 2);
+        assert_eq!((w, h), (4, 2));
+        assert_eq!(&rgba[0..4], &[255, 0, 0, 255]);
+        assert_eq!(&rgba[8..12], &[0, 0, 255, 255]);
+    }
+
+    #[test]
+    fn choices_put_best_first_and_skip_removed_epochs() {
+        let meta: Metadata = serde_json::from_str(
+            r#"{"run_number":1,"experiment_name":"e","created_at":"t","training_config":{},"lora_config":{},
+            "checkpoints":[{"epoch":1,"path":"p","metrics":{},"saved_at":"t","removed":true},
+                           {"epoch":2,"path":"p","metrics":{},"saved_at":"t"}],
+            "best_checkpoint":{"epoch":2,"path":"p","metrics":{}}}"#,
+        )
+        .unwrap();
+        let values: Vec<String> = checkpoint_choices(&meta).into_iter().map(|c| c.0).collect();
+        assert_eq!(values, ["best", "last", "epoch_002"]);
+    }
+}

@@ -1,0 +1,226 @@
+//! Sampling in the browser, without the UI: download the base and the weights-only LoRA
+//! checkpoint, fuse them with candle, and run DDIM one step at a time for the base model and
+//! the fused model from the same noise, so the caller can draw and yield between steps.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::Value;
+use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule};
+use trainer::format::layout::CheckpointName;
+use trainer::format::tensors::meta_keys;
+use trainer::format::Metadata;
+use trainer::model::{fuse_lora_weights, validate_lora, Config, DiffiT, LoraConfig};
+
+use crate::api::{checkpoint_url, fetch_bytes, ApiError};
+use crate::base_cache::{load_base, BaseSource};
+
+/// Why sampling could not run; shown in the page.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// A download failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A downloaded file is not a readable safetensors file.
+    #[error("{what} is damaged: {message}")]
+    Damaged {
+        /// Which file.
+        what: String,
+        /// What failed to parse.
+        message: String,
+    },
+    /// No model or LoRA configuration could be found for the run.
+    #[error("run has no usable {0} configuration")]
+    MissingConfig(&'static str),
+    /// The weights do not fit the model (wrong shapes, missing tensors).
+    #[error("the checkpoint does not fit the model: {0}")]
+    Model(#[from] trainer::model::ModelError),
+    /// A tensor operation failed while sampling.
+    #[error("sampling failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Both models of a comparison, ready to sample.
+pub struct Models {
+    /// The model configuration.
+    pub config: Config,
+    /// The frozen base model alone.
+    pub base: DiffiT,
+    /// The base with the LoRA update merged into its weights.
+    pub fused: DiffiT,
+    /// Where the base bytes came from.
+    pub base_source: BaseSource,
+    /// Bytes downloaded for this sample (0 for a cached base means only the LoRA file).
+    pub downloaded_bytes: u64,
+}
+
+/// A loaded safetensors file: tensors and its `__metadata__` strings.
+struct TensorFile {
+    tensors: HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+}
+
+fn parse_tensor_file(what: &str, bytes: &[u8]) -> Result<TensorFile, SampleError> {
+    let damaged = |message: String| SampleError::Damaged {
+        what: what.to_string(),
+        message,
+    };
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| damaged(e.to_string()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| damaged(e.to_string()))?;
+    Ok(TensorFile { tensors, metadata })
+}
+
+/// A config from a file's `__metadata__` JSON string under `key`.
+fn from_file<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str) -> Option<T> {
+    file.metadata
+        .get(key)
+        .and_then(|text| serde_json::from_str(text).ok())
+}
+
+/// The model config recorded in the run's metadata: `training_config.model` (an object or a
+/// preset name), else `training_config.preset`.
+pub fn model_config_from_metadata(meta: &Metadata) -> Option<Config> {
+    let training = &meta.training_config;
+    let model = training
+        .get("model")
+        .or_else(|| training.get("model_config"));
+    match model {
+        Some(Value::Object(_)) => model.and_then(|m| serde_json::from_value(m.clone()).ok()),
+        Some(Value::String(name)) => Config::preset(name),
+        _ => training
+            .get("preset")
+            .and_then(Value::as_str)
+            .and_then(Config::preset),
+    }
+}
+
+/// Downloads the base (or takes it from the cache) and `checkpoint`'s LoRA weights, checks they
+/// fit, and builds the base and fused models. `on_phase` is told what is happening.
+pub async fn load_models(
+    meta: &Metadata,
+    checkpoint: CheckpointName,
+    on_phase: impl Fn(&str),
+) -> Result<Models, SampleError> {
+    let run = meta.run_number;
+    on_phase("downloading the base model");
+    let record = meta.base_model.as_ref();
+    let (base_bytes, base_source) = load_base(
+        &checkpoint_url(run, CheckpointName::Base, false),
+        record.map(|r| r.checksum.as_str()),
+        record.map(|r| r.size),
+    )
+    .await?;
+    on_phase("downloading the LoRA weights");
+    let lora_bytes = fetch_bytes(&checkpoint_url(run, checkpoint, true)).await?;
+    let downloaded_bytes = lora_bytes.len() as u64
+        + if base_source == BaseSource::Network {
+            base_bytes.len() as u64
+        } else {
+            0
+        };
+
+    on_phase("fusing LoRA into the base");
+    let base = parse_tensor_file("the base model", &base_bytes)?;
+    let lora = parse_tensor_file(&format!("the {checkpoint} checkpoint"), &lora_bytes)?;
+    let config: Config = from_file(&lora, meta_keys::MODEL_CONFIG)
+        .or_else(|| from_file(&base, meta_keys::MODEL_CONFIG))
+        .or_else(|| model_config_from_metadata(meta))
+        .ok_or(SampleError::MissingConfig("model"))?;
+    let lora_config: LoraConfig = from_file(&lora, meta_keys::LORA_CONFIG)
+        .or_else(|| serde_json::from_value(meta.lora_config.clone()).ok())
+        .ok_or(SampleError::MissingConfig("LoRA"))?;
+    validate_lora(&config, &base.tensors, &lora.tensors, &lora_config)?;
+    let fused_tensors = fuse_lora_weights(&base.tensors, &lora.tensors, &lora_config)?;
+    let fused = DiffiT::new(
+        &config,
+        VarBuilder::from_tensors(fused_tensors, DType::F32, &Device::Cpu),
+        None,
+    )?;
+    let base_model = DiffiT::new(
+        &config,
+        VarBuilder::from_tensors(base.tensors, DType::F32, &Device::Cpu),
+        None,
+    )?;
+    Ok(Models {
+        config,
+        base: base_model,
+        fused,
+        base_source,
+        downloaded_bytes,
+    })
+}
+
+/// One sampling run: the fused model and (optionally) the base alone, from the same noise.
+pub struct Sampling {
+    lora: DdimSampler,
+    base: Option<DdimSampler>,
+}
+
+impl Sampling {
+    /// Prepares `count` images per model with `steps` DDIM steps from `seed`.
+    pub fn new(
+        models: &Models,
+        seed: u64,
+        steps: usize,
+        count: usize,
+        with_base: bool,
+    ) -> Result<Self, SampleError> {
+        let schedule = NoiseSchedule::default();
+        let make = || DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu);
+        Ok(Sampling {
+            lora: make()?,
+            base: if with_base { Some(make()?) } else { None },
+        })
+    }
+
+    /// `(steps done, total steps)` of the fused model.
+    pub fn progress(&self) -> (usize, usize) {
+        self.lora.progress()
+    }
+
+    /// Runs one step of each model; false once done.
+    pub fn step(&mut self, models: &Models) -> Result<bool, SampleError> {
+        let more = self.lora.step(&models.fused)?;
+        if let Some(base) = &mut self.base {
+            base.step(&models.base)?;
+        }
+        Ok(more)
+    }
+
+    /// Current images as RGB bytes (HWC) per image: (fused, base). Final once [`Sampling::step`]
+    /// returned false.
+    pub fn images(&self) -> Result<(Vec<Vec<u8>>, Option<Vec<Vec<u8>>>), SampleError> {
+        let view = |s: &DdimSampler| -> Result<Vec<Vec<u8>>, SampleError> {
+            let x = if s.is_done() {
+                s.clone().finish()?
+            } else {
+                s.current_x0()?
+            };
+            Ok(to_rgb8(&x)?)
+        };
+        Ok((view(&self.lora)?, self.base.as_ref().map(view).transpose()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_config_from_training_config() {
+        let mut meta = Metadata::new(1, "e", "t");
+        meta.training_config = serde_json::json!({ "preset": "tiny" });
+        assert_eq!(model_config_from_metadata(&meta), Some(Config::tiny()));
+        meta.training_config = serde_json::json!({ "model": "small" });
+        assert_eq!(model_config_from_metadata(&meta), Some(Config::small()));
+        meta.training_config =
+            serde_json::json!({ "model": serde_json::to_value(Config::tiny()).unwrap() });
+        assert_eq!(model_config_from_metadata(&meta), Some(Config::tiny()));
+        meta.training_config = serde_json::json!({});
+        assert_eq!(model_config_from_metadata(&meta), None);
+    }
+}

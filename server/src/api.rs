@@ -1,0 +1,434 @@
+//! The JSON API handlers: the run list, one run, its metrics, its checkpoint files and the
+//! change events. Request data is parsed into typed values (run number, `CheckpointName`)
+//! before anything touches the filesystem.
+
+use std::convert::Infallible;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use trainer::format::{CheckpointName, Metadata};
+
+use crate::catalog;
+use crate::error::ApiError;
+use crate::root::ConfineError;
+use crate::state::{AppState, Shared};
+use crate::tensor_file::{compute_checksum, FileFacts, FileKey, Representation};
+
+/// Interval of SSE keep-alive comments.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Epoch files and the base model never change once written.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `best` / `last` (and the lists) change: revalidate every time.
+const REVALIDATE: &str = "no-cache";
+
+/// Parses a run number: a plain decimal integer, no sign, no leading zeros.
+pub fn parse_run_number(text: &str) -> Result<u32, ApiError> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical
+        .then(|| text.parse::<u32>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid run number {text:?}: expected a decimal integer"
+            ))
+        })
+}
+
+/// `GET /api/runs`: every run, broken ones included, from the watcher's cached list.
+pub async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let snapshot = state.shared.runs();
+    let etag = format!("\"runs-{}\"", snapshot.generation);
+    let mut response = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            snapshot.json.clone(),
+        )
+            .into_response()
+    };
+    set_header(&mut response, header::ETAG, &etag);
+    set_header(&mut response, header::CACHE_CONTROL, REVALIDATE);
+    response
+}
+
+/// `GET /api/runs/{n}`: the run's state, its metadata and its `config.json` (null if absent).
+pub async fn run_detail(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let n = run_from_path(path)?;
+    let shared = state.shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = catalog::read_metadata(&shared.root, n)?;
+        let config = catalog::read_config(&shared.root, n)?;
+        let summary = catalog::summarize(&shared.root, n);
+        Ok(Json(json!({
+            "run_number": n,
+            "status": summary.status,
+            "writer_active": summary.info.as_ref().is_some_and(|i| i.writer_active),
+            "metadata": metadata,
+            "config": config,
+        })))
+    })
+    .await?
+}
+
+/// `GET /api/runs/{n}/metrics`: the per-epoch metric series and the base model's metrics.
+pub async fn run_metrics(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let n = run_from_path(path)?;
+    let shared = state.shared.clone();
+    let meta: Metadata =
+        tokio::task::spawn_blocking(move || catalog::read_metadata(&shared.root, n)).await??;
+    Ok(Json(json!({
+        "run_number": n,
+        "monitor": meta.monitor.as_deref().unwrap_or("val_loss"),
+        "mode": meta.mode.unwrap_or_default(),
+        "base_metrics": meta.base_metrics,
+        "best_epoch": meta.best_checkpoint.as_ref().map(|b| b.epoch),
+        "series": meta.metric_series(),
+    })))
+}
+
+/// Query of the checkpoint route.
+#[derive(Debug, Deserialize)]
+pub struct CheckpointQuery {
+    /// `true`: only the LoRA tensors, as a valid safetensors file.
+    weights_only: Option<String>,
+}
+
+/// `GET /api/runs/{n}/checkpoints/{name}`: the file (or its LoRA-only view), streamed, with
+/// ETag / If-None-Match, single-range requests and caching headers.
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CheckpointQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((run, name)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let n = parse_run_number(&run)?;
+    let name: CheckpointName =
+        name.parse()
+            .map_err(|e: trainer::format::layout::InvalidCheckpointName| {
+                ApiError::BadRequest(e.to_string())
+            })?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let weights_only = match query.weights_only.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid weights_only {other:?}: expected true or false"
+            )))
+        }
+    };
+    if weights_only && name == CheckpointName::Base {
+        return Err(ApiError::BadRequest(
+            "weights_only applies to LoRA checkpoints, not the base model".into(),
+        ));
+    }
+
+    let shared = state.shared.clone();
+    let opened = tokio::task::spawn_blocking(move || open_checkpoint(&shared, n, name)).await??;
+    let representation = if weights_only {
+        Representation::lora_only(&opened.facts).map_err(|e| ApiError::BrokenRun {
+            run: n,
+            reason: format!("{}: {e}", name.relative_path(n)),
+        })?
+    } else {
+        Representation::whole(opened.key.size)
+    };
+    let etag = if weights_only {
+        format!("\"{}+lora\"", opened.checksum)
+    } else {
+        format!("\"{}\"", opened.checksum)
+    };
+    let cache = match name {
+        CheckpointName::Base | CheckpointName::Epoch(_) => IMMUTABLE,
+        CheckpointName::Best | CheckpointName::Last => REVALIDATE,
+    };
+    let suffix = if weights_only { "_lora" } else { "" };
+    let disposition = format!(
+        "attachment; filename=\"{}_{name}{suffix}.safetensors\"",
+        trainer::format::layout::run_dir_name(n)
+    );
+
+    let total = representation.len();
+    let (status, body_rep) = if if_none_match(&headers, &etag) {
+        (StatusCode::NOT_MODIFIED, None)
+    } else {
+        match requested_range(&headers, &etag, total)? {
+            Some(range) => (
+                StatusCode::PARTIAL_CONTENT,
+                Some((representation.slice(range.clone()), Some(range))),
+            ),
+            None => (StatusCode::OK, Some((representation, None))),
+        }
+    };
+
+    let mut response = match body_rep {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some((rep, range)) => {
+            let len = rep.len();
+            let mut response =
+                Response::new(Body::from_stream(rep.into_stream(Arc::new(opened.file))));
+            *response.status_mut() = status;
+            set_header(&mut response, header::CONTENT_LENGTH, &len.to_string());
+            set_header(
+                &mut response,
+                header::CONTENT_TYPE,
+                "application/octet-stream",
+            );
+            set_header(&mut response, header::CONTENT_DISPOSITION, &disposition);
+            if let Some(range) = range {
+                set_header(
+                    &mut response,
+                    header::CONTENT_RANGE,
+                    &format!("bytes {}-{}/{total}", range.start(), range.end()),
+                );
+            }
+            response
+        }
+    };
+    set_header(&mut response, header::ETAG, &etag);
+    set_header(&mut response, header::CACHE_CONTROL, cache);
+    set_header(&mut response, header::ACCEPT_RANGES, "bytes");
+    Ok(response)
+}
+
+/// An opened checkpoint file and what is known about this version of it.
+struct OpenedCheckpoint {
+    file: File,
+    key: FileKey,
+    facts: Arc<FileFacts>,
+    checksum: String,
+}
+
+/// Opens a checkpoint inside the root, validates its header, finds its checksum. Blocking.
+fn open_checkpoint(
+    shared: &Shared,
+    n: u32,
+    name: CheckpointName,
+) -> Result<OpenedCheckpoint, ApiError> {
+    let layout = catalog::run_layout(&shared.root, n)?;
+    let path = layout.checkpoint(name);
+    let file = shared.root.open(&path).map_err(|err| match err {
+        ConfineError::NotFound(_) => ApiError::CheckpointNotFound {
+            run: n,
+            name: name.to_string(),
+        },
+        other => other.into(),
+    })?;
+    let rel = name.relative_path(n);
+    let key = FileKey::of(&file).map_err(|e| ApiError::io("reading metadata of", &path, e))?;
+    let facts = shared
+        .files
+        .get_or_read(&file, key)
+        .map_err(|e| ApiError::BrokenRun {
+            run: n,
+            reason: format!("{rel}: {e}"),
+        })?;
+    let checksum = match facts.checksum() {
+        Some(known) => known.to_string(),
+        None => {
+            let found = match recorded_checksum(shared, n, name, key.size) {
+                Some(recorded) => recorded,
+                None => compute_checksum(&file, key.size)
+                    .map_err(|e| ApiError::io("hashing", &path, e))?,
+            };
+            facts.set_checksum(found).to_string()
+        }
+    };
+    Ok(OpenedCheckpoint {
+        file,
+        key,
+        facts,
+        checksum,
+    })
+}
+
+/// The checksum metadata records for an immutable file of this size (epoch files, base model).
+/// `best`/`last` are replaced in place, so their checksum is always computed from the file.
+fn recorded_checksum(shared: &Shared, n: u32, name: CheckpointName, size: u64) -> Option<String> {
+    let meta = catalog::read_metadata(&shared.root, n).ok()?;
+    match name {
+        CheckpointName::Epoch(epoch) => meta
+            .checkpoint(epoch)
+            .filter(|record| !record.removed && record.size == Some(size))
+            .and_then(|record| record.checksum.clone()),
+        CheckpointName::Base => meta
+            .base_model
+            .filter(|record| record.size == size)
+            .map(|record| record.checksum),
+        CheckpointName::Best | CheckpointName::Last => None,
+    }
+}
+
+/// The single byte range to send, `None` for the whole representation. Multiple ranges and
+/// malformed headers are answered with the whole file (as HTTP allows); a range starting past
+/// the end is `416`.
+fn requested_range(
+    headers: &HeaderMap,
+    etag: &str,
+    total: u64,
+) -> Result<Option<std::ops::RangeInclusive<u64>>, ApiError> {
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(if_range) = headers.get(header::IF_RANGE) {
+        if if_range.as_bytes() != etag.as_bytes() {
+            return Ok(None);
+        }
+    }
+    let Ok(parsed) = http_range_header::parse_range_header(range) else {
+        return Ok(None);
+    };
+    match parsed.validate(total) {
+        Ok(ranges) => match ranges.as_slice() {
+            [single] if *single.start() < total => Ok(Some(single.clone())),
+            [_] => Err(ApiError::RangeNotSatisfiable { size: total }),
+            _ => Ok(None),
+        },
+        Err(_) => Err(ApiError::RangeNotSatisfiable { size: total }),
+    }
+}
+
+/// `GET /api/events`: server-sent events. First `ready`, then `run_added`, `run_updated`,
+/// `checkpoint_added`, `run_removed` (JSON data with `run_number`), and `resync` when this
+/// subscriber fell behind and should refetch the list.
+pub async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let receiver = state.shared.events.subscribe();
+    let generation = state.shared.runs().generation;
+    let ready = Event::default()
+        .event("ready")
+        .data(json!({ "generation": generation }).to_string());
+    let updates = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(change) => {
+                let data = serde_json::to_string(&change).unwrap_or_else(|_| "{}".to_string());
+                Event::default().event(change.kind.as_str()).data(data)
+            }
+            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    let stream = futures_util::stream::once(async move { Ok(ready) })
+        .chain(updates)
+        .take_until(state.shared.shutdown.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// Any other `/api/...` path.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}
+
+fn run_from_path(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError> {
+    let Path(run) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    parse_run_number(&run)
+}
+
+/// True when `If-None-Match` lists `etag` (weak comparison) or `*`.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        })
+}
+
+fn set_header(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_numbers_are_canonical_integers() {
+        assert_eq!(parse_run_number("7").unwrap(), 7);
+        assert_eq!(parse_run_number("0").unwrap(), 0);
+        assert_eq!(parse_run_number("1000").unwrap(), 1000);
+        for bad in [
+            "",
+            "007",
+            "+7",
+            "-1",
+            "7a",
+            "1e3",
+            " 7",
+            "..",
+            "run_007",
+            "99999999999",
+            "%37",
+        ] {
+            assert!(parse_run_number(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"a\", W/\"b\""),
+        );
+        assert!(if_none_match(&headers, "\"b\""));
+        assert!(if_none_match(&headers, "\"a\""));
+        assert!(!if_none_match(&headers, "\"c\""));
+    }
+
+    #[test]
+    fn ranges() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=10-19"));
+        assert_eq!(
+            requested_range(&headers, "\"e\"", 100).unwrap(),
+            Some(10..=19)
+        );
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=-5"));
+        assert_eq!(
+            requested_range(&headers, "\"e\"", 100).unwrap(),
+            Some(95..=99)
+        );
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=200-"));
+        assert!(matches!(
+            requested_range(&headers, "\"e\"", 100),
+            Err(ApiError::RangeNotSatisfiable { size: 100 })
+        ));
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-1,5-6"));
+        assert_eq!(requested_range(&headers, "\"e\"", 100).unwrap(), None);
+        headers.insert(header::RANGE, HeaderValue::from_static("lines=1-2"));
+        assert_eq!(requested_range(&headers, "\"e\"", 100).unwrap(), None);
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-9"));
+        headers.insert(header::IF_RANGE, HeaderValue::from_static("\"old\""));
+        assert_eq!(requested_range(&headers, "\"e\"", 100).unwrap(), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! Reading runs from the checkpoints dir: the list summaries, one run's metadata and config.
+//!
+//! Every read of `metadata.json` / `config.json` goes through this module (and through
+//! `CheckpointsRoot`, so nothing outside the checkpoints dir is read). List rows come from the
+//! run store's `run_info`, one run at a time, so the watcher re-reads only runs that changed.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use serde::Serialize;
+use serde_json::Value;
+use trainer::format::layout::parse_run_dir_name;
+use trainer::format::{Metadata, RunLayout, RunStatus};
+use trainer::store::listing::{run_info, RunInfo as StoreRunInfo};
+use trainer::store::manager::writer_active;
+
+use crate::error::ApiError;
+use crate::root::{CheckpointsRoot, ConfineError};
+
+/// Largest `metadata.json` / `config.json` the server reads; anything bigger is called broken
+/// rather than read into memory.
+const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A run's state as the dashboard shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Its writer holds the run's lock.
+    Running,
+    /// Training reached its last epoch.
+    Finished,
+    /// Stopped (Ctrl-C, an error, or a writer that died) and resumable.
+    Interrupted,
+    /// Its files cannot be read as a run; `error` says why.
+    Broken,
+}
+
+/// The best epoch by the monitored metric.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BestSummary {
+    /// The epoch `best.safetensors` holds.
+    pub epoch: u32,
+    /// Monitored metric name (`val_loss` unless the run says otherwise).
+    pub monitor: String,
+    /// Its value at that epoch, when recorded.
+    pub value: Option<f64>,
+}
+
+/// What the list shows of a readable run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunInfo {
+    /// Experiment name.
+    pub experiment_name: String,
+    /// Creation time as recorded.
+    pub created_at: String,
+    /// Last metadata write as recorded.
+    pub updated_at: Option<String>,
+    /// Status as the writer last recorded it.
+    pub recorded_status: RunStatus,
+    /// Saved epochs whose files still exist.
+    pub checkpoints_count: usize,
+    /// Newest saved epoch.
+    pub last_epoch: Option<u32>,
+    /// Best epoch, once one exists.
+    pub best: Option<BestSummary>,
+    /// Validation loss of the base model alone.
+    pub base_val_loss: Option<f64>,
+    /// Whether a writer holds the run's lock right now.
+    pub writer_active: bool,
+}
+
+/// One row of `GET /api/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The run's number.
+    pub run_number: u32,
+    /// Running / finished / interrupted / broken.
+    pub status: RunState,
+    /// Why the run is broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The readable part (absent for broken runs).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub info: Option<RunInfo>,
+}
+
+/// What changes when a run's metadata changes: a cheap `lstat` of `metadata.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fingerprint {
+    /// The file's identity and timestamp.
+    File {
+        /// Inode (atomic replacement makes a new one).
+        ino: u64,
+        /// Size in bytes.
+        size: u64,
+        /// Modification time in nanoseconds since the epoch.
+        mtime_ns: u128,
+    },
+    /// No `metadata.json` (or not a plain file).
+    Missing,
+}
+
+/// The run folders under the root and the fingerprint of each one's metadata, sorted by number.
+/// A missing root is an empty list.
+pub fn scan(root: &CheckpointsRoot) -> Vec<(u32, Fingerprint)> {
+    let Some(base) = root.canonical() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<(u32, Fingerprint)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let n = parse_run_dir_name(entry.file_name().to_str()?)?;
+            let metadata_path = entry.path().join(trainer::format::layout::METADATA_FILE);
+            Some((n, fingerprint(&metadata_path)))
+        })
+        .collect();
+    runs.sort_unstable_by_key(|(n, _)| *n);
+    runs
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    #[cfg(unix)]
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() || meta.file_type().is_symlink() => Fingerprint::File {
+            #[cfg(unix)]
+            ino: meta.ino(),
+            #[cfg(not(unix))]
+            ino: 0,
+            size: meta.len(),
+            mtime_ns: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos()),
+        },
+        _ => Fingerprint::Missing,
+    }
+}
+
+/// The list row of run `n` (broken with its error when unreadable; never fails). The row is
+/// the run store's `run_info`, read only after the run and its metadata are confirmed inside
+/// the root (the store itself does not refuse symlinks pointing out).
+pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
+    let broken = |reason: String| RunSummary {
+        run_number: n,
+        status: RunState::Broken,
+        error: Some(reason),
+        info: None,
+    };
+    let layout = match run_layout(root, n) {
+        Ok(layout) => layout,
+        Err(err) => return broken(broken_reason(err)),
+    };
+    let metadata = layout.metadata();
+    match root.open(&metadata) {
+        Ok(_) => {}
+        Err(ConfineError::NotFound(_)) => {
+            return broken(format!("{} is missing", display_rel(root, &metadata)))
+        }
+        Err(err) => return broken(broken_reason(err.into())),
+    }
+    match run_info(&layout) {
+        Ok(info) => {
+            let status = state_of(info.status, info.writer_active);
+            RunSummary {
+                run_number: n,
+                status,
+                error: None,
+                info: Some(info_of(info)),
+            }
+        }
+        Err(err) => broken(strip_root(root, &err.to_string())),
+    }
+}
+
+/// True for a recorded status that a live writer would be changing (so its lock matters).
+pub fn may_be_running(summary: &RunSummary) -> bool {
+    summary.info.as_ref().is_some_and(|info| {
+        matches!(
+            info.recorded_status,
+            RunStatus::Created | RunStatus::Running
+        )
+    })
+}
+
+/// Whether the run's writer lock is held right now.
+pub fn writer_active_now(root: &CheckpointsRoot, n: u32) -> bool {
+    root.layout(n).is_some_and(|layout| writer_active(&layout))
+}
+
+fn broken_reason(err: ApiError) -> String {
+    match err {
+        ApiError::BrokenRun { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+fn state_of(recorded: RunStatus, writer_active: bool) -> RunState {
+    if writer_active {
+        return RunState::Running;
+    }
+    match recorded {
+        RunStatus::Finished => RunState::Finished,
+        // A run recorded as created/running whose lock nobody holds lost its writer.
+        RunStatus::Created | RunStatus::Running | RunStatus::Interrupted | RunStatus::Failed => {
+            RunState::Interrupted
+        }
+    }
+}
+
+fn info_of(info: StoreRunInfo) -> RunInfo {
+    let monitor = info.monitor.unwrap_or_else(|| "val_loss".to_string());
+    RunInfo {
+        experiment_name: info.experiment_name,
+        created_at: info.created_at,
+        updated_at: info.updated_at,
+        recorded_status: info.status,
+        checkpoints_count: info.checkpoints_count,
+        last_epoch: info.last_epoch,
+        best: info.best_epoch.map(|epoch| BestSummary {
+            epoch,
+            monitor,
+            value: info.best_metric,
+        }),
+        base_val_loss: info.base_val_loss,
+        writer_active: info.writer_active,
+    }
+}
+
+/// Store errors name absolute paths; rows name files relative to the checkpoints dir.
+fn strip_root(root: &CheckpointsRoot, message: &str) -> String {
+    match root.canonical() {
+        Some(base) => message.replace(&format!("{}/", base.display()), ""),
+        None => message.to_string(),
+    }
+}
+
+/// Checks that run `n` exists (inside the root) and returns its layout.
+pub fn run_layout(root: &CheckpointsRoot, n: u32) -> Result<RunLayout, ApiError> {
+    let layout = root.layout(n).ok_or(ApiError::RunNotFound(n))?;
+    match root.contains_dir(&layout.root()) {
+        Ok(true) => Ok(layout),
+        Ok(false) => Err(ApiError::RunNotFound(n)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Reads and parses run `n`'s `metadata.json`.
+pub fn read_metadata(root: &CheckpointsRoot, n: u32) -> Result<Metadata, ApiError> {
+    let layout = run_layout(root, n)?;
+    let path = layout.metadata();
+    let text = read_json_text(root, n, &path)?.ok_or_else(|| ApiError::BrokenRun {
+        run: n,
+        reason: format!("{} is missing", display_rel(root, &path)),
+    })?;
+    let meta: Metadata = serde_json::from_slice(&text).map_err(|e| ApiError::BrokenRun {
+        run: n,
+        reason: format!(
+            "{} is not valid run metadata: {e}",
+            display_rel(root, &path)
+        ),
+    })?;
+    if meta.run_number != n {
+        return Err(ApiError::BrokenRun {
+            run: n,
+            reason: format!(
+                "{} records run_number {}",
+                display_rel(root, &path),
+                meta.run_number
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// Reads run `n`'s `config.json` (`None` when the run has none).
+pub fn read_config(root: &CheckpointsRoot, n: u32) -> Result<Option<Value>, ApiError> {
+    let layout = run_layout(root, n)?;
+    let path = layout.config();
+    let Some(text) = read_json_text(root, n, &path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| ApiError::BrokenRun {
+            run: n,
+            reason: format!("{} is not valid JSON: {e}", display_rel(root, &path)),
+        })
+}
+
+/// The file's bytes, `None` when it does not exist.
+fn read_json_text(
+    root: &CheckpointsRoot,
+    n: u32,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let file = match root.open(path) {
+        Ok(file) => file,
+        Err(ConfineError::NotFound(_)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let mut text = Vec::new();
+    file.take(MAX_JSON_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| ApiError::io("reading", path, e))?;
+    if text.len() as u64 > MAX_JSON_BYTES {
+        return Err(ApiError::BrokenRun {
+            run: n,
+            reason: format!(
+                "{} is larger than {MAX_JSON_BYTES} bytes",
+                display_rel(root, path)
+            ),
+        });
+    }
+    Ok(Some(text))
+}
+
+/// `run_003/metadata.json`: error messages name the file without the server's absolute paths.
+fn display_rel(root: &CheckpointsRoot, path: &Path) -> String {
+    root.canonical()
+        .and_then(|base| {
+            path.strip_prefix(base)
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| path.display().to_string())
+}

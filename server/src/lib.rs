@@ -1,0 +1,58 @@
+//! `diffit-server` as a library: the Router (built in `router`), its state and its parts, so
+//! tests start the real server on port 0.
+//!
+//! - `api`: JSON handlers; `tensor_file`: streamed checkpoint files and the LoRA-only view;
+//! - `catalog`: reading runs; `root`: confinement to the checkpoints dir;
+//! - `watch`: change polling and events; `static_app`: the dashboard; `error`: `ApiError`.
+
+pub mod api;
+pub mod catalog;
+pub mod error;
+pub mod root;
+pub mod state;
+pub mod static_app;
+pub mod tensor_file;
+pub mod watch;
+
+use std::future::Future;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+
+pub use error::ApiError;
+pub use state::{AppState, ServerConfig};
+
+/// The whole application: `/api/...` and the dashboard's static files.
+pub fn router(state: AppState) -> Router {
+    let json_api = Router::new()
+        .route("/runs", get(api::list_runs))
+        .route("/runs/{n}", get(api::run_detail))
+        .route("/runs/{n}/metrics", get(api::run_metrics))
+        .layer(CompressionLayer::new());
+    // Checkpoint bodies are not compressed (binary, and ranges address the stored bytes);
+    // event streams must not be buffered by a compressor.
+    let api = json_api
+        .route("/runs/{n}/checkpoints/{name}", get(api::checkpoint))
+        .route("/events", get(api::events))
+        .fallback(api::not_found);
+    let app = static_app::router(&state.shared().app_dir);
+    Router::new().nest("/api", api).with_state(state).merge(app)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then ends open event
+/// streams and waits for in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.shutdown();
+        })
+        .await
+}

@@ -1,0 +1,224 @@
+//! Noticing change: one background task polls the runs' `metadata.json` fingerprints, rebuilds
+//! the cached run list when something changed and broadcasts `RunEvent`s for `/api/events`.
+//!
+//! Polling (a `lstat` per run every interval) is used rather than inotify because it sees
+//! writers on any filesystem, costs little next to the interval, and also notices a writer
+//! that died (its lock is released without any file changing).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::catalog::{self, Fingerprint, RunState, RunSummary};
+use crate::root::CheckpointsRoot;
+use crate::state::Shared;
+
+/// What happened to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A run folder appeared.
+    RunAdded,
+    /// A run's metadata or state changed.
+    RunUpdated,
+    /// A new epoch checkpoint was recorded.
+    CheckpointAdded,
+    /// A run folder disappeared.
+    RunRemoved,
+}
+
+impl EventKind {
+    /// The SSE `event:` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunAdded => "run_added",
+            EventKind::RunUpdated => "run_updated",
+            EventKind::CheckpointAdded => "checkpoint_added",
+            EventKind::RunRemoved => "run_removed",
+        }
+    }
+}
+
+/// One change, as sent to `/api/events` subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunEvent {
+    /// What happened.
+    #[serde(skip)]
+    pub kind: EventKind,
+    /// The run.
+    pub run_number: u32,
+    /// The run's state after the change (absent when removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunState>,
+    /// The new epoch (checkpoint events) or the newest epoch (updates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+    /// Live checkpoints after the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints_count: Option<usize>,
+}
+
+/// The run list as last seen, with its JSON ready to send.
+#[derive(Debug)]
+pub struct RunsSnapshot {
+    /// Bumped on every change; also the list's ETag.
+    pub generation: u64,
+    /// Row per run number.
+    pub summaries: BTreeMap<u32, RunSummary>,
+    fingerprints: HashMap<u32, Fingerprint>,
+    /// `{"runs": [...]}`.
+    pub json: Bytes,
+}
+
+#[derive(Serialize)]
+struct RunsBody<'a> {
+    runs: Vec<&'a RunSummary>,
+}
+
+impl RunsSnapshot {
+    /// An empty list (before the first scan).
+    pub fn empty() -> Self {
+        Self::build(0, BTreeMap::new(), HashMap::new())
+    }
+
+    fn build(
+        generation: u64,
+        summaries: BTreeMap<u32, RunSummary>,
+        fingerprints: HashMap<u32, Fingerprint>,
+    ) -> Self {
+        let body = RunsBody {
+            runs: summaries.values().collect(),
+        };
+        // Serializing plain data structures cannot fail; an empty list is the safe fallback.
+        let json = serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(b"{\"runs\":[]}"));
+        Self {
+            generation,
+            summaries,
+            fingerprints,
+            json,
+        }
+    }
+}
+
+/// Rescans the root against `prev`. `None` when nothing changed. Blocking.
+pub fn rescan(
+    root: &CheckpointsRoot,
+    prev: &RunsSnapshot,
+) -> Option<(RunsSnapshot, Vec<RunEvent>)> {
+    let seen = catalog::scan(root);
+    let mut changed: Vec<u32> = vec![];
+    for (n, fingerprint) in &seen {
+        let stale = match (prev.fingerprints.get(n), prev.summaries.get(n)) {
+            (Some(old), Some(summary)) => {
+                old != fingerprint
+                    || (catalog::may_be_running(summary)
+                        && summary.info.as_ref().map(|i| i.writer_active)
+                            != Some(catalog::writer_active_now(root, *n)))
+            }
+            _ => true,
+        };
+        if stale {
+            changed.push(*n);
+        }
+    }
+    let present: HashSet<u32> = seen.iter().map(|(n, _)| *n).collect();
+    let removed: Vec<u32> = prev
+        .summaries
+        .keys()
+        .filter(|n| !present.contains(n))
+        .copied()
+        .collect();
+    if changed.is_empty() && removed.is_empty() {
+        return None;
+    }
+
+    let mut events = vec![];
+    let mut summaries = prev.summaries.clone();
+    for n in &removed {
+        summaries.remove(n);
+        events.push(RunEvent {
+            kind: EventKind::RunRemoved,
+            run_number: *n,
+            status: None,
+            epoch: None,
+            checkpoints_count: None,
+        });
+    }
+    for n in changed {
+        let summary = catalog::summarize(root, n);
+        let old = summaries.get(&n);
+        let last_epoch = summary.info.as_ref().and_then(|i| i.last_epoch);
+        let event = |kind, epoch| RunEvent {
+            kind,
+            run_number: n,
+            status: Some(summary.status),
+            epoch,
+            checkpoints_count: summary.info.as_ref().map(|i| i.checkpoints_count),
+        };
+        match old {
+            None => events.push(event(EventKind::RunAdded, last_epoch)),
+            Some(old) if *old != summary => {
+                let old_epoch = old.info.as_ref().and_then(|i| i.last_epoch);
+                if last_epoch > old_epoch {
+                    events.push(event(EventKind::CheckpointAdded, last_epoch));
+                }
+                events.push(event(EventKind::RunUpdated, last_epoch));
+            }
+            Some(_) => {}
+        }
+        summaries.insert(n, summary);
+    }
+    let fingerprints = seen.into_iter().collect();
+    Some((
+        RunsSnapshot::build(prev.generation + 1, summaries, fingerprints),
+        events,
+    ))
+}
+
+/// Rescans once and publishes the result (new snapshot first, then the events).
+pub async fn refresh(shared: &Arc<Shared>) {
+    let worker = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let prev = worker.runs();
+        rescan(&worker.root, &prev)
+    })
+    .await;
+    match result {
+        Ok(Some((snapshot, events))) => {
+            shared.set_runs(snapshot);
+            for event in events {
+                // No subscribers is fine.
+                let _ = shared.events.send(event);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "rescanning the checkpoints dir failed"),
+    }
+}
+
+/// Polls every `interval` until the server state is dropped or shut down.
+pub fn spawn_watcher(shared: Weak<Shared>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let shutdown = match shared.upgrade() {
+                Some(shared) => shared.shutdown.clone(),
+                None => return,
+            };
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            refresh(&shared).await;
+        }
+    });
+}

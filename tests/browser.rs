@@ -1,0 +1,222 @@
+//! The dashboard in headless Chromium over the real server: the runs table, a run's charts
+//! (one point per logged epoch) and a run appearing live, without a reload.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use fantoccini::Locator;
+use support::{Browser, Server};
+use trainer::format::layout::RunLayout;
+use trainer::format::Metadata;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Trains a tiny run into `checkpoints` with the real trainer.
+fn train(diffit: &Path, checkpoints: &Path, epochs: u32) {
+    let status = Command::new(diffit)
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--epochs",
+            &epochs.to_string(),
+            "--checkpoints",
+        ])
+        .arg(checkpoints)
+        .status()
+        .expect("run diffit train");
+    assert!(status.success(), "diffit train failed");
+}
+
+fn read_metadata(checkpoints: &Path, run: u32) -> Metadata {
+    let path = RunLayout::new(checkpoints, run).metadata();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_table_charts_and_live_updates() {
+    if !support::browser_available() {
+        return;
+    }
+    let (diffit, server_bin) = support::workspace_binaries();
+    let checkpoints = tempfile::tempdir().expect("checkpoints dir");
+    train(&diffit, checkpoints.path(), 3);
+    let meta = read_metadata(checkpoints.path(), 1);
+    let logged_epochs = meta
+        .metric_series()
+        .iter()
+        .filter(|e| e.metrics.contains_key("val_loss"))
+        .count();
+    assert!(
+        logged_epochs >= 3,
+        "the trainer logged {logged_epochs} epochs"
+    );
+
+    let server = Server::start(&server_bin, checkpoints.path());
+    let browser = Browser::start().await;
+    let client = &browser.client;
+    client.goto(&server.url).await.expect("open the dashboard");
+
+    // The runs table: one row, with its experiment and a best val_loss.
+    let row = browser.wait_for(r#"tr[data-run="1"]"#, WAIT).await;
+    assert_eq!(browser.count("tr[data-run]").await, 1);
+    let text = row.text().await.expect("row text");
+    assert!(
+        text.contains(&meta.experiment_name),
+        "row shows the experiment: {text}"
+    );
+    let best = meta
+        .best_checkpoint
+        .as_ref()
+        .expect("a best checkpoint")
+        .metrics["val_loss"];
+    assert!(
+        text.contains(&format!("{best:.4}")),
+        "row shows best val_loss {best:.4}: {text}"
+    );
+    browser.screenshot("runs-table").await;
+
+    // Sorting by a column reorders without losing rows.
+    client
+        .find(Locator::Css(r#"th[data-sort="best_val_loss"]"#))
+        .await
+        .expect("sort header")
+        .click()
+        .await
+        .expect("sort");
+    assert_eq!(browser.count("tr[data-run]").await, 1);
+
+    // The run view: a val_loss chart with one point per logged epoch, the best checkpoint marked.
+    row.click().await.expect("open run 1");
+    browser
+        .wait_for(r#"svg[data-chart="val_loss"] circle[data-point]"#, WAIT)
+        .await;
+    let points = browser
+        .count(r#"svg[data-chart="val_loss"] circle[data-point]"#)
+        .await;
+    assert_eq!(points, logged_epochs, "one point per logged epoch");
+    let best_epoch = meta.best_checkpoint.as_ref().expect("best").epoch;
+    let marked = browser
+        .wait_for("tr.best[data-checkpoint] [data-best]", WAIT)
+        .await;
+    let best_row = client
+        .find(Locator::Css(&format!(
+            r#"tr[data-checkpoint="epoch_{best_epoch:03}"]"#
+        )))
+        .await
+        .expect("best epoch listed");
+    assert!(best_row
+        .attr("class")
+        .await
+        .expect("class")
+        .unwrap_or_default()
+        .contains("best"));
+    drop(marked);
+    assert!(
+        browser.count("pre[data-config]").await == 1,
+        "the config is shown"
+    );
+
+    // Log scale and smoothing redraw the same points.
+    client
+        .find(Locator::Css(r#"input[data-field="log-scale"]"#))
+        .await
+        .expect("log toggle")
+        .click()
+        .await
+        .expect("click");
+    client
+        .execute(
+            r#"const s = document.querySelector('input[data-field="smoothing"]');
+               s.value = '0.6'; s.dispatchEvent(new Event('input', { bubbles: true }));"#,
+            vec![],
+        )
+        .await
+        .expect("set smoothing");
+    browser
+        .wait_for(r#"svg[data-chart="val_loss"] path.smooth"#, WAIT)
+        .await;
+    assert_eq!(
+        browser
+            .count(r#"svg[data-chart="val_loss"] circle[data-point]"#)
+            .await,
+        logged_epochs
+    );
+    browser.screenshot("run-view").await;
+
+    // A new run appears in the open table without a reload.
+    client
+        .goto(&format!("{}/#/", server.url))
+        .await
+        .expect("back to runs");
+    browser.wait_for(r#"tr[data-run="1"]"#, WAIT).await;
+    client
+        .execute("window.__same_page = true;", vec![])
+        .await
+        .expect("mark the page");
+    train(&diffit, checkpoints.path(), 1);
+    browser
+        .wait_for(r#"tr[data-run="2"]"#, Duration::from_secs(60))
+        .await;
+    let same_page = client
+        .execute("return window.__same_page === true;", vec![])
+        .await
+        .expect("check mark");
+    assert_eq!(
+        same_page,
+        serde_json::Value::Bool(true),
+        "the row came without a reload"
+    );
+    browser.screenshot("runs-live-update").await;
+
+    // Overlaying both runs draws both series.
+    client
+        .goto(&format!("{}/#/runs/1?with=2", server.url))
+        .await
+        .expect("overlay");
+    browser
+        .wait_for(
+            r#"svg[data-chart="val_loss"] g[data-series="run 2"] circle[data-point]"#,
+            WAIT,
+        )
+        .await;
+    let overlaid = browser
+        .count(r#"svg[data-chart="val_loss"] circle[data-point]"#)
+        .await;
+    let second = read_metadata(checkpoints.path(), 2).metric_series().len();
+    assert_eq!(overlaid, logged_epochs + second);
+    browser.screenshot("run-overlay").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_shown_in_the_page() {
+    if !support::browser_available() {
+        return;
+    }
+    let (_, server_bin) = support::workspace_binaries();
+    let checkpoints = tempfile::tempdir().expect("checkpoints dir");
+    let server = Server::start(&server_bin, checkpoints.path());
+    let browser = Browser::start().await;
+    // A run that does not exist: an error box, not a blank page.
+    browser
+        .client
+        .goto(&format!("{}/#/runs/42", server.url))
+        .await
+        .expect("open a missing run");
+    let error = browser.wait_for("[data-error]", WAIT).await;
+    let text = error.text().await.expect("error text");
+    assert!(!text.trim().is_empty());
+    // No runs at all: the table says how to make one.
+    browser
+        .client
+        .goto(&format!("{}/#/", server.url))
+        .await
+        .expect("runs");
+    browser.wait_for("[data-empty]", WAIT).await;
+    browser.screenshot("errors-missing-run").await;
+}

@@ -1,0 +1,228 @@
+//! Sampling in the browser gives the native sampler's image: a tiny run trained by the real
+//! trainer, sampled by `diffit sample --n 1` and by the dashboard (LoRA fused in wasm) with the
+//! same checkpoint, seed and steps; the pixels agree within 1/255 on average and 8/255 at most.
+//! Also prints the browser's time per step next to the native one.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use serde_json::Value;
+use support::{Browser, Server};
+
+const SEED: u64 = 7;
+const STEPS: usize = 12;
+const CHECKPOINT: &str = "best";
+
+fn run(command: &mut Command, what: &str) {
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(status.success(), "{what} failed: {status}");
+}
+
+/// Decodes the native PNG into RGB rows; returns (width, height, pixels).
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let image = image::open(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .to_rgb8();
+    (image.width(), image.height(), image.into_raw())
+}
+
+async fn set_field(browser: &Browser, field: &str, value: &str) {
+    let input = browser
+        .client
+        .find(Locator::Css(&format!(r#"input[data-field="{field}"]"#)))
+        .await
+        .expect(field);
+    input.clear().await.expect("clear");
+    input.send_keys(value).await.expect("type");
+}
+
+/// Clicks Sample and waits for the LoRA canvas to finish; returns its RGBA pixels and size.
+async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
+    let button = browser
+        .client
+        .find(Locator::Css(r#"button[data-action="sample"]"#))
+        .await
+        .expect("sample button");
+    button.click().await.expect("click sample");
+    browser
+        .wait_until(
+            r#"document.querySelector('canvas[data-sample="lora"]').dataset.state === 'done'
+               || document.querySelector('[data-error]') !== null"#,
+            Duration::from_secs(300),
+        )
+        .await;
+    if browser.count("[data-error]").await > 0 {
+        let shot = browser.screenshot("sample-error").await;
+        let text = browser
+            .client
+            .find(Locator::Css("[data-error]"))
+            .await
+            .expect("error")
+            .text()
+            .await
+            .expect("text");
+        panic!(
+            "sampling failed in the page: {text} (screenshot {})",
+            shot.display()
+        );
+    }
+    let pixels = browser
+        .client
+        .execute(
+            r#"const c = document.querySelector('canvas[data-sample="lora"]');
+               const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+               return [c.width, c.height, Array.from(d)];"#,
+            vec![],
+        )
+        .await
+        .expect("read the canvas");
+    let Value::Array(parts) = pixels else {
+        panic!("unexpected canvas answer {pixels}")
+    };
+    let width = parts[0].as_u64().expect("width") as u32;
+    let height = parts[1].as_u64().expect("height") as u32;
+    let data = parts[2]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|v| v.as_u64().expect("byte") as u8)
+        .collect();
+    (width, height, data)
+}
+
+async fn stats(browser: &Browser) -> (f64, f64, String) {
+    let el = browser
+        .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
+        .await;
+    let number = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let total = number(el.attr("data-total-ms").await.expect("attr"));
+    let step = number(el.attr("data-step-ms").await.expect("attr"));
+    let source = el
+        .attr("data-base-source")
+        .await
+        .expect("attr")
+        .unwrap_or_default();
+    (total, step, source)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_sample_matches_native_sampler() {
+    if !support::browser_available() {
+        return;
+    }
+    let (diffit, server_bin) = support::workspace_binaries();
+    let checkpoints = tempfile::tempdir().expect("checkpoints dir");
+    run(
+        Command::new(&diffit)
+            .args([
+                "train",
+                "--preset",
+                "tiny",
+                "--epochs",
+                "2",
+                "--checkpoints",
+            ])
+            .arg(checkpoints.path()),
+        "diffit train",
+    );
+
+    let native_png = support::artifacts_dir().join("sample-native.png");
+    let started = Instant::now();
+    run(
+        Command::new(&diffit)
+            .args([
+                "sample",
+                "--run-number",
+                "1",
+                "--checkpoint",
+                CHECKPOINT,
+                "--n",
+                "1",
+            ])
+            .args([
+                "--seed",
+                &SEED.to_string(),
+                "--steps",
+                &STEPS.to_string(),
+                "--out",
+            ])
+            .arg(&native_png)
+            .arg("--checkpoints")
+            .arg(checkpoints.path()),
+        "diffit sample",
+    );
+    println!(
+        "native `diffit sample --n 1 --steps {STEPS}` (process, load and all): {:?}",
+        started.elapsed()
+    );
+
+    let server = Server::start(&server_bin, checkpoints.path());
+    let browser = Browser::start().await;
+    let page = format!("{}/#/runs/1/sample?checkpoint={CHECKPOINT}", server.url);
+    browser
+        .client
+        .goto(&page)
+        .await
+        .expect("open the sample view");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
+        .await;
+    set_field(&browser, "seed", &SEED.to_string()).await;
+    set_field(&browser, "steps", &STEPS.to_string()).await;
+    set_field(&browser, "count", "1").await;
+
+    let (width, height, rgba) = sample_in_browser(&browser).await;
+    let (total_ms, step_ms, source) = stats(&browser).await;
+    println!("browser: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step (base and LoRA), base from {source}");
+    assert_eq!(source, "network", "a fresh profile downloads the base");
+    browser.screenshot("sample-browser").await;
+
+    // The native PNG is the same image scaled up by a whole factor.
+    let (png_w, png_h, rgb) = read_png(&native_png);
+    assert!(
+        width > 0 && png_w % width == 0 && png_h % height == 0,
+        "canvas {width}x{height} vs PNG {png_w}x{png_h}"
+    );
+    let scale = png_w / width;
+    assert_eq!(png_h / height, scale);
+    let (mut sum, mut max, mut count) = (0u64, 0u8, 0u64);
+    for y in 0..height {
+        for x in 0..width {
+            let canvas_at = ((y * width + x) * 4) as usize;
+            let png_at = (((y * scale) * png_w + x * scale) * 3) as usize;
+            for c in 0..3 {
+                let d = rgba[canvas_at + c].abs_diff(rgb[png_at + c]);
+                sum += d as u64;
+                max = max.max(d);
+                count += 1;
+            }
+        }
+    }
+    let mean = sum as f64 / count as f64;
+    println!("browser vs native: mean abs diff {mean:.4}/255, max {max}/255 over {count} values");
+    assert!(mean <= 1.0, "mean abs diff {mean}/255 > 1/255");
+    assert!(max <= 8, "max abs diff {max}/255 > 8/255");
+
+    // After a reload the base comes from the browser's cache, not the network.
+    browser.client.refresh().await.expect("reload");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
+        .await;
+    set_field(&browser, "seed", &SEED.to_string()).await;
+    set_field(&browser, "steps", &STEPS.to_string()).await;
+    let (_, _, again) = sample_in_browser(&browser).await;
+    let (total_ms, step_ms, source) = stats(&browser).await;
+    println!("browser after reload: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step, base from {source}");
+    assert_eq!(
+        source, "cache",
+        "the base model is cached by checksum across reloads"
+    );
+    assert_eq!(again, rgba, "same seed, same image");
+    browser.screenshot("sample-browser-cached").await;
+}

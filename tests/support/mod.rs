@@ -1,0 +1,288 @@
+//! What the browser tests share: the workspace's binaries, a running `diffit-server`, headless
+//! Chromium driven through chromedriver, and screenshots saved as test artefacts.
+//!
+//! Every child process is owned by a guard that kills it on drop, so a failing assertion never
+//! leaves a server or a browser behind.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// Chromium and its driver as Debian installs them (scripts/browser-env.sh).
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `target/e2e-artifacts/`, where screenshots and sampled images are kept for a human to look at.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = workspace_root().join("target").join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// The static site built by `make app`; panics with the command to run when it is missing.
+pub fn site_dir() -> PathBuf {
+    let site = workspace_root().join("target").join("site");
+    assert!(
+        site.join("index.html").is_file() && site.join("pkg").is_dir(),
+        "{} has no built app: run `make app` (scripts/build-app.sh) first",
+        site.display()
+    );
+    site
+}
+
+/// Builds (if needed) and returns the workspace binaries `diffit` and `diffit-server`, in the
+/// profile this test was built with.
+pub fn workspace_binaries() -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/browser-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(workspace_root()).args([
+        "build", "--quiet", "-p", "trainer", "-p", "server", "--bins",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build of diffit and diffit-server failed"
+    );
+    (
+        profile_dir.join("diffit"),
+        profile_dir.join("diffit-server"),
+    )
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on port {port}: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port} within 30 s");
+}
+
+/// A child process group killed when the guard drops.
+pub struct ProcessGuard {
+    child: Child,
+    name: &'static str,
+}
+
+impl ProcessGuard {
+    /// Starts `command` in its own process group (so its children die with it).
+    pub fn spawn(name: &'static str, mut command: Command) -> ProcessGuard {
+        command.process_group(0);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        ProcessGuard { child, name }
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // The whole group: chromedriver's Chromium and its helpers too.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = self.name;
+    }
+}
+
+/// A running `diffit-server` on a free port.
+pub struct Server {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    _process: ProcessGuard,
+}
+
+impl Server {
+    /// Serves `checkpoints` and the built site.
+    pub fn start(server_bin: &Path, checkpoints: &Path) -> Server {
+        let port = free_port();
+        let log = artifacts_dir().join(format!("server-{port}.log"));
+        let log_file =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let mut command = Command::new(server_bin);
+        command
+            .arg("--checkpoints")
+            .arg(checkpoints)
+            .args(["--port", &port.to_string()])
+            .arg("--app-dir")
+            .arg(site_dir())
+            .stdout(Stdio::from(log_file.try_clone().expect("dup log")))
+            .stderr(Stdio::from(log_file));
+        let mut process = ProcessGuard::spawn("diffit-server", command);
+        wait_for_port(port, "diffit-server", &mut process.child);
+        Server {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    }
+}
+
+/// Whether Chromium and chromedriver are installed; in CI their absence fails the test.
+pub fn browser_available() -> bool {
+    let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !present {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "{CHROMIUM} or {CHROMEDRIVER} is missing: run scripts/browser-env.sh"
+        );
+        eprintln!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is missing (run scripts/browser-env.sh)");
+    }
+    present
+}
+
+/// Headless Chromium under chromedriver; both die with this value.
+pub struct Browser {
+    /// The WebDriver session.
+    pub client: Client,
+    _profile: tempfile::TempDir,
+    _driver: ProcessGuard,
+}
+
+impl Browser {
+    /// Starts chromedriver and a fresh Chromium profile.
+    pub async fn start() -> Browser {
+        let port = free_port();
+        let mut command = Command::new(CHROMEDRIVER);
+        command
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut driver = ProcessGuard::spawn("chromedriver", command);
+        wait_for_port(port, "chromedriver", &mut driver.child);
+
+        let profile = tempfile::tempdir().expect("profile dir");
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "goog:loggingPrefs": { "browser": "ALL" },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let client = ClientBuilder::native()
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("start a Chromium session through chromedriver");
+        Browser {
+            client,
+            _profile: profile,
+            _driver: driver,
+        }
+    }
+
+    /// Saves a PNG screenshot of the page as `target/e2e-artifacts/<name>.png`.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let path = artifacts_dir().join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// Waits up to `timeout` for an element matching `css`.
+    pub async fn wait_for(&self, css: &str, timeout: Duration) -> fantoccini::elements::Element {
+        match self
+            .client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(element) => element,
+            Err(e) => {
+                let shot = self.screenshot("timeout").await;
+                panic!(
+                    "no `{css}` within {timeout:?} ({e}); page in {}",
+                    shot.display()
+                );
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for `script` (a JS expression) to be truthy.
+    pub async fn wait_until(&self, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self
+                .client
+                .execute(&format!("return !!({script});"), vec![])
+                .await
+                .expect("execute");
+            if value == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let shot = self.screenshot("timeout").await;
+                panic!(
+                    "`{script}` still false after {timeout:?}; page in {}",
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Number of elements matching `css`.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find_all")
+            .len()
+    }
+}

@@ -810,3 +810,18 @@ print(len(acc.Scalars("train_loss")), len(acc.Scalars("val_loss")), len(acc.Scal
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 3 3 1");
 }
+
+#[test]
+fn pretraining_is_deterministic_for_a_seed() {
+    let cfg = PretrainConfig {
+        epochs: 1,
+        num_images: 32,
+        seed: 5,
+        ..PretrainConfig::for_preset(Preset::Tiny)
+    };
+    let a = pretrain(&cfg, false, &no_stop()).unwrap();
+    let b = pretrain(&cfg, false, &no_stop()).unwrap();
+    assert!(trainer::train::pretrain::same_weights(&a, &b).unwrap());
+    let c = pretrain(&PretrainConfig { seed: 6, ..cfg }, false, &no_stop()).unwrap();
+    assert!(!trainer::train::pretrain::same_weights(&a, &c).unwrap());
+}

@@ -68,7 +68,7 @@ impl DistributedCheckpointCallback {
     }
 
     fn due(&self, state: &TrainState) -> bool {
-        state.epoch % self.save_every_n_epochs == 0 || state.epoch >= state.config.epochs
+        state.epoch.is_multiple_of(self.save_every_n_epochs) || state.epoch >= state.config.epochs
     }
 }
 

@@ -24,9 +24,9 @@ pub enum TrainError {
     /// Loading images failed.
     #[error(transparent)]
     Data(#[from] DataError),
-    /// The run store failed.
+    /// The run store failed (boxed: store errors are large and rare).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     /// The optimizer or its saved state failed.
     #[error(transparent)]
     Optim(#[from] OptimError),
@@ -78,6 +78,12 @@ pub enum TrainError {
         /// The loss seen.
         loss: f64,
     },
+}
+
+impl From<StoreError> for TrainError {
+    fn from(e: StoreError) -> Self {
+        TrainError::Store(Box::new(e))
+    }
 }
 
 impl TrainError {

@@ -188,8 +188,8 @@ mod tests {
 
     #[test]
     fn grid_places_images_with_gaps() {
-        let red = vec![255, 0, 0].repeat(4);
-        let blue = vec![0, 0, 255].repeat(4);
+        let red = [255, 0, 0].repeat(4);
+        let blue = [0, 0, 255].repeat(4);
         let (w, h, px) = grid(&[red, blue.clone(), blue], 2, 2, 2).unwrap();
         assert_eq!((w, h), (2 * 4 + 3 * 2, 2 * 4 + 3 * 2));
         let at = |x: usize, y: usize| &px[(y * w as usize + x) * 3..(y * w as usize + x) * 3 + 3];

@@ -1,6 +1,9 @@
 //! A TensorBoard event-file writer: TFRecord framing around hand-encoded `Event` protobufs
 //! (scalars as `simple_value`, images as PNG), enough for TensorBoard and `wandb sync
 //! --sync-tensorboard` to read our `logs/`.
+//!
+//! View: `tensorboard --logdir checkpoints/run_001/logs`. Weights & Biases:
+//! `wandb sync --sync-tensorboard checkpoints/run_001/logs`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

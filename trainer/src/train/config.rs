@@ -613,9 +613,11 @@ training:
         assert!(err.to_string().contains("/nonexistent/cfg.yaml"), "{err}");
     }
 
+    type Mutation = Box<dyn Fn(&mut TrainingConfig)>;
+
     #[test]
     fn validation_names_the_setting() {
-        let cases: Vec<(Box<dyn Fn(&mut TrainingConfig)>, &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.epochs = 0), "training.epochs"),
             (Box::new(|c| c.batch_size = 0), "training.batch_size"),
             (

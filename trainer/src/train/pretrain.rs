@@ -57,9 +57,9 @@ impl PretrainConfig {
             },
             Preset::Small => Self {
                 preset,
-                epochs: 8,
+                epochs: 4,
                 seed: DEFAULT_PRETRAIN_SEED,
-                num_images: 1024,
+                num_images: 768,
                 batch_size: 32,
                 learning_rate: 1e-3,
             },

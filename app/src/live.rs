@@ -47,7 +47,7 @@ impl LiveUpdates {
         match web_sys::EventSource::new(EVENTS_URL) {
             Ok(source) => {
                 let bump = move || set_changes.update(|n| *n += 1);
-                listen(&source, &EVENT_NAMES, move || bump());
+                listen(&source, &EVENT_NAMES, bump);
                 let on_open = move || {
                     // After a reconnect we may have missed events: refetch once.
                     if connection.get_untracked() != Connection::Open {

@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn sorts_with_missing_values_last() {
-        let mut runs = vec![run(1, Some(0.5)), run(2, None), run(3, Some(0.2))];
+        let mut runs = [run(1, Some(0.5)), run(2, None), run(3, Some(0.2))];
         runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, true));
         assert_eq!(
             runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),

@@ -18,6 +18,7 @@ use crate::base_cache::{load_base, BaseSource};
 
 /// Why sampling could not run; shown in the page.
 #[derive(Debug, thiserror::Error)]
+
 pub enum SampleError {
     /// A download failed.
     #[error(transparent)]
@@ -193,7 +194,7 @@ impl Sampling {
 
     /// Current images as RGB bytes (HWC) per image: (fused, base). Final once [`Sampling::step`]
     /// returned false.
-    pub fn images(&self) -> Result<(Vec<Vec<u8>>, Option<Vec<Vec<u8>>>), SampleError> {
+    pub fn images(&self) -> Result<SampledImages, SampleError> {
         let view = |s: &DdimSampler| -> Result<Vec<Vec<u8>>, SampleError> {
             let x = if s.is_done() {
                 s.clone().finish()?
@@ -205,6 +206,9 @@ impl Sampling {
         Ok((view(&self.lora)?, self.base.as_ref().map(view).transpose()?))
     }
 }
+
+/// RGB8 images of base+LoRA, and of the base alone when compared side by side.
+pub type SampledImages = (Vec<Vec<u8>>, Option<Vec<Vec<u8>>>);
 
 #[cfg(test)]
 mod tests {

@@ -33,10 +33,11 @@ unit:
 	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
 	$(CARGO) test --workspace
 
-## Browser end-to-end tests (real trainer + server + headless Chromium); not yet part of `test`.
+## Only the browser end-to-end tests (real trainer + server + headless Chromium); `test` runs them too.
+## `--workspace` keeps cargo's feature set identical to `make test`'s, so nothing is rebuilt twice.
 e2e: setup
 	scripts/build-app.sh
-	$(CARGO) test -p e2e -- --ignored --test-threads=1
+	$(CARGO) test --workspace -- runs_table errors_are_shown browser_sample
 
 ## Build the browser app into target/site (served by diffit-server by default).
 app:

@@ -39,7 +39,6 @@ fn read_metadata(checkpoints: &Path, run: u32) -> Metadata {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn runs_table_charts_and_live_updates() {
     if !support::browser_available() {
         return;
@@ -63,23 +62,26 @@ async fn runs_table_charts_and_live_updates() {
     let client = &browser.client;
     client.goto(&server.url).await.expect("open the dashboard");
 
-    // The runs table: one row, with its experiment and a best val_loss.
-    let row = browser.wait_for(r#"tr[data-run="1"]"#, WAIT).await;
-    assert_eq!(browser.count("tr[data-run]").await, 1);
-    let text = row.text().await.expect("row text");
-    assert!(
-        text.contains(&meta.experiment_name),
-        "row shows the experiment: {text}"
-    );
+    // The runs table: one row, with its experiment and a best val_loss. Rows may be redrawn
+    // by live updates, so the test reads them afresh instead of holding an element.
+    browser.wait_for(r#"tr[data-run="1"]"#, WAIT).await;
     let best = meta
         .best_checkpoint
         .as_ref()
         .expect("a best checkpoint")
         .metrics["val_loss"];
-    assert!(
-        text.contains(&format!("{best:.4}")),
-        "row shows best val_loss {best:.4}: {text}"
-    );
+    let expected = [meta.experiment_name.clone(), format!("{best:.4}")];
+    browser
+        .wait_until(
+            &format!(
+                r#"(() => {{ const t = document.querySelector('tr[data-run="1"]')?.textContent ?? '';
+                     return {} .every(s => t.includes(s)); }})()"#,
+                serde_json::to_string(&expected).expect("json")
+            ),
+            WAIT,
+        )
+        .await;
+    assert_eq!(browser.count("tr[data-run]").await, 1);
     browser.screenshot("runs-table").await;
 
     // Sorting by a column reorders without losing rows.
@@ -93,7 +95,13 @@ async fn runs_table_charts_and_live_updates() {
     assert_eq!(browser.count("tr[data-run]").await, 1);
 
     // The run view: a val_loss chart with one point per logged epoch, the best checkpoint marked.
-    row.click().await.expect("open run 1");
+    client
+        .find(Locator::Css(r#"tr[data-run="1"]"#))
+        .await
+        .expect("row 1")
+        .click()
+        .await
+        .expect("open run 1");
     browser
         .wait_for(r#"svg[data-chart="val_loss"] circle[data-point]"#, WAIT)
         .await;
@@ -195,7 +203,6 @@ async fn runs_table_charts_and_live_updates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn errors_are_shown_in_the_page() {
     if !support::browser_available() {
         return;

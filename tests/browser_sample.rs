@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fantoccini::Locator;
 use serde_json::Value;
 use support::{Browser, Server};
+use trainer::train::sample::GRID_GAP;
 
 const SEED: u64 = 7;
 const STEPS: usize = 12;
@@ -112,7 +113,6 @@ async fn stats(browser: &Browser) -> (f64, f64, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "browser end-to-end: run with `make e2e` (needs the built site and Chromium)"]
 async fn browser_sample_matches_native_sampler() {
     if !support::browser_available() {
         return;
@@ -184,19 +184,22 @@ async fn browser_sample_matches_native_sampler() {
     assert_eq!(source, "network", "a fresh profile downloads the base");
     browser.screenshot("sample-browser").await;
 
-    // The native PNG is the same image scaled up by a whole factor.
+    // The native PNG is a one-image grid: the same image scaled up by a whole factor, inside
+    // a white border of GRID_GAP pixels.
     let (png_w, png_h, rgb) = read_png(&native_png);
+    let gap = GRID_GAP as u32;
+    let (cell_w, cell_h) = (png_w.saturating_sub(2 * gap), png_h.saturating_sub(2 * gap));
     assert!(
-        width > 0 && png_w % width == 0 && png_h % height == 0,
-        "canvas {width}x{height} vs PNG {png_w}x{png_h}"
+        width > 0 && height > 0 && cell_w % width == 0 && cell_h % height == 0,
+        "canvas {width}x{height} vs PNG {png_w}x{png_h} (border {gap})"
     );
-    let scale = png_w / width;
-    assert_eq!(png_h / height, scale);
+    let scale = cell_w / width;
+    assert_eq!(cell_h / height, scale, "square scaling");
     let (mut sum, mut max, mut count) = (0u64, 0u8, 0u64);
     for y in 0..height {
         for x in 0..width {
             let canvas_at = ((y * width + x) * 4) as usize;
-            let png_at = (((y * scale) * png_w + x * scale) * 3) as usize;
+            let png_at = (((gap + y * scale) * png_w + gap + x * scale) * 3) as usize;
             for c in 0..3 {
                 let d = rgba[canvas_at + c].abs_diff(rgb[png_at + c]);
                 sum += d as u64;

@@ -81,6 +81,29 @@ pub fn RunsView() -> impl IntoView {
         live.changes.track();
         fetch_runs()
     });
+    // The latest answer, kept while a refetch is in flight. Only a change of *kind* (loading,
+    // error, empty, table) rebuilds the view; a changed list updates the table's keyed rows, so
+    // rows stay in place (and stay clickable) while live updates arrive.
+    let latest = Memo::new(
+        move |previous: Option<&Option<Result<Vec<RunSummary>, String>>>| match runs.get() {
+            Some(result) => Some(result.map_err(|e| e.to_string())),
+            None => previous.cloned().flatten(),
+        },
+    );
+    let kind = Memo::new(move |_| {
+        latest.with(|l| match l {
+            None => ListState::Loading,
+            Some(Err(e)) => ListState::Error(e.clone()),
+            Some(Ok(list)) if list.is_empty() => ListState::Empty,
+            Some(Ok(_)) => ListState::Table,
+        })
+    });
+    let list = Signal::derive(move || {
+        latest.with(|l| match l {
+            Some(Ok(list)) => list.clone(),
+            _ => Vec::new(),
+        })
+    });
     let sort = RwSignal::new((SortKey::Run, false));
     let selected = RwSignal::new(Vec::<u32>::new());
 
@@ -108,41 +131,43 @@ pub fn RunsView() -> impl IntoView {
                     {move || format!("Compare selected ({})", selected.with(Vec::len))}
                 </button>
             </header>
-            <Transition fallback=|| view! { <p class="loading">"Loading runs…"</p> }>
-                {move || {
-                    runs.get()
-                        .map(|result| match result {
-                            Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
-                            Ok(list) if list.is_empty() => view! {
-                                <p class="empty" data-empty="">
-                                    "No runs yet. Train one with "
-                                    <code>"diffit train --preset tiny"</code>
-                                    " and it appears here."
-                                </p>
-                            }
-                            .into_any(),
-                            Ok(list) => view! { <RunsTable runs=list sort=sort selected=selected/> }.into_any(),
-                        })
-                }}
-            </Transition>
+            {move || match kind.get() {
+                ListState::Loading => view! { <p class="loading">"Loading runs…"</p> }.into_any(),
+                ListState::Error(e) => view! { <ErrorBox message=e/> }.into_any(),
+                ListState::Empty => view! {
+                    <p class="empty" data-empty="">
+                        "No runs yet. Train one with "
+                        <code>"diffit train --preset tiny"</code>
+                        " and it appears here."
+                    </p>
+                }
+                .into_any(),
+                ListState::Table => view! { <RunsTable runs=list sort=sort selected=selected/> }.into_any(),
+            }}
         </section>
     }
 }
 
+/// What the runs view shows.
+#[derive(Debug, Clone, PartialEq)]
+enum ListState {
+    Loading,
+    Error(String),
+    Empty,
+    Table,
+}
+
 #[component]
 fn RunsTable(
-    runs: Vec<RunSummary>,
+    runs: Signal<Vec<RunSummary>>,
     sort: RwSignal<(SortKey, bool)>,
     selected: RwSignal<Vec<u32>>,
 ) -> impl IntoView {
     let rows = move || {
         let (key, ascending) = sort.get();
-        let mut sorted = runs.clone();
+        let mut sorted = runs.get();
         sorted.sort_by(|a, b| compare(a, b, key, ascending));
         sorted
-            .into_iter()
-            .map(|run| view! { <RunRow run=run selected=selected/> })
-            .collect_view()
     };
     let header = COLUMNS
         .iter()
@@ -178,7 +203,12 @@ fn RunsTable(
                     {header}
                 </tr>
             </thead>
-            <tbody>{rows}</tbody>
+            <tbody>
+                // Keyed by the whole summary: a row is rebuilt only when what it shows changed.
+                <For each=rows key=|run| format!("{run:?}") let:run>
+                    <RunRow run=run selected=selected/>
+                </For>
+            </tbody>
         </table>
     }
 }

@@ -45,8 +45,12 @@ pub fn site_dir() -> PathBuf {
     site
 }
 
-/// Builds (if needed) and returns the workspace binaries `diffit` and `diffit-server`, in the
-/// profile this test was built with.
+/// Returns the workspace binaries `diffit` and `diffit-server` of the profile this test was
+/// built with, building them first if needed.
+///
+/// The build is `cargo test --workspace --no-run`: the very command (and so the very feature
+/// set) that built this test under `cargo test --workspace`, hence a no-op there. A narrower
+/// `cargo build -p trainer -p server` would resolve features differently and rebuild candle.
 pub fn workspace_binaries() -> (PathBuf, PathBuf) {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/browser-<hash>
@@ -56,21 +60,25 @@ pub fn workspace_binaries() -> (PathBuf, PathBuf) {
         .expect("test binary lives in target/<profile>/deps");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut build = Command::new(env!("CARGO"));
-    build.current_dir(workspace_root()).args([
-        "build", "--quiet", "-p", "trainer", "-p", "server", "--bins",
-    ]);
+    build
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--no-run", "--quiet"]);
     if release {
         build.arg("--release");
     }
-    let status = build.status().expect("run cargo build");
+    let status = build.status().expect("run cargo");
     assert!(
         status.success(),
-        "cargo build of diffit and diffit-server failed"
+        "`cargo test --workspace --no-run` (building diffit and diffit-server) failed"
     );
-    (
+    let binaries = (
         profile_dir.join("diffit"),
         profile_dir.join("diffit-server"),
-    )
+    );
+    for bin in [&binaries.0, &binaries.1] {
+        assert!(bin.is_file(), "{} was not built", bin.display());
+    }
+    binaries
 }
 
 /// A TCP port nobody listens on right now.

@@ -77,6 +77,9 @@ pub fn load_fused(
     })
 }
 
+/// White pixels between (and around) the images of a [`grid`].
+pub const GRID_GAP: usize = 2;
+
 /// Lays out `images` (RGB8, `size`×`size` each) in a grid of `cols` columns with a 2-pixel
 /// white gap, each image scaled up by `scale`. Returns `(width, height, rgb)`.
 pub fn grid(
@@ -89,7 +92,7 @@ pub fn grid(
     if n == 0 || size == 0 {
         return Err(TrainError::Usage("no images to lay out".into()));
     }
-    let (cols, scale, gap) = (cols.clamp(1, n), scale.max(1), 2usize);
+    let (cols, scale, gap) = (cols.clamp(1, n), scale.max(1), GRID_GAP);
     let rows = n.div_ceil(cols);
     let cell = size * scale;
     let width = cols * cell + (cols + 1) * gap;

@@ -39,6 +39,10 @@ e2e: setup
 	scripts/build-app.sh
 	$(CARGO) test --workspace -- runs_table errors_are_shown browser_sample
 
+## Side-by-side benchmarks (not part of `test`): writes bench/RESULTS.md, linked from the README.
+bench:
+	bench/run.sh
+
 ## Build the browser app into target/site (served by diffit-server by default).
 app:
 	scripts/build-app.sh

@@ -46,6 +46,7 @@ start=$(date +%s.%N)
 curl -sf "http://127.0.0.1:$SERVER_PORT/api/runs/1/checkpoints/epoch_001" -o /dev/null
 end=$(date +%s.%N)
 echo "server VmRSS after: $(rss VmRSS) KiB, peak VmHWM: $(rss VmHWM) KiB, took $(echo "$end - $start" | bc) s"
+STREAM_HWM_KIB=$(rss VmHWM)
 
 mkdir -p "$WORK/www/api" "$WORK/nginx"
 # nginx workers run unprivileged: let them read the served copy.
@@ -78,7 +79,9 @@ NGINX_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$NGINX_PORT/api/runs" -o /dev/null && break; sleep 0.1; done
 
 echo "== diffit-server GET /api/runs ($THREADS threads, $CONNS connections, $DURATION)"
-wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$SERVER_PORT/api/runs"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$SERVER_PORT/api/runs" | tee "$WORK/wrk-server.txt"
 echo "== nginx, same JSON from a file"
-wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$NGINX_PORT/api/runs"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$NGINX_PORT/api/runs" | tee "$WORK/wrk-nginx.txt"
 echo "server VmHWM after the load: $(rss VmHWM) KiB"
+rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+echo "BENCH {\"kind\": \"server\", \"runs\": $RUNS, \"body_bytes\": $(stat -c %s "$WORK/www/api/runs.json"), \"server_rps\": $(rps "$WORK/wrk-server.txt"), \"nginx_rps\": $(rps "$WORK/wrk-nginx.txt"), \"stream_bytes\": $LARGE_BYTES, \"stream_peak_rss_kib\": $STREAM_HWM_KIB}"

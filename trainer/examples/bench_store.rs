@@ -71,6 +71,7 @@ fn bench_listing(base: &Path) -> anyhow::Result<()> {
             read.as_secs_f64() * 1e3
         );
     }
+    let mut times = Vec::new();
     for attempt in 1..=5 {
         let started = Instant::now();
         let runs = list_all_runs(base)?;
@@ -81,7 +82,13 @@ fn bench_listing(base: &Path) -> anyhow::Result<()> {
             runs.len(),
             elapsed.as_secs_f64() * 1e3
         );
+        times.push(elapsed.as_secs_f64() * 1e3);
     }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "BENCH {}",
+        serde_json::json!({"kind": "listing", "runs": RUNS, "median_ms": times[times.len() / 2]})
+    );
     Ok(())
 }
 
@@ -108,7 +115,8 @@ fn lora_checkpoint(megabytes: usize) -> anyhow::Result<LoraCheckpoint> {
 
 /// Alternates our checkpoint save with a plain write + fsync of the same bytes.
 fn bench_saves(base: &Path) -> anyhow::Result<()> {
-    for megabytes in [8usize, 64, 256] {
+    // 1 MB is about a `small` LoRA checkpoint (adapters + AdamW moments, 0.8 MB).
+    for megabytes in [1usize, 8, 64] {
         let mut run = CheckpointManager::create(base, "bench")?;
         let mut checkpoint = lora_checkpoint(megabytes)?;
         let plain = base.join(format!("plain_{megabytes}.bin"));
@@ -144,10 +152,12 @@ fn bench_saves(base: &Path) -> anyhow::Result<()> {
             "plain write {size:>5.1} MB: MB/s per round {}",
             rate(&theirs)
         );
+        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        println!("  median: save_lora_weights {ours:.0} MB/s, plain write+fsync {theirs:.0} MB/s");
         println!(
-            "  median: save_lora_weights {:.0} MB/s, plain write+fsync {:.0} MB/s",
-            median(&mut ours),
-            median(&mut theirs)
+            "BENCH {}",
+            serde_json::json!({"kind": "save", "megabytes": size, "save_mb_s": ours,
+                               "plain_mb_s": theirs, "save_ms": size / ours * 1e3})
         );
     }
     Ok(())

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# `make bench`: side-by-side performance numbers, each a ratio of two things measured in this run
+# on this machine, written as a markdown table to bench/RESULTS.md (linked from the README).
+#
+#   1. training images/s: `diffit train --preset small` vs the PyTorch reference (bench/diffit_torch.py)
+#   2. LoRA checkpoint save MB/s vs a plain fsync'd write of the same bytes; stall per save
+#   3. bytes on disk: 3 runs x 10 epochs vs the seed's scheme and a full model per epoch
+#   4. browser: ms per DDIM step in headless Chromium vs native; click -> image for `small`
+#   5. server: /api/runs requests/s at 10,000 runs vs nginx; peak RSS streaming a 1 GiB file
+#
+# Not part of `make test`. Installs PyTorch (CPU use only) into .venv-bench the first time.
+# Env: BENCH_OUT (default bench/RESULTS.md), SKIP_TORCH=1, SKIP_BROWSER=1, SKIP_SERVER=1,
+#      TRAIN_EPOCHS (default 3), SAMPLE_STEPS (default 50).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=${BENCH_OUT:-bench/RESULTS.md}
+TRAIN_EPOCHS=${TRAIN_EPOCHS:-3}
+SAMPLE_STEPS=${SAMPLE_STEPS:-50}
+WORK=$(mktemp -d /tmp/diffit-bench.XXXXXX)
+LINES="$WORK/bench.jsonl"
+trap 'rm -rf "$WORK"' EXIT
+log() { printf '\033[1mbench:\033[0m %s\n' "$*" >&2; }
+collect() { grep '^BENCH ' | sed 's/^BENCH //' >>"$LINES" || true; }
+
+log "building (release)"
+cargo build --release -p trainer -p server
+cargo build --release -p trainer --examples
+R=target/release
+
+# --- 1. Training -----------------------------------------------------------------------------
+log "training: diffit train --preset small ($TRAIN_EPOCHS epochs on a quickly pretrained base)"
+"$R/diffit" pretrain --preset small --epochs 1 --num-images 64 --out "$WORK/base.safetensors"
+"$R/diffit" train --preset small --epochs "$TRAIN_EPOCHS" --base "$WORK/base.safetensors" \
+    --checkpoints "$WORK/checkpoints" 2>&1 | tee "$WORK/train.log"
+python3 - "$WORK/train.log" "$(nproc)" >>"$LINES" <<'PY'
+import json, re, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+rates = [float(m) for m in re.findall(r"epoch \d+/\d+: .*?\(([\d.]+) images/s\)", text)]
+if not rates:
+    sys.exit("no 'images/s' epoch lines in the training log")
+# The first epoch pays one-off costs (thread pool, allocations); report the later ones.
+steady = rates[1:] or rates
+print(json.dumps({"kind": "train_candle", "images_per_s": sum(steady) / len(steady),
+                  "epochs": rates, "threads": int(sys.argv[2])}))
+PY
+"$R/examples/bench_train" 20 | tee "$WORK/bench_train.txt"
+
+if [ -z "${SKIP_TORCH:-}" ]; then
+    VENV=.venv-bench
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        log "installing PyTorch into $VENV (once; a large download)"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --upgrade pip
+        "$VENV/bin/pip" install --quiet torch numpy
+    fi
+    log "training: PyTorch reference, same config, batch 16, float32, $(nproc) threads"
+    "$VENV/bin/python" bench/diffit_torch.py --steps 30 --batch-size 16 --threads "$(nproc)" \
+        | tee "$WORK/torch.json"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="train_torch"; print(json.dumps(d))' \
+        "$WORK/torch.json" >>"$LINES"
+fi
+
+# --- 2 and 3. Checkpoint I/O and disk ----------------------------------------------------------
+log "checkpoint save and listing (bench_store), disk use (bench_disk)"
+"$R/examples/bench_store" "$WORK" | tee /dev/stderr | collect
+"$R/examples/bench_disk" "$WORK" | tee /dev/stderr | collect
+
+# --- 4. Browser sampling ------------------------------------------------------------------------
+if [ -z "${SKIP_BROWSER:-}" ]; then
+    log "browser sampling (headless Chromium) vs native, $SAMPLE_STEPS steps"
+    scripts/browser-env.sh
+    scripts/build-app.sh
+    "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 | tee "$WORK/native.json"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step"; print(json.dumps(d))' \
+        "$WORK/native.json" >>"$LINES"
+    # The driver's own speed does not matter (the work runs in the page): the dev profile shares
+    # `make test`'s build.
+    cargo build --workspace --examples
+    target/debug/examples/browser_bench "$R/diffit-server" "$WORK/checkpoints" 1 "$SAMPLE_STEPS" \
+        | tee /dev/stderr | collect
+fi
+
+# --- 5. Server ------------------------------------------------------------------------------------
+if [ -z "${SKIP_SERVER:-}" ]; then
+    log "server: /api/runs at 10,000 runs vs nginx, 1 GiB stream"
+    missing=()
+    for tool in wrk curl bc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} from Debian"
+        SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+        $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+    server/benches/serve_bench.sh | tee /dev/stderr | collect
+fi
+
+python3 bench/report.py "$LINES" "$OUT"
+log "wrote $OUT"

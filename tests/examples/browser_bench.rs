@@ -1,0 +1,125 @@
+//! Browser sampling speed for `make bench`: serves a checkpoints dir with the real server, opens
+//! the dashboard's sample view in headless Chromium and reads the page's own timings. Prints
+//! `BENCH {json}` lines; asserts nothing.
+//!
+//! `cargo run -p e2e --example browser_bench -- DIFFIT_SERVER CHECKPOINTS_DIR RUN STEPS`
+//!
+//! 1. Click → finished image with the page's defaults (count 1, base shown side by side), from a
+//!    fresh browser profile: download, fuse, sample, draw.
+//! 2. ms per DDIM step of one image through base + LoRA fused (no side-by-side base), the same
+//!    work as the native `bench_sample`, after a warm-up run in the same page.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fantoccini::Locator;
+use serde_json::{json, Value};
+use support::{Browser, Server};
+
+async fn set_field(browser: &Browser, field: &str, value: &str) {
+    let input = browser
+        .client
+        .find(Locator::Css(&format!(r#"input[data-field="{field}"]"#)))
+        .await
+        .expect(field);
+    input.clear().await.expect("clear");
+    input.send_keys(value).await.expect("type");
+}
+
+async fn set_compare(browser: &Browser, on: bool) {
+    browser
+        .client
+        .execute(
+            r#"const c = document.querySelector('input[data-field="compare-base"]');
+               if (c.checked !== arguments[0]) { c.click(); }"#,
+            vec![Value::Bool(on)],
+        )
+        .await
+        .expect("set compare");
+}
+
+/// Clicks Sample, waits for the image, returns (click → image ms, ms per step).
+async fn sample(browser: &Browser) -> (f64, f64) {
+    browser
+        .client
+        .execute(
+            "document.querySelector('canvas[data-sample=\"lora\"]').dataset.state = '';",
+            vec![],
+        )
+        .await
+        .expect("reset state");
+    browser
+        .client
+        .find(Locator::Css(r#"button[data-action="sample"]"#))
+        .await
+        .expect("sample button")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_until(
+            r#"document.querySelector('canvas[data-sample="lora"]').dataset.state === 'done'
+               || document.querySelector('[data-error]') !== null"#,
+            Duration::from_secs(600),
+        )
+        .await;
+    assert_eq!(
+        browser.count("[data-error]").await,
+        0,
+        "sampling failed in the page"
+    );
+    let stats = browser
+        .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
+        .await;
+    let number = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (
+        number(stats.attr("data-total-ms").await.expect("attr")),
+        number(stats.attr("data-step-ms").await.expect("attr")),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    assert!(
+        args.len() == 4,
+        "usage: browser_bench DIFFIT_SERVER CHECKPOINTS_DIR RUN STEPS"
+    );
+    let (server_bin, checkpoints) = (PathBuf::from(&args[0]), PathBuf::from(&args[1]));
+    let (run, steps) = (&args[2], &args[3]);
+    let server = Server::start(&server_bin, &checkpoints);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!(
+            "{}/#/runs/{run}/sample?checkpoint=best",
+            server.url
+        ))
+        .await
+        .expect("open the sample view");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(60))
+        .await;
+    set_field(&browser, "steps", steps).await;
+    set_field(&browser, "count", "1").await;
+
+    set_compare(&browser, true).await;
+    let (click_ms, both_step_ms) = sample(&browser).await;
+    browser.screenshot("bench-sample-small").await;
+    println!(
+        "BENCH {}",
+        json!({"kind": "browser_click", "steps": steps, "click_to_image_ms": click_ms,
+               "step_ms_base_and_lora": both_step_ms})
+    );
+
+    set_compare(&browser, false).await;
+    let _warm = sample(&browser).await;
+    let (_, step_ms) = sample(&browser).await;
+    println!(
+        "BENCH {}",
+        json!({"kind": "browser_step", "steps": steps, "step_ms": step_ms})
+    );
+}

@@ -50,7 +50,7 @@ fn train_tiny(dir: &std::path::Path, epochs: u32) -> Metadata {
     )
     .expect("train");
     let text = std::fs::read_to_string(
-        RunLayout::new(&dir.join("checkpoints"), report.run_number).metadata(),
+        RunLayout::new(dir.join("checkpoints"), report.run_number).metadata(),
     )
     .expect("metadata");
     serde_json::from_str(&text).expect("parse metadata")

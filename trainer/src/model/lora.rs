@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::diffit::{base_tensor_shapes, linear_specs};
@@ -19,6 +19,48 @@ pub(crate) fn matches_target(path: &str, target: &str) -> bool {
         || path
             .strip_suffix(target)
             .is_some_and(|head| head.ends_with('.'))
+}
+
+/// `x·Wᵀ + b` with a frozen `W` and `b`, for `x` `[rows, in]` on the CPU. Its backward pass
+/// returns only the input's gradient: candle's own matmul backward always computes the
+/// right-hand side's gradient as well, which for a frozen base weight is a full-size matmul per
+/// layer and step that LoRA fine-tuning throws away.
+struct FrozenLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen-linear: expected an f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-linear: the input must be contiguous");
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        let y = y.contiguous()?;
+        let shape = y.shape().clone();
+        let (stored, y_layout) = y.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
+            (&*stored, y_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-linear: unexpected output storage");
+        };
+        Ok((CpuStorage::F32(values[a..b].to_vec()), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.weight)?))
+    }
 }
 
 /// The low-rank update of one linear layer: `scaling · B · A`.
@@ -79,6 +121,11 @@ impl LoraLinear {
         Ok((a, b, cfg))
     }
 
+    /// True when neither the base weight nor the bias is trained.
+    fn is_frozen(&self) -> bool {
+        !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable())
+    }
+
     /// True when this layer carries a LoRA adapter.
     pub fn has_adapter(&self) -> bool {
         self.adapter.is_some()
@@ -92,10 +139,19 @@ impl LoraLinear {
         let rows = x.elem_count() / in_dim.max(1);
         // One 2-D matmul over all rows is much faster in candle than a batched broadcast.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
-        }
+        let mut y = if x2.track_op() && self.is_frozen() && x2.device().is_cpu() {
+            // Fine-tuning: the input needs a gradient, the base weight does not.
+            x2.apply_op1(FrozenLinear {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+            })?
+        } else {
+            let y = x2.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(bias) => y.broadcast_add(bias)?,
+                None => y,
+            }
+        };
         if let Some(ad) = &self.adapter {
             let xin = match rng {
                 Some(rng) if ad.dropout > 0.0 => {
@@ -114,8 +170,9 @@ impl LoraLinear {
                 }
                 _ => x2,
             };
-            let update = xin.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)?;
-            y = (y + (update * ad.scaling)?)?;
+            // Scaling the rank-r intermediate touches r values per row instead of `out`.
+            let low = (xin.matmul(&ad.a.t()?)? * ad.scaling)?;
+            y = (y + low.matmul(&ad.b.t()?)?)?;
         }
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
@@ -355,5 +412,80 @@ mod tests {
         assert!(!paths
             .iter()
             .any(|p| p.contains("qkv_temb") || p.starts_with("x_embedder")));
+    }
+
+    /// The frozen-base path (custom backward) gives the gradients plain candle ops give.
+    #[test]
+    fn frozen_linear_gradients_match_plain_ops() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(3);
+        let (rows, i, o, r) = (5, 6, 7, 2);
+        let w = rng.normal_tensor((o, i), &dev).unwrap();
+        let bias = rng.normal_tensor(o, &dev).unwrap();
+        let a = candle_core::Var::from_tensor(&rng.normal_tensor((r, i), &dev).unwrap()).unwrap();
+        let b = candle_core::Var::from_tensor(&rng.normal_tensor((o, r), &dev).unwrap()).unwrap();
+        let x =
+            candle_core::Var::from_tensor(&rng.normal_tensor((rows, i), &dev).unwrap()).unwrap();
+        let cfg = LoraConfig {
+            r,
+            lora_alpha: 3.0,
+            ..LoraConfig::default()
+        };
+        let layer = LoraLinear::new(
+            w.clone(),
+            Some(bias.clone()),
+            Some((a.as_tensor().clone(), b.as_tensor().clone(), &cfg)),
+        );
+        let ours = layer.forward(x.as_tensor(), None).unwrap();
+        let plain = (x
+            .as_tensor()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap()
+            + (x.as_tensor()
+                .matmul(&a.as_tensor().t().unwrap())
+                .unwrap()
+                .matmul(&b.as_tensor().t().unwrap())
+                .unwrap()
+                * cfg.scaling())
+            .unwrap())
+        .unwrap();
+        let close = |p: &Tensor, q: &Tensor| {
+            let d = (p - q)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "max difference {d}");
+        };
+        close(&ours, &plain);
+        // A non-uniform loss, so every output element has its own gradient.
+        let weights = rng.normal_tensor((rows, o), &dev).unwrap();
+        let g_ours = (ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_plain = (plain * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &a, &b] {
+            close(
+                g_ours.get(v.as_tensor()).expect("gradient"),
+                g_plain.get(v.as_tensor()).expect("gradient"),
+            );
+        }
+        assert!(
+            g_ours.get(&w).is_none(),
+            "no gradient for the frozen weight"
+        );
     }
 }

@@ -113,7 +113,7 @@ def main():
                     break
     except OSError:
         pass
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         "# Benchmarks",
         "",

@@ -37,13 +37,16 @@ log "training: diffit train --preset small ($TRAIN_EPOCHS epochs on a quickly pr
 python3 - "$WORK/train.log" "$(nproc)" >>"$LINES" <<'PY'
 import json, re, sys
 text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+images = re.search(r"(\d+) training / \d+ validation images", text)
 rates = [float(m) for m in re.findall(r"epoch \d+/\d+: .*?\(([\d.]+) images/s\)", text)]
 if not rates:
     sys.exit("no 'images/s' epoch lines in the training log")
 # The first epoch pays one-off costs (thread pool, allocations); report the later ones.
 steady = rates[1:] or rates
-print(json.dumps({"kind": "train_candle", "images_per_s": sum(steady) / len(steady),
-                  "epochs": rates, "threads": int(sys.argv[2])}))
+ips = sum(steady) / len(steady)
+print(json.dumps({"kind": "train_candle", "images_per_s": ips, "epochs": rates,
+                  "threads": int(sys.argv[2]),
+                  "epoch_seconds": int(images.group(1)) / ips if images else None}))
 PY
 "$R/examples/bench_train" 20 | tee "$WORK/bench_train.txt"
 
@@ -64,8 +67,8 @@ fi
 
 # --- 2 and 3. Checkpoint I/O and disk ----------------------------------------------------------
 log "checkpoint save and listing (bench_store), disk use (bench_disk)"
-"$R/examples/bench_store" "$WORK" | tee /dev/stderr | collect
-"$R/examples/bench_disk" "$WORK" | tee /dev/stderr | collect
+"$R/examples/bench_store" "$WORK" | tee -a /dev/stderr | collect
+"$R/examples/bench_disk" "$WORK" | tee -a /dev/stderr | collect
 
 # --- 4. Browser sampling ------------------------------------------------------------------------
 if [ -z "${SKIP_BROWSER:-}" ]; then
@@ -75,11 +78,12 @@ if [ -z "${SKIP_BROWSER:-}" ]; then
     "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 | tee "$WORK/native.json"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step"; print(json.dumps(d))' \
         "$WORK/native.json" >>"$LINES"
-    # The driver's own speed does not matter (the work runs in the page): the dev profile shares
-    # `make test`'s build.
-    cargo build --workspace --examples
+    # The driver's own speed does not matter (the work runs in the page). `cargo test --workspace
+    # --no-run` builds the examples with `make test`'s exact feature set, so nothing is rebuilt;
+    # a plain `cargo build --examples` would resolve features differently and rebuild candle.
+    cargo test --workspace --no-run
     target/debug/examples/browser_bench "$R/diffit-server" "$WORK/checkpoints" 1 "$SAMPLE_STEPS" \
-        | tee /dev/stderr | collect
+        | tee -a /dev/stderr | collect
 fi
 
 # --- 5. Server ------------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ if [ -z "${SKIP_SERVER:-}" ]; then
         SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
         $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
     fi
-    server/benches/serve_bench.sh | tee /dev/stderr | collect
+    server/benches/serve_bench.sh | tee -a /dev/stderr | collect
 fi
 
 python3 bench/report.py "$LINES" "$OUT"

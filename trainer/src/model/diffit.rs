@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::lora::{matches_target, LoraLinear};
+use super::ops::{gelu, softmax};
 use super::{Config, LoraConfig, ModelError};
 use crate::rng::Rng;
 
@@ -256,39 +257,8 @@ fn relative_position_index(grid: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(idx, n * n, device)
 }
 
-/// LayerNorm over the last dimension without affine parameters. Uses candle's fused kernel
-/// for inference and differentiable primitives when gradients are needed (the fused kernel
-/// has no backward pass).
 fn layer_norm(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)
-    } else {
-        let d = x.dim(D::Minus1)?;
-        let ones = Tensor::ones(d, x.dtype(), x.device())?;
-        let zeros = Tensor::zeros(d, x.dtype(), x.device())?;
-        candle_nn::ops::layer_norm(x, &ones, &zeros, LN_EPS as f32)
-    }
-}
-
-/// GELU, tanh approximation (as DiffiT's MLP), written as `x·σ(2u)` with
-/// `u = √(2/π)(x + 0.044715x³)`, since `0.5(1 + tanh u) = σ(2u)`: candle's CPU `tanh` is
-/// scalar and made the MLP activation cost more than the MLP's matmuls.
-fn gelu(x: &Tensor) -> Result<Tensor> {
-    let c = 2.0 * (2.0 / core::f64::consts::PI).sqrt();
-    let u = ((x.sqr()? * 0.044_715)? + 1.0)?.mul(x)?;
-    x.mul(&candle_nn::ops::sigmoid(&(u * c)?)?)
-}
-
-/// Softmax over the last dimension; fused kernel unless gradients are needed.
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
+    super::ops::layer_norm(x, LN_EPS)
 }
 
 /// Builds the linear layers of one model, wiring LoRA adapters into targeted modules.

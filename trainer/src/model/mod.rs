@@ -9,6 +9,7 @@
 
 mod diffit;
 mod lora;
+mod ops;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

@@ -1,0 +1,48 @@
+//! Diagnostic: how well a run's model denoises real training images at several noise levels.
+//! Writes one PNG row per timestep (clean-image estimates) and prints the errors.
+//!
+//! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png`
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use trainer::data::Dataset;
+use trainer::diffusion::{to_rgb8, NoiseSchedule};
+use trainer::model::DiffiT;
+use trainer::rng::Rng;
+use trainer::train::sample::{grid, load_fused};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: denoise_check CHECKPOINTS RUN OUT.png";
+    let dir = args.first().context(usage)?;
+    let run: u32 = args.get(1).context(usage)?.parse()?;
+    let out = args.get(2).context(usage)?;
+    let fused = load_fused(dir.as_ref(), run, "best".parse()?)?;
+    let device = Device::Cpu;
+    let model = DiffiT::new(
+        &fused.model_config,
+        VarBuilder::from_tensors(fused.tensors.clone(), DType::F32, &device),
+        None,
+    )?;
+    let n = 8;
+    let data = Dataset::trees(n, fused.model_config.image_size, 5);
+    let x0 = data.batch(&(0..n).collect::<Vec<_>>(), &device)?;
+    let schedule = NoiseSchedule::default();
+    let mut rows = to_rgb8(&x0)?;
+    let mut rng = Rng::new(9);
+    for t in [50usize, 200, 400, 600, 800, 950, 990] {
+        let ab = schedule.alpha_bar(t);
+        let eps = rng.normal_tensor(x0.shape(), &device)?;
+        let xt = ((&x0 * ab.sqrt())? + (&eps * (1.0 - ab).sqrt())?)?;
+        let pred = model.forward(&xt, &Tensor::full(t as f32, n, &device)?)?;
+        let eps_mse = (&pred - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        let x0_hat = ((&xt - (&pred * (1.0 - ab).sqrt())?)? / ab.sqrt())?.clamp(-1f32, 1f32)?;
+        let x0_mse = (&x0_hat - &x0)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        println!("t={t:4} alpha_bar={ab:.5} eps_mse={eps_mse:.4} x0_mse={x0_mse:.4}");
+        rows.extend(to_rgb8(&x0_hat)?);
+    }
+    let (w, h, px) = grid(&rows, fused.model_config.image_size, n, 2)?;
+    image::save_buffer(out, &px, w, h, image::ExtendedColorType::Rgb8)?;
+    Ok(())
+}

@@ -86,6 +86,13 @@ def main():
                      f"{fmt(browser['step_ms'], 2)} ms (headless Chromium, wasm)",
                      f"{fmt(native['step_ms'], 2)} ms (native, {native['threads']} threads)",
                      f"{r:.2f}×", "≤ 2×", verdict(r, 2.0, False)))
+    native1 = k.get("native_step_1t", [None])[0]
+    if native1 and browser:
+        r = browser["step_ms"] / native1["step_ms"]
+        rows.append(("4. DDIM step, same, native on one thread (as the page)",
+                     f"{fmt(browser['step_ms'], 2)} ms (headless Chromium, wasm)",
+                     f"{fmt(native1['step_ms'], 2)} ms (native, 1 thread)",
+                     f"{r:.2f}×", "–", "info"))
     if click:
         rows.append((f"4. Click → finished image, `small`, {click['steps']} steps, base beside it",
                      f"{fmt(click['click_to_image_ms'], 0)} ms", "fresh profile: downloads included",

@@ -78,6 +78,11 @@ if [ -z "${SKIP_BROWSER:-}" ]; then
     "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 | tee "$WORK/native.json"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step"; print(json.dumps(d))' \
         "$WORK/native.json" >>"$LINES"
+    # The page runs single-threaded wasm: the native figure on one thread too, for reference.
+    RAYON_NUM_THREADS=1 "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 \
+        | tee "$WORK/native1.json"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step_1t"; print(json.dumps(d))' \
+        "$WORK/native1.json" >>"$LINES"
     # The driver's own speed does not matter (the work runs in the page). `cargo test --workspace
     # --no-run` builds the examples with `make test`'s exact feature set, so nothing is rebuilt;
     # a plain `cargo build --examples` would resolve features differently and rebuild candle.

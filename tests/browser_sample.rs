@@ -33,16 +33,6 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
     (image.width(), image.height(), image.into_raw())
 }
 
-async fn set_field(browser: &Browser, field: &str, value: &str) {
-    let input = browser
-        .client
-        .find(Locator::Css(&format!(r#"input[data-field="{field}"]"#)))
-        .await
-        .expect(field);
-    input.clear().await.expect("clear");
-    input.send_keys(value).await.expect("type");
-}
-
 /// Clicks Sample and waits for the LoRA canvas to finish; returns its RGBA pixels and size.
 async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
     let button = browser
@@ -174,9 +164,9 @@ async fn browser_sample_matches_native_sampler() {
     browser
         .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
         .await;
-    set_field(&browser, "seed", &SEED.to_string()).await;
-    set_field(&browser, "steps", &STEPS.to_string()).await;
-    set_field(&browser, "count", "1").await;
+    browser.set_field("seed", &SEED.to_string()).await;
+    browser.set_field("steps", &STEPS.to_string()).await;
+    browser.set_field("count", "1").await;
 
     let (width, height, rgba) = sample_in_browser(&browser).await;
     let (total_ms, step_ms, source) = stats(&browser).await;
@@ -218,8 +208,8 @@ async fn browser_sample_matches_native_sampler() {
     browser
         .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
         .await;
-    set_field(&browser, "seed", &SEED.to_string()).await;
-    set_field(&browser, "steps", &STEPS.to_string()).await;
+    browser.set_field("seed", &SEED.to_string()).await;
+    browser.set_field("steps", &STEPS.to_string()).await;
     let (_, _, again) = sample_in_browser(&browser).await;
     let (total_ms, step_ms, source) = stats(&browser).await;
     println!("browser after reload: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step, base from {source}");

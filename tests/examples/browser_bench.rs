@@ -19,16 +19,6 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 use support::{Browser, Server};
 
-async fn set_field(browser: &Browser, field: &str, value: &str) {
-    let input = browser
-        .client
-        .find(Locator::Css(&format!(r#"input[data-field="{field}"]"#)))
-        .await
-        .expect(field);
-    input.clear().await.expect("clear");
-    input.send_keys(value).await.expect("type");
-}
-
 async fn set_compare(browser: &Browser, on: bool) {
     browser
         .client
@@ -103,8 +93,8 @@ async fn main() {
     browser
         .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(60))
         .await;
-    set_field(&browser, "steps", steps).await;
-    set_field(&browser, "count", "1").await;
+    browser.set_field("steps", steps).await;
+    browser.set_field("count", "1").await;
 
     set_compare(&browser, true).await;
     let (click_ms, both_step_ms) = sample(&browser).await;

@@ -285,6 +285,17 @@ impl Browser {
         }
     }
 
+    /// Replaces the text of `input[data-field="<field>"]` with `value`, as a user types it.
+    pub async fn set_field(&self, field: &str, value: &str) {
+        let input = self
+            .client
+            .find(Locator::Css(&format!(r#"input[data-field="{field}"]"#)))
+            .await
+            .expect(field);
+        input.clear().await.expect("clear");
+        input.send_keys(value).await.expect("type");
+    }
+
     /// Number of elements matching `css`.
     pub async fn count(&self, css: &str) -> usize {
         self.client

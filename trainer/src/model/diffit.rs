@@ -519,15 +519,7 @@ mod tests {
         let tok = patchify(&x, 2).unwrap();
         assert_eq!(tok.dims(), &[2, 16, 12]);
         let back = unpatchify(&tok, 2, 3, 4).unwrap();
-        let diff = (back - &x)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(diff, 0.0);
+        assert_eq!(crate::model::max_abs_diff(&back, &x), 0.0);
         // The first token is the top-left 2×2 patch, flattened as (py, px, c).
         let first: Vec<f32> = tok.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
         let img: Vec<Vec<Vec<f32>>> = x.get(0).unwrap().to_vec3().unwrap();

@@ -452,14 +452,7 @@ mod tests {
             .unwrap())
         .unwrap();
         let close = |p: &Tensor, q: &Tensor| {
-            let d = (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::model::max_abs_diff(p, q);
             assert!(d < 1e-4, "max difference {d}");
         };
         close(&ours, &plain);

@@ -243,6 +243,16 @@ pub enum ModelError {
     },
 }
 
+/// Largest absolute element-wise difference of two tensors (tests only).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("comparable tensors")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,6 +198,7 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 
@@ -217,17 +218,6 @@ mod tests {
         }
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn fused_ops_match_candle_values_and_gradients() {
         let dev = Device::Cpu;
@@ -242,7 +232,7 @@ mod tests {
             }
             .unwrap();
             let theirs = reference(op, x.as_tensor());
-            assert!(max_diff(&ours, &theirs) < 1e-5, "{op} values");
+            assert!(max_abs_diff(&ours, &theirs) < 1e-5, "{op} values");
             // A non-uniform loss so each output has its own gradient.
             let w = rng.normal_tensor((3, 5, 9), &dev).unwrap();
             let g_ours = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -256,20 +246,24 @@ mod tests {
                 g_ours.get(x.as_tensor()).expect("gradient"),
                 g_theirs.get(x.as_tensor()).expect("gradient"),
             );
-            assert!(max_diff(a, b) < 1e-4, "{op} gradient: {}", max_diff(a, b));
+            assert!(
+                max_abs_diff(a, b) < 1e-4,
+                "{op} gradient: {}",
+                max_abs_diff(a, b)
+            );
         }
     }
 
     #[test]
     fn inference_path_is_unchanged() {
         let x = Rng::new(2).normal_tensor((4, 16), &Device::Cpu).unwrap();
-        assert!(max_diff(&gelu(&x).unwrap(), &x.gelu().unwrap()) < 1e-5);
+        assert!(max_abs_diff(&gelu(&x).unwrap(), &x.gelu().unwrap()) < 1e-5);
         assert!(
-            max_diff(
+            max_abs_diff(
                 &softmax(&x).unwrap(),
                 &candle_nn::ops::softmax(&x, D::Minus1).unwrap()
             ) < 1e-6
         );
-        assert!(max_diff(&layer_norm(&x, 1e-6).unwrap(), &reference("layer_norm", &x)) < 1e-5);
+        assert!(max_abs_diff(&layer_norm(&x, 1e-6).unwrap(), &reference("layer_norm", &x)) < 1e-5);
     }
 }

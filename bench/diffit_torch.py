@@ -2,7 +2,7 @@
 
 Mirrors trainer/src/model (DiffiT with time-dependent self-attention and a relative position
 bias, LoRA r=8 / alpha=16 on attn.qkv, attn.proj, mlp.fc1, mlp.fc2), trainer/src/diffusion.rs
-(cosine schedule, 1000 steps, epsilon-prediction MSE) and the trainer's AdamW on the LoRA
+(cosine schedule, 1000 steps, v-prediction MSE) and the trainer's AdamW on the LoRA
 tensors only, with the same batch size and float32. Prints one JSON line with images/s of
 LoRA fine-tuning steps (forward, backward, optimizer step), measured after warm-up.
 
@@ -183,7 +183,8 @@ def main():
         eps = torch.randn_like(x0)
         ab = alpha_bar[t][:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        loss = F.mse_loss(model(xt, t.float()), eps)
+        v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        loss = F.mse_loss(model(xt, t.float()), v)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

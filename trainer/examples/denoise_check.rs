@@ -36,8 +36,14 @@ fn main() -> anyhow::Result<()> {
         let eps = rng.normal_tensor(x0.shape(), &device)?;
         let xt = ((&x0 * ab.sqrt())? + (&eps * (1.0 - ab).sqrt())?)?;
         let pred = model.forward(&xt, &Tensor::full(t as f32, n, &device)?)?;
-        let eps_mse = (&pred - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
-        let x0_hat = ((&xt - (&pred * (1.0 - ab).sqrt())?)? / ab.sqrt())?.clamp(-1f32, 1f32)?;
+        let x0_hat = fused
+            .model_config
+            .prediction
+            .x0_estimate(&xt, &pred, ab)?
+            .clamp(-1f32, 1f32)?;
+        // The noise the estimate implies, whatever the network predicts.
+        let eps_hat = ((&xt - (&x0_hat * ab.sqrt())?)? / (1.0 - ab).sqrt())?;
+        let eps_mse = (&eps_hat - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
         let x0_mse = (&x0_hat - &x0)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
         println!("t={t:4} alpha_bar={ab:.5} eps_mse={eps_mse:.4} x0_mse={x0_mse:.4}");
         rows.extend(to_rgb8(&x0_hat)?);

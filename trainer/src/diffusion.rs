@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Config, DiffiT};
+use crate::model::{Config, DiffiT, Prediction};
 use crate::rng::Rng;
 
 /// How the noise variances `β_t` grow with `t`.
@@ -90,13 +90,33 @@ impl NoiseSchedule {
     }
 }
 
+impl Prediction {
+    /// The training target for `x_t = signal·x0 + noise·eps`, where `signal = √ᾱ` and
+    /// `noise = √(1−ᾱ)` are per-sample `[B, 1, 1, 1]` coefficients.
+    fn target(self, x0: &Tensor, eps: Tensor, signal: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        match self {
+            Prediction::Epsilon => Ok(eps),
+            Prediction::V => eps.broadcast_mul(signal)? - x0.broadcast_mul(noise)?,
+        }
+    }
+
+    /// The clean image implied by the network output `out` at `x_t` with signal level `ab` (ᾱ).
+    pub fn x0_estimate(self, xt: &Tensor, out: &Tensor, ab: f64) -> Result<Tensor> {
+        match self {
+            Prediction::Epsilon => (xt - (out * (1.0 - ab).sqrt())?)? / ab.sqrt(),
+            Prediction::V => (xt * ab.sqrt())? - (out * (1.0 - ab).sqrt())?,
+        }
+    }
+}
+
 /// Per-sample coefficients as a `[B, 1, 1, 1]` tensor.
 fn per_sample(values: Vec<f32>, device: &Device) -> Result<Tensor> {
     let n = values.len();
     Tensor::from_vec(values, (n, 1, 1, 1), device)
 }
 
-/// DDPM loss (ε-prediction mean squared error) of a batch `x0` `[B, C, H, W]` in `[-1, 1]`.
+/// DDPM loss of a batch `x0` `[B, C, H, W]` in `[-1, 1]`: the mean squared error of the
+/// network's output against the target of the model's [`Prediction`] (`ε` or `v`).
 /// Draws, in this order, `B` timesteps, the noise, then any LoRA dropout masks from `rng`.
 /// Used for training and for validation (pass an RNG seeded per batch so the validation
 /// loss is comparable across epochs).
@@ -106,8 +126,8 @@ pub fn ddpm_loss(
     schedule: &NoiseSchedule,
     rng: &mut Rng,
 ) -> Result<Tensor> {
-    let (eps, pred) = noised_prediction(model, x0, schedule, rng, true)?;
-    (pred - eps)?.sqr()?.mean_all()
+    let (target, pred) = noised_prediction(model, x0, schedule, rng, true)?;
+    (pred - target)?.sqr()?.mean_all()
 }
 
 /// As [`ddpm_loss`] but without LoRA dropout (draws the same timesteps and noise).
@@ -117,10 +137,11 @@ pub fn ddpm_eval_loss(
     schedule: &NoiseSchedule,
     rng: &mut Rng,
 ) -> Result<Tensor> {
-    let (eps, pred) = noised_prediction(model, x0, schedule, rng, false)?;
-    (pred - eps)?.sqr()?.mean_all()
+    let (target, pred) = noised_prediction(model, x0, schedule, rng, false)?;
+    (pred - target)?.sqr()?.mean_all()
 }
 
+/// Noises `x0` at random timesteps; returns `(target, network output)`.
 fn noised_prediction(
     model: &DiffiT,
     x0: &Tensor,
@@ -138,6 +159,7 @@ fn noised_prediction(
     let signal = per_sample(ab.iter().map(|a| a.sqrt() as f32).collect(), device)?;
     let noise = per_sample(ab.iter().map(|a| (1.0 - a).sqrt() as f32).collect(), device)?;
     let xt = (x0.broadcast_mul(&signal)? + eps.broadcast_mul(&noise)?)?;
+    let target = model.config().prediction.target(x0, eps, &signal, &noise)?;
     let t = Tensor::from_vec(
         steps.iter().map(|&s| s as f32).collect::<Vec<_>>(),
         b,
@@ -148,7 +170,7 @@ fn noised_prediction(
     } else {
         model.forward(&xt, &t)?
     };
-    Ok((eps, pred))
+    Ok((target, pred))
 }
 
 /// Deterministic DDIM sampler (η = 0), run one step at a time so a browser can yield between
@@ -211,10 +233,14 @@ impl DdimSampler {
         let ab_prev = self.alpha_bars.get(i + 1).copied().unwrap_or(1.0);
         let n = self.x.dim(0)?;
         let t = Tensor::full(self.timesteps[i] as f32, n, self.x.device())?;
-        let eps = model.forward(&self.x, &t)?;
-        // Predict the clean image, keep it in range, and re-derive the noise from it: this keeps
-        // few-step sampling stable for an under-trained model.
-        let x0 = ((&self.x - (eps * (1.0 - ab).sqrt())?)? / ab.sqrt())?.clamp(-1f32, 1f32)?;
+        let out = model.forward(&self.x, &t)?;
+        // Estimate the clean image, keep it in range, and re-derive the noise from it: this
+        // keeps few-step sampling stable for an under-trained model.
+        let x0 = model
+            .config()
+            .prediction
+            .x0_estimate(&self.x, &out, ab)?
+            .clamp(-1f32, 1f32)?;
         let eps = ((&self.x - (&x0 * ab.sqrt())?)? / (1.0 - ab).sqrt())?;
         self.x = ((&x0 * ab_prev.sqrt())? + (eps * (1.0 - ab_prev).sqrt())?)?;
         self.x0 = Some(x0);
@@ -289,6 +315,55 @@ mod tests {
             assert!(s.alpha_bar(999) < 0.01);
             assert!((1..1000).all(|t| s.alpha_bar(t) < s.alpha_bar(t - 1)));
         }
+    }
+
+    #[test]
+    fn the_sampler_inverts_each_training_target() {
+        let dev = Device::Cpu;
+        let x0 = Rng::new(1)
+            .normal_tensor((1, 3, 4, 4), &dev)
+            .unwrap()
+            .clamp(-1f32, 1f32)
+            .unwrap();
+        let eps = Rng::new(2).normal_tensor((1, 3, 4, 4), &dev).unwrap();
+        for prediction in [Prediction::Epsilon, Prediction::V] {
+            for ab in [0.999f64, 0.6, 0.05, 0.001] {
+                let signal = per_sample(vec![ab.sqrt() as f32], &dev).unwrap();
+                let noise = per_sample(vec![(1.0 - ab).sqrt() as f32], &dev).unwrap();
+                let xt = (x0.broadcast_mul(&signal).unwrap() + eps.broadcast_mul(&noise).unwrap())
+                    .unwrap();
+                let out = prediction
+                    .target(&x0, eps.clone(), &signal, &noise)
+                    .unwrap();
+                let back = prediction.x0_estimate(&xt, &out, ab).unwrap();
+                let err = crate::model::max_abs_diff(&back, &x0);
+                // ε-prediction divides float rounding by √ᾱ; v-prediction never divides.
+                let tol = if prediction == Prediction::V {
+                    1e-5
+                } else {
+                    1e-5 / ab.sqrt()
+                };
+                assert!(err < tol as f32, "{prediction:?} at ᾱ={ab}: error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn v_prediction_keeps_high_noise_errors_small() {
+        // The same output error costs ε-prediction 1/√ᾱ times more in the clean-image
+        // estimate; v-prediction never more than the error itself.
+        let dev = Device::Cpu;
+        let xt = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
+        let err = Tensor::full(0.1f32, (1, 3, 2, 2), &dev).unwrap();
+        let ab = 0.0004;
+        let zero = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
+        let amplification = |p: Prediction| {
+            let a = p.x0_estimate(&xt, &err, ab).unwrap();
+            let b = p.x0_estimate(&xt, &zero, ab).unwrap();
+            crate::model::max_abs_diff(&a, &b) / 0.1
+        };
+        assert!((amplification(Prediction::Epsilon) - 50.0).abs() < 0.1);
+        assert!(amplification(Prediction::V) <= 1.0 + 1e-6);
     }
 
     #[test]

@@ -825,3 +825,55 @@ fn pretraining_is_deterministic_for_a_seed() {
     let c = pretrain(&PretrainConfig { seed: 6, ..cfg }, false, &no_stop()).unwrap();
     assert!(!trainer::train::pretrain::same_weights(&a, &c).unwrap());
 }
+
+/// The model config written in a checkpoint file's header.
+fn checkpoint_model_config(dir: &Path, run: u32) -> trainer::model::Config {
+    let (_, header) = checkpoint_bits(&RunLayout::new(dir, run).checkpoint(CheckpointName::Last));
+    serde_json::from_str(&header["model_config"]).unwrap()
+}
+
+#[test]
+fn an_epsilon_base_trains_and_resumes_as_epsilon_and_a_stale_cache_is_replaced() {
+    use trainer::model::{Config, Prediction};
+    use trainer::train::pretrain::{base_model_config, cached_base_path, DEFAULT_PRETRAIN_SEED};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A base saved by a version that predicted ε (same tensors, older header).
+    let eps_cfg = Config {
+        prediction: Prediction::Epsilon,
+        ..Config::tiny()
+    };
+    let old = d.join("eps_base.safetensors");
+    let tensors = trainer::train::pretrain::load_base(tiny_base(), &Config::tiny())
+        .unwrap()
+        .tensors;
+    save_base(&old, &tensors, &eps_cfg).unwrap();
+
+    let mut cfg = quick_config(d, 1);
+    cfg.base = Some(old.clone());
+    run_training(
+        &request(cfg.clone(), Overrides::default(), false),
+        no_stop(),
+    )
+    .unwrap();
+    assert_eq!(checkpoint_model_config(d, 1), eps_cfg);
+    let more = Overrides {
+        run_number: Some(1),
+        epochs: Some(2),
+        ..Default::default()
+    };
+    let resumed = run_training(&request(cfg, more, true), no_stop()).unwrap();
+    assert_eq!(resumed.epochs_done, 2);
+    assert_eq!(checkpoint_model_config(d, 1), eps_cfg);
+
+    // A cached ε base is not reused for a new run: the preset's base is pretrained again.
+    let cached = cached_base_path(d, Preset::Tiny, DEFAULT_PRETRAIN_SEED);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::copy(&old, &cached).unwrap();
+    let mut cfg = quick_config(d, 1);
+    cfg.base = None;
+    let report = run_training(&request(cfg, Overrides::default(), false), no_stop()).unwrap();
+    assert_eq!(report.run_number, 2);
+    assert_eq!(base_model_config(&cached).unwrap(), Some(Config::tiny()));
+    assert_eq!(checkpoint_model_config(d, 2), Config::tiny());
+}

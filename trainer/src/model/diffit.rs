@@ -157,14 +157,42 @@ pub fn init_base_tensors(
     }
     for i in 0..cfg.depth {
         let shape = bias_table_shape(cfg);
+        let locality = locality_bias(cfg);
         let data: Vec<f32> = rng
             .normal_vec(shape[0] * shape[1])
             .into_iter()
-            .map(|z| z * 0.02)
+            .zip(locality)
+            .map(|(z, local)| local + z * 0.02)
             .collect();
         out.insert(bias_table_name(i), Tensor::from_vec(data, shape, device)?);
     }
     Ok(out)
+}
+
+/// Initial relative-position bias `[(2g−1)², heads]` that makes every head but the last start
+/// as a local Gaussian blur over the token grid, each head wider than the one before (token
+/// widths 0.7, 1.4, 2.1, ...); the last head starts global. Attention then denoises with its
+/// neighbours from the first step, as a convolution would (ConViT's locality initialisation),
+/// instead of having to discover locality from a few thousand noisy steps.
+fn locality_bias(cfg: &Config) -> Vec<f32> {
+    let g = cfg.grid_size() as i64;
+    let heads = cfg.num_heads;
+    let span = 2 * g - 1;
+    let mut out = Vec::with_capacity((span * span) as usize * heads);
+    for r in 0..span * span {
+        let (dy, dx) = (r / span - (g - 1), r % span - (g - 1));
+        let d2 = (dy * dy + dx * dx) as f64;
+        for h in 0..heads {
+            let bias = if h + 1 == heads {
+                0.0
+            } else {
+                let sigma = 0.7 * (h + 1) as f64;
+                -d2 / (2.0 * sigma * sigma)
+            };
+            out.push(bias as f32);
+        }
+    }
+    out
 }
 
 /// The equivalent candle initialiser, used when a `VarMap` is asked for a tensor it lacks.
@@ -510,6 +538,28 @@ impl DiffiTBlock {
 mod tests {
     use super::*;
     use candle_nn::VarMap;
+
+    #[test]
+    fn attention_starts_local_in_all_heads_but_the_last() {
+        let cfg = Config::small();
+        let g = cfg.grid_size() as i64;
+        let span = 2 * g - 1;
+        let bias = locality_bias(&cfg);
+        let at = |dy: i64, dx: i64, h: usize| {
+            bias[((dy + g - 1) * span + dx + g - 1) as usize * cfg.num_heads + h]
+        };
+        for h in 0..cfg.num_heads - 1 {
+            assert_eq!(at(0, 0, h), 0.0);
+            assert!(at(0, 1, h) < 0.0 && at(1, 1, h) < at(0, 1, h) && at(3, 3, h) < at(1, 1, h));
+            assert_eq!(at(2, -1, h), at(-2, 1, h));
+            // Each head is wider than the one before.
+            if h > 0 {
+                assert!(at(1, 0, h) > at(1, 0, h - 1));
+            }
+        }
+        let last = cfg.num_heads - 1;
+        assert!((0..span * span).all(|r| bias[r as usize * cfg.num_heads + last] == 0.0));
+    }
 
     #[test]
     fn patchify_round_trips() {

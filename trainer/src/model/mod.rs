@@ -43,6 +43,23 @@ pub struct Config {
     /// Width of the sinusoidal timestep features fed to the time MLP.
     #[serde(default = "default_time_freq_dim")]
     pub time_freq_dim: usize,
+    /// What the network's output means. Files written before this field existed hold
+    /// ε-prediction models, hence the serde default.
+    #[serde(default)]
+    pub prediction: Prediction,
+}
+
+/// The quantity the network is trained to predict from a noised image `x_t`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The noise `ε` (DDPM). Ill-conditioned at high noise: the clean-image estimate divides
+    /// the network's error by `√ᾱ_t`, which is 0.014 at the last cosine step.
+    #[default]
+    Epsilon,
+    /// The velocity `v = √ᾱ·ε − √(1−ᾱ)·x₀` (Salimans & Ho, 2022): the clean-image estimate
+    /// `√ᾱ·x_t − √(1−ᾱ)·v` stays well-conditioned at every noise level.
+    V,
 }
 
 fn default_time_freq_dim() -> usize {
@@ -61,6 +78,7 @@ impl Config {
             num_heads: 2,
             mlp_ratio: 4.0,
             time_freq_dim: 32,
+            prediction: Prediction::V,
         }
     }
 
@@ -76,6 +94,7 @@ impl Config {
             num_heads: 4,
             mlp_ratio: 4.0,
             time_freq_dim: 128,
+            prediction: Prediction::V,
         }
     }
 
@@ -90,6 +109,14 @@ impl Config {
 
     /// Names accepted by [`Config::preset`].
     pub const PRESETS: [&'static str; 2] = ["tiny", "small"];
+
+    /// True when both configs build the same tensors and network (they may differ only in
+    /// [`Config::prediction`]).
+    pub fn same_architecture(&self, other: &Config) -> bool {
+        let mut other = other.clone();
+        other.prediction = self.prediction;
+        *self == other
+    }
 
     /// Tokens per side of the patch grid.
     pub fn grid_size(&self) -> usize {
@@ -266,6 +293,18 @@ mod tests {
             assert_eq!(back, cfg);
         }
         assert!(Config::preset("huge").is_none());
+    }
+
+    #[test]
+    fn configs_saved_before_the_prediction_field_mean_epsilon() {
+        let mut json = serde_json::to_value(Config::small()).unwrap();
+        assert_eq!(json["prediction"], "v");
+        json.as_object_mut().unwrap().remove("prediction");
+        let old: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(old.prediction, Prediction::Epsilon);
+        assert_ne!(old, Config::small());
+        assert!(old.same_architecture(&Config::small()));
+        assert!(!Config::tiny().same_architecture(&Config::small()));
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub enum LinkKind {
 /// the old file or the new one, never a missing or partial one. Where hard links are
 /// impossible (another filesystem, FAT), the bytes are copied and fsync'd instead.
 pub fn link_or_copy_atomic(src: &Path, dst: &Path) -> Result<LinkKind> {
+    let kind = link_or_copy_unsynced(src, dst)?;
+    sync_dir(parent_dir(dst))?;
+    Ok(kind)
+}
+
+/// As [`link_or_copy_atomic`] without the directory fsync: readers and a crashed process see
+/// the same, but after an OS crash `dst` may still name its previous content (a complete file).
+/// Only for names derived from durable records that are re-pointed on open, such as the
+/// `best`/`last` links ([`crate::store::CheckpointManager`]'s `repair`).
+pub fn link_or_copy_unsynced(src: &Path, dst: &Path) -> Result<LinkKind> {
     let temp = temp_path_for(dst);
     let kind = match fs::hard_link(src, &temp) {
         Ok(()) => LinkKind::HardLink,
@@ -128,7 +138,6 @@ pub fn link_or_copy_atomic(src: &Path, dst: &Path) -> Result<LinkKind> {
         discard(&temp);
         return Err(StoreError::io("rename into place", dst, e));
     }
-    sync_dir(parent_dir(dst))?;
     Ok(kind)
 }
 

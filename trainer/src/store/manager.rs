@@ -28,8 +28,8 @@ use crate::format::{
 };
 
 use super::atomic::{
-    link_or_copy_atomic, remove_if_exists, remove_temp_leftovers, same_file, sync_dir,
-    write_bytes_atomic,
+    link_or_copy_atomic, link_or_copy_unsynced, remove_if_exists, remove_temp_leftovers, same_file,
+    sync_dir, write_bytes_atomic,
 };
 use super::checkpoint::LoraCheckpoint;
 use super::checksum::{digest_file, FileDigest};
@@ -828,11 +828,14 @@ impl CheckpointManager {
         let is_last = next.live_checkpoints().map(|c| c.epoch).max() == Some(epoch);
         self.commit(next)?;
 
+        // The links follow metadata, which is durable now. Their renames are not fsync'd: an
+        // OS crash can only leave a link on its previous (complete) file, and `repair` re-points
+        // it on the next open. That saves 2 of a save's 6 fsyncs.
         if is_last {
-            link_or_copy_atomic(&path, &self.layout.checkpoint(CheckpointName::Last))?;
+            link_or_copy_unsynced(&path, &self.layout.checkpoint(CheckpointName::Last))?;
         }
         if is_best {
-            link_or_copy_atomic(&path, &self.layout.checkpoint(CheckpointName::Best))?;
+            link_or_copy_unsynced(&path, &self.layout.checkpoint(CheckpointName::Best))?;
         }
         let saved = SavedCheckpoint {
             epoch,

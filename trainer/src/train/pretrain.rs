@@ -228,13 +228,40 @@ pub fn save_base(
     Ok(())
 }
 
-/// A base model file read back, checked against the preset's shapes.
+/// A base model file read back, checked against the preset's shapes. Its header's config may
+/// differ from the preset only in what the network predicts.
 #[derive(Debug)]
 pub struct LoadedBase {
     /// The weights.
     pub tensors: HashMap<String, Tensor>,
     /// The model config stored in the header, if any.
     pub model_config: Option<Config>,
+}
+
+/// The model config in a safetensors header (`None` when the file has none).
+fn header_model_config(path: &Path, bytes: &[u8]) -> Result<Option<Config>, TrainError> {
+    let bad = |reason: String| TrainError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    match header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
+    {
+        Some(text) => Ok(Some(
+            serde_json::from_str::<Config>(text).map_err(|e| bad(format!("model_config: {e}")))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The model config a base model file was saved with (`None` when its header has none).
+pub fn base_model_config(path: &Path) -> Result<Option<Config>, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io("read base model", path, e))?;
+    header_model_config(path, &bytes)
 }
 
 /// Reads a base model file; errors name the file and the offending tensor.
@@ -244,22 +271,11 @@ pub fn load_base(path: &Path, expected: &Config) -> Result<LoadedBase, TrainErro
         path: path.to_path_buf(),
         reason,
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let model_config = match header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
-    {
-        Some(text) => Some(
-            serde_json::from_str::<Config>(text).map_err(|e| bad(format!("model_config: {e}")))?,
-        ),
-        None => None,
-    };
+    let model_config = header_model_config(path, &bytes)?;
     if let Some(cfg) = &model_config {
-        if cfg != expected {
+        if !cfg.same_architecture(expected) {
             return Err(bad(format!(
-                "this base model was trained for {cfg:?}, the chosen preset is {expected:?}; pass the matching --preset"
+                "this base model was made for {cfg:?}, which does not match the chosen preset {expected:?}: pass the matching --preset, or pretrain a new base with `diffit pretrain` (bases from older versions lack newer model features)"
             )));
         }
     }

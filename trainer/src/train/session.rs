@@ -11,6 +11,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use crate::data::Dataset;
+use crate::model::Config;
 use crate::rng::mix_seed;
 use crate::store::CheckpointManager;
 
@@ -20,8 +21,8 @@ use super::callbacks::{
 use super::config::{Overrides, TrainingConfig};
 use super::error::TrainError;
 use super::pretrain::{
-    cached_base_path, load_base, model_config, pretrain, same_weights, save_base, PretrainConfig,
-    DEFAULT_PRETRAIN_SEED,
+    base_model_config, cached_base_path, load_base, model_config, pretrain, same_weights,
+    save_base, PretrainConfig, DEFAULT_PRETRAIN_SEED,
 };
 use super::state::{streams, TrainState};
 use super::tensorboard::EventWriter;
@@ -111,40 +112,55 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
     Ok((train, val))
 }
 
-/// The base model for a new run: `--base FILE`, else the preset's cached base (pretrained now,
-/// with a message, when absent).
+/// The base model for a new run and its model config: `--base FILE` (with the config in its
+/// header), else the preset's cached base (pretrained now, with a message, when absent or made
+/// for another config).
 pub fn resolve_base(
     cfg: &TrainingConfig,
     show: bool,
     stop: &Arc<AtomicBool>,
-) -> Result<HashMap<String, Tensor>, TrainError> {
+) -> Result<(HashMap<String, Tensor>, Config), TrainError> {
     let expected = model_config(cfg.preset);
     if let Some(path) = &cfg.base {
-        return Ok(load_base(path, &expected)?.tensors);
+        let loaded = load_base(path, &expected)?;
+        return Ok((loaded.tensors, loaded.model_config.unwrap_or(expected)));
     }
     let cached = cached_base_path(&cfg.checkpoint.base_dir, cfg.preset, DEFAULT_PRETRAIN_SEED);
     if cached.exists() {
+        match base_model_config(&cached)? {
+            Some(found) if found != expected => say(
+                show,
+                &format!(
+                    "the cached {} base model {} was made for another model config ({found:?}); pretraining it again",
+                    cfg.preset,
+                    cached.display()
+                ),
+            ),
+            _ => {
+                say(
+                    show,
+                    &format!(
+                        "using the cached {} base model {}",
+                        cfg.preset,
+                        cached.display()
+                    ),
+                );
+                return Ok((load_base(&cached, &expected)?.tensors, expected));
+            }
+        }
+    } else {
         say(
             show,
             &format!(
-                "using the cached {} base model {}",
+                "no base model given and none cached: pretraining the {} base on the generic set first (once; cached at {})",
                 cfg.preset,
                 cached.display()
             ),
         );
-        return Ok(load_base(&cached, &expected)?.tensors);
     }
-    say(
-        show,
-        &format!(
-            "no base model given and none cached: pretraining the {} base on the generic set first (once; cached at {})",
-            cfg.preset,
-            cached.display()
-        ),
-    );
     let tensors = pretrain(&PretrainConfig::for_preset(cfg.preset), show, stop)?;
     save_base(&cached, &tensors, &expected)?;
-    Ok(tensors)
+    Ok((tensors, expected))
 }
 
 /// Runs a training request to its end (or to a requested stop).
@@ -169,7 +185,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
         req.config.checkpoint.resume_from_run
     };
 
-    let (cfg, manager, base) = match resume_run {
+    let (cfg, manager, base, model_cfg) = match resume_run {
         Some(run) => {
             let base_dir = req
                 .overrides
@@ -194,9 +210,29 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.checkpoint.run_number = Some(run);
             cfg.validate()?;
             let stored = manager.load_base_model()?;
+            let preset = model_config(cfg.preset);
+            // The run keeps the model config its base was saved with (older runs predict ε).
+            let model_cfg = if stored.model_config.is_null() {
+                preset
+            } else {
+                let saved: Config =
+                    serde_json::from_value(stored.model_config.clone()).map_err(|e| {
+                        TrainError::Resume(format!(
+                            "the model_config of run {run}'s base model is not a model config: {e}"
+                        ))
+                    })?;
+                // Older runs may lack newer model features; they resume as they were made.
+                if saved.validate().is_err() || saved.image_size != preset.image_size {
+                    return Err(TrainError::Resume(format!(
+                        "run {run}'s base model was saved for {saved:?}, which does not fit the {} preset",
+                        cfg.preset
+                    )));
+                }
+                saved
+            };
             let base: HashMap<String, Tensor> = stored.tensors.into_iter().collect();
             if let Some(path) = requested_base {
-                let given = load_base(&path, &model_config(cfg.preset))?.tensors;
+                let given = load_base(&path, &model_cfg)?.tensors;
                 if !same_weights(&given, &base)? {
                     return Err(TrainError::Usage(format!(
                         "--base {} differs from the base model run {run} was trained on; drop --base to resume",
@@ -204,7 +240,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                     )));
                 }
             }
-            (cfg, manager, base)
+            (cfg, manager, base, model_cfg)
         }
         None => {
             let mut cfg = req.config.clone();
@@ -221,8 +257,8 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                     manager.run_number()
                 )));
             }
-            let base = resolve_base(&cfg, show, &stop)?;
-            (cfg, manager, base)
+            let (base, model_cfg) = resolve_base(&cfg, show, &stop)?;
+            (cfg, manager, base, model_cfg)
         }
     };
     let run_number = manager.run_number();
@@ -240,13 +276,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
         ),
     );
     let steps = Trainer::steps_per_epoch(train.len(), cfg.batch_size);
-    let mut state = TrainState::new(
-        cfg.clone(),
-        model_config(cfg.preset),
-        base,
-        Device::Cpu,
-        steps,
-    )?;
+    let mut state = TrainState::new(cfg.clone(), model_cfg, base, Device::Cpu, steps)?;
     let shared = Rc::new(RefCell::new(manager));
     let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
     if !req.log_samples {

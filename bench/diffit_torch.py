@@ -145,7 +145,7 @@ class DiffiT(nn.Module):
         temb = self.t_mlp2(F.silu(self.t_mlp0(timestep_embedding(t, cfg["time_freq_dim"]))))
         for block in self.blocks:
             hid = block(hid, temb)
-        out = self.final(F.silu(F.layer_norm(hid, hid.shape[-1:], eps=LN_EPS)))
+        out = self.final(F.layer_norm(hid, hid.shape[-1:], eps=LN_EPS))
         return out.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
 
 

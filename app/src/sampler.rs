@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
-use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule};
+use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule, DEFAULT_ETA};
 use trainer::format::layout::CheckpointName;
 use trainer::format::tensors::meta_keys;
 use trainer::format::Metadata;
@@ -171,7 +171,10 @@ impl Sampling {
         with_base: bool,
     ) -> Result<Self, SampleError> {
         let schedule = NoiseSchedule::default();
-        let make = || DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu);
+        let make = || {
+            DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu)
+                .map(|s| s.with_eta(DEFAULT_ETA))
+        };
         Ok(Sampling {
             lora: make()?,
             base: if with_base { Some(make()?) } else { None },

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use trainer::diffusion::{DdimSampler, NoiseSchedule};
+use trainer::diffusion::{DdimSampler, NoiseSchedule, DEFAULT_ETA};
 use trainer::format::CheckpointName;
 use trainer::model::DiffiT;
 use trainer::train::sample::load_fused;
@@ -41,7 +41,9 @@ fn main() -> anyhow::Result<()> {
     let mut warm = DdimSampler::new(&schedule, 2, 1, &fused.model_config, seed, &device)?;
     while warm.step(&model)? {}
 
-    let mut sampler = DdimSampler::new(&schedule, steps, 1, &fused.model_config, seed, &device)?;
+    // The η the dashboard samples with, so both sides draw the same per-step noise.
+    let mut sampler = DdimSampler::new(&schedule, steps, 1, &fused.model_config, seed, &device)?
+        .with_eta(DEFAULT_ETA);
     let started = Instant::now();
     while sampler.step(&model)? {}
     let image = sampler.finish()?;

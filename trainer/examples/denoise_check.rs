@@ -1,7 +1,7 @@
 //! Diagnostic: how well a run's model denoises real training images at several noise levels.
 //! Writes one PNG row per timestep (clean-image estimates) and prints the errors.
 //!
-//! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png`
+//! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png [CHECKPOINT]`
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
@@ -14,11 +14,12 @@ use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: denoise_check CHECKPOINTS RUN OUT.png";
+    let usage = "usage: denoise_check CHECKPOINTS RUN OUT.png [best|last|epoch_NNN|base]";
     let dir = args.first().context(usage)?;
     let run: u32 = args.get(1).context(usage)?.parse()?;
     let out = args.get(2).context(usage)?;
-    let fused = load_fused(dir.as_ref(), run, "best".parse()?)?;
+    let which = args.get(3).map(String::as_str).unwrap_or("best");
+    let fused = load_fused(dir.as_ref(), run, which.parse()?)?;
     let device = Device::Cpu;
     let model = DiffiT::new(
         &fused.model_config,

@@ -1,7 +1,7 @@
 //! Diagnostic: the sampler's clean-image estimate along one DDIM trajectory. Writes one PNG row
 //! per recorded step.
 //!
-//! `cargo run --release -p trainer --example sample_trace -- CHECKPOINTS RUN OUT.png [STEPS]`
+//! `cargo run --release -p trainer --example sample_trace -- CHECKPOINTS RUN OUT.png [STEPS] [ETA]`
 
 use anyhow::Context;
 use candle_core::{DType, Device};
@@ -12,11 +12,12 @@ use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: sample_trace CHECKPOINTS RUN OUT.png [STEPS]";
+    let usage = "usage: sample_trace CHECKPOINTS RUN OUT.png [STEPS] [ETA]";
     let dir = args.first().context(usage)?;
     let run: u32 = args.get(1).context(usage)?.parse()?;
     let out = args.get(2).context(usage)?;
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(50);
+    let eta: f64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(0.0);
     let fused = load_fused(dir.as_ref(), run, "best".parse()?)?;
     let device = Device::Cpu;
     let model = DiffiT::new(
@@ -32,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         &fused.model_config,
         0,
         &device,
-    )?;
+    )?
+    .with_eta(eta);
     let record = [1, 2, 3, 5, 10, steps / 2, steps * 3 / 4, steps];
     let mut rows = Vec::new();
     while sampler.step(&model)? {

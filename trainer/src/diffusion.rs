@@ -173,9 +173,10 @@ fn noised_prediction(
     Ok((target, pred))
 }
 
-/// Deterministic DDIM sampler (η = 0), run one step at a time so a browser can yield between
-/// steps. The starting noise comes from `Rng::new(seed)`: same seed, weights and step count ⇒
-/// same images on every platform (up to float rounding).
+/// DDIM sampler (deterministic for η = 0, the default; see [`DdimSampler::with_eta`]), run one
+/// step at a time so a browser can yield between steps. The starting noise and any fresh noise
+/// come from `Rng::new(seed)`: same seed, weights, steps and η ⇒ same images on every platform
+/// (up to float rounding).
 #[derive(Debug, Clone)]
 pub struct DdimSampler {
     x: Tensor,
@@ -183,6 +184,10 @@ pub struct DdimSampler {
     timesteps: Vec<usize>,
     alpha_bars: Vec<f64>,
     done: usize,
+    /// DDIM's η: 0 is deterministic DDIM, 1 is DDPM's ancestral sampling.
+    eta: f64,
+    /// Fresh noise for η > 0 (the stream after the starting image's).
+    rng: Rng,
 }
 
 impl DdimSampler {
@@ -203,14 +208,28 @@ impl DdimSampler {
             .collect();
         let alpha_bars = timesteps.iter().map(|&t| schedule.alpha_bar(t)).collect();
         let s = cfg.image_size;
-        let x = Rng::new(seed).normal_tensor((n, cfg.in_channels, s, s), device)?;
+        let mut rng = Rng::new(seed);
+        let x = rng.normal_tensor((n, cfg.in_channels, s, s), device)?;
         Ok(Self {
             x,
             x0: None,
             timesteps,
             alpha_bars,
             done: 0,
+            eta: 0.0,
+            rng,
         })
+    }
+
+    /// Sets DDIM's η (clamped to `0..=1`): each step then re-draws that share of its noise.
+    /// Fresh noise lets later steps correct an imperfect model's earlier mistakes.
+    pub fn with_eta(mut self, eta: f64) -> Self {
+        self.eta = if eta.is_nan() {
+            0.0
+        } else {
+            eta.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// `(steps done, total steps)`.
@@ -242,7 +261,15 @@ impl DdimSampler {
             .x0_estimate(&self.x, &out, ab)?
             .clamp(-1f32, 1f32)?;
         let eps = ((&self.x - (&x0 * ab.sqrt())?)? / (1.0 - ab).sqrt())?;
-        self.x = ((&x0 * ab_prev.sqrt())? + (eps * (1.0 - ab_prev).sqrt())?)?;
+        // σ² of DDIM (Song et al., eq. 16), zero for η = 0 and on the last step.
+        let var = self.eta * self.eta * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev);
+        let var = var.clamp(0.0, 1.0 - ab_prev);
+        let mut next = ((&x0 * ab_prev.sqrt())? + (eps * (1.0 - ab_prev - var).sqrt())?)?;
+        if var > 0.0 {
+            let z = self.rng.normal_tensor(next.shape(), next.device())?;
+            next = (next + (z * var.sqrt())?)?;
+        }
+        self.x = next;
         self.x0 = Some(x0);
         self.done += 1;
         Ok(!self.is_done())
@@ -266,16 +293,24 @@ impl DdimSampler {
     }
 }
 
-/// Samples `n` images with `steps` DDIM steps from `seed`; `[n, C, H, W]` in `[-1, 1]`.
+/// The η that `diffit sample`, the per-epoch TensorBoard samples and the dashboard use: fully
+/// stochastic steps. With deterministic DDIM (η = 0) an under-trained model's early clean-image
+/// estimates are never re-noised away and end up as 4×4 patch colours in the image.
+pub const DEFAULT_ETA: f64 = 1.0;
+
+/// Samples `n` images with `steps` DDIM steps of the given `eta` from `seed`;
+/// `[n, C, H, W]` in `[-1, 1]`.
 pub fn ddim_sample(
     model: &DiffiT,
     schedule: &NoiseSchedule,
     n: usize,
     seed: u64,
     steps: usize,
+    eta: f64,
     device: &Device,
 ) -> Result<Tensor> {
-    let mut sampler = DdimSampler::new(schedule, steps, n, model.config(), seed, device)?;
+    let mut sampler =
+        DdimSampler::new(schedule, steps, n, model.config(), seed, device)?.with_eta(eta);
     while sampler.step(model)? {}
     sampler.finish()
 }

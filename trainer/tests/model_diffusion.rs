@@ -30,9 +30,9 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 fn ddim_is_deterministic_for_a_seed() {
     let m = model(1);
     let s = NoiseSchedule::default();
-    let a = ddim_sample(&m, &s, 2, 42, 8, &DEV).unwrap();
-    let b = ddim_sample(&m, &s, 2, 42, 8, &DEV).unwrap();
-    let c = ddim_sample(&m, &s, 2, 43, 8, &DEV).unwrap();
+    let a = ddim_sample(&m, &s, 2, 42, 8, 0.0, &DEV).unwrap();
+    let b = ddim_sample(&m, &s, 2, 42, 8, 0.0, &DEV).unwrap();
+    let c = ddim_sample(&m, &s, 2, 43, 8, 0.0, &DEV).unwrap();
     assert_eq!(a.dims(), &[2, 3, 16, 16]);
     assert_eq!(to_vec(&a), to_vec(&b));
     assert_ne!(to_vec(&a), to_vec(&c));
@@ -54,7 +54,7 @@ fn sampler_runs_step_by_step() {
     assert_eq!(sampler.progress(), (5, 5));
     assert!(!sampler.step(&m).unwrap());
     let stepped = sampler.finish().unwrap();
-    let direct = ddim_sample(&m, &s, 3, 7, 5, &DEV).unwrap();
+    let direct = ddim_sample(&m, &s, 3, 7, 5, 0.0, &DEV).unwrap();
     assert_eq!(to_vec(&stepped), to_vec(&direct));
     let rgb = to_rgb8(&stepped).unwrap();
     assert_eq!(rgb.len(), 3);
@@ -86,4 +86,31 @@ fn ddpm_loss_is_a_reproducible_scalar() {
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(a, e);
+}
+
+#[test]
+fn eta_adds_seeded_noise_per_step() {
+    let m = model(2);
+    let s = NoiseSchedule::default();
+    let deterministic = ddim_sample(&m, &s, 2, 42, 8, 0.0, &DEV).unwrap();
+    let a = ddim_sample(&m, &s, 2, 42, 8, 1.0, &DEV).unwrap();
+    let b = ddim_sample(&m, &s, 2, 42, 8, 1.0, &DEV).unwrap();
+    let half = ddim_sample(&m, &s, 2, 42, 8, 0.5, &DEV).unwrap();
+    assert_eq!(to_vec(&a), to_vec(&b), "same seed and η, same images");
+    assert_ne!(to_vec(&a), to_vec(&deterministic));
+    assert_ne!(to_vec(&a), to_vec(&half));
+    // Out-of-range η is clamped, so η = 2 is η = 1 and η = -1 is deterministic DDIM.
+    assert_eq!(
+        to_vec(&ddim_sample(&m, &s, 2, 42, 8, 2.0, &DEV).unwrap()),
+        to_vec(&a)
+    );
+    assert_eq!(
+        to_vec(&ddim_sample(&m, &s, 2, 42, 8, -1.0, &DEV).unwrap()),
+        to_vec(&deterministic)
+    );
+    // A single step lands on ᾱ = 1, where no noise is left to add.
+    assert_eq!(
+        to_vec(&ddim_sample(&m, &s, 2, 42, 1, 1.0, &DEV).unwrap()),
+        to_vec(&ddim_sample(&m, &s, 2, 42, 1, 0.0, &DEV).unwrap())
+    );
 }

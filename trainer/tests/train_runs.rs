@@ -833,14 +833,15 @@ fn checkpoint_model_config(dir: &Path, run: u32) -> trainer::model::Config {
 }
 
 #[test]
-fn an_epsilon_base_trains_and_resumes_as_epsilon_and_a_stale_cache_is_replaced() {
+fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced() {
     use trainer::model::{Config, Prediction};
     use trainer::train::pretrain::{base_model_config, cached_base_path, DEFAULT_PRETRAIN_SEED};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A base saved by a version that predicted ε (same tensors, older header).
+    // A base saved by an older version: ε-prediction and SiLU in the head (same tensors).
     let eps_cfg = Config {
         prediction: Prediction::Epsilon,
+        final_silu: true,
         ..Config::tiny()
     };
     let old = d.join("eps_base.safetensors");

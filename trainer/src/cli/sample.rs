@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use crate::diffusion::DEFAULT_ETA;
 use crate::format::layout::DEFAULT_BASE_DIR;
 use crate::format::CheckpointName;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
@@ -24,6 +25,9 @@ pub struct SampleArgs {
     /// DDIM steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// DDIM's η in [0, 1]: 0 is deterministic DDIM, 1 re-draws all of each step's noise.
+    #[arg(long, default_value_t = DEFAULT_ETA, value_parser = parse_eta)]
+    pub eta: f64,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub n: usize,
@@ -64,6 +68,14 @@ pub struct ExportArgs {
     pub checkpoints: PathBuf,
 }
 
+fn parse_eta(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(eta) if (0.0..=1.0).contains(&eta) => Ok(eta),
+        Ok(eta) => Err(format!("{eta} is not in [0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn checkpoint_name(text: &str) -> anyhow::Result<CheckpointName> {
     text.parse::<CheckpointName>().context("--checkpoint")
 }
@@ -72,7 +84,7 @@ fn checkpoint_name(text: &str) -> anyhow::Result<CheckpointName> {
 pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     let name = checkpoint_name(&args.checkpoint)?;
     let model = load_fused(&args.checkpoints, args.run_number, name)?;
-    let path = sample_grid(&model, args.n, args.seed, args.steps, &args.out)?;
+    let path = sample_grid(&model, args.n, args.seed, args.steps, args.eta, &args.out)?;
     eprintln!(
         "wrote {} ({} images, run {:03} {name}, seed {})",
         path.display(),

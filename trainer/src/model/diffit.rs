@@ -517,7 +517,13 @@ impl DiffiT {
         for block in &self.blocks {
             hid = block.forward(&hid, &temb, rng.as_deref_mut())?;
         }
-        let out = self.final_linear.forward(&layer_norm(&hid)?.silu()?, rng)?;
+        let normed = layer_norm(&hid)?;
+        let normed = if cfg.final_silu {
+            normed.silu()?
+        } else {
+            normed
+        };
+        let out = self.final_linear.forward(&normed, rng)?;
         unpatchify(&out, cfg.patch_size, cfg.in_channels, cfg.grid_size())
     }
 

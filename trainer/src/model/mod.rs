@@ -47,6 +47,15 @@ pub struct Config {
     /// ε-prediction models, hence the serde default.
     #[serde(default)]
     pub prediction: Prediction,
+    /// Whether the output head applies SiLU between its LayerNorm and linear layer. It did in
+    /// files written before this field existed; it squashes the negative half of every feature,
+    /// which the head needs to reproduce the input's per-pixel noise, so new models have none.
+    #[serde(default = "legacy_final_silu")]
+    pub final_silu: bool,
+}
+
+fn legacy_final_silu() -> bool {
+    true
 }
 
 /// The quantity the network is trained to predict from a noised image `x_t`.
@@ -79,6 +88,7 @@ impl Config {
             mlp_ratio: 4.0,
             time_freq_dim: 32,
             prediction: Prediction::V,
+            final_silu: false,
         }
     }
 
@@ -95,6 +105,7 @@ impl Config {
             mlp_ratio: 4.0,
             time_freq_dim: 128,
             prediction: Prediction::V,
+            final_silu: false,
         }
     }
 
@@ -110,11 +121,12 @@ impl Config {
     /// Names accepted by [`Config::preset`].
     pub const PRESETS: [&'static str; 2] = ["tiny", "small"];
 
-    /// True when both configs build the same tensors and network (they may differ only in
-    /// [`Config::prediction`]).
-    pub fn same_architecture(&self, other: &Config) -> bool {
+    /// True when both configs have the same tensors (names and shapes). They may still differ
+    /// in what the network predicts and in [`Config::final_silu`]; the weights decide those.
+    pub fn same_tensors(&self, other: &Config) -> bool {
         let mut other = other.clone();
         other.prediction = self.prediction;
+        other.final_silu = self.final_silu;
         *self == other
     }
 
@@ -296,15 +308,18 @@ mod tests {
     }
 
     #[test]
-    fn configs_saved_before_the_prediction_field_mean_epsilon() {
+    fn configs_saved_before_the_newer_fields_mean_the_older_model() {
         let mut json = serde_json::to_value(Config::small()).unwrap();
         assert_eq!(json["prediction"], "v");
+        assert_eq!(json["final_silu"], false);
         json.as_object_mut().unwrap().remove("prediction");
+        json.as_object_mut().unwrap().remove("final_silu");
         let old: Config = serde_json::from_value(json).unwrap();
         assert_eq!(old.prediction, Prediction::Epsilon);
+        assert!(old.final_silu);
         assert_ne!(old, Config::small());
-        assert!(old.same_architecture(&Config::small()));
-        assert!(!Config::tiny().same_architecture(&Config::small()));
+        assert!(old.same_tensors(&Config::small()));
+        assert!(!Config::tiny().same_tensors(&Config::small()));
     }
 
     #[test]

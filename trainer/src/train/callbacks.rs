@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use crate::diffusion::{ddim_sample, to_rgb8, NoiseSchedule};
+use crate::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
 use crate::format::metadata::Metrics;
 use crate::format::{Mode, RunStatus};
 use crate::rng::mix_seed;
@@ -248,6 +248,7 @@ impl Callback for TensorBoardCallback {
                 self.samples_per_epoch,
                 seed,
                 self.sample_steps,
+                DEFAULT_ETA,
                 &state.device,
             )?;
             let size = state.model_config.image_size;

@@ -229,7 +229,8 @@ pub fn save_base(
 }
 
 /// A base model file read back, checked against the preset's shapes. Its header's config may
-/// differ from the preset only in what the network predicts.
+/// differ from the preset where the tensors do not ([`Config::same_tensors`]), as in files made
+/// before newer model options existed.
 #[derive(Debug)]
 pub struct LoadedBase {
     /// The weights.
@@ -273,7 +274,7 @@ pub fn load_base(path: &Path, expected: &Config) -> Result<LoadedBase, TrainErro
     };
     let model_config = header_model_config(path, &bytes)?;
     if let Some(cfg) = &model_config {
-        if !cfg.same_architecture(expected) {
+        if !cfg.same_tensors(expected) {
             return Err(bad(format!(
                 "this base model was made for {cfg:?}, which does not match the chosen preset {expected:?}: pass the matching --preset, or pretrain a new base with `diffit pretrain` (bases from older versions lack newer model features)"
             )));

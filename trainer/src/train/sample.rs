@@ -121,13 +121,14 @@ pub fn grid(
     Ok((w, h, out))
 }
 
-/// Samples `n` images with `steps` DDIM steps from `seed` and writes them as a PNG grid;
+/// Samples `n` images with `steps` DDIM steps of `eta` from `seed` and writes them as a PNG grid;
 /// returns the path written.
 pub fn sample_grid(
     model: &FusedModel,
     n: usize,
     seed: u64,
     steps: usize,
+    eta: f64,
     out: &Path,
 ) -> Result<PathBuf, TrainError> {
     if n == 0 || steps == 0 {
@@ -138,7 +139,15 @@ pub fn sample_grid(
     let device = Device::Cpu;
     let vb = VarBuilder::from_tensors(model.tensors.clone(), DType::F32, &device);
     let net = DiffiT::new(&model.model_config, vb, None)?;
-    let images = ddim_sample(&net, &NoiseSchedule::default(), n, seed, steps, &device)?;
+    let images = ddim_sample(
+        &net,
+        &NoiseSchedule::default(),
+        n,
+        seed,
+        steps,
+        eta,
+        &device,
+    )?;
     let rgb = to_rgb8(&images)?;
     let size = model.model_config.image_size;
     let cols = (n as f64).sqrt().ceil() as usize;

@@ -1,7 +1,10 @@
 //! Training throughput of the `small` preset: images/s and ms per optimizer step of LoRA
 //! fine-tuning (and of full pretraining) on random weights. Prints numbers, asserts nothing.
 //!
-//! `cargo run --release -p trainer --example bench_train [-- STEPS]`
+//! `cargo run --release -p trainer --example bench_train [-- STEPS [SHARDS]]`
+//!
+//! SHARDS is how many threads split each batch (default: as the trainer, one per core). With
+//! one shard, forward and backward are timed apart.
 
 use std::time::Instant;
 
@@ -12,6 +15,7 @@ use trainer::diffusion::{ddpm_loss, NoiseSchedule};
 use trainer::model::{init_base_tensors, init_lora_tensors, Config, DiffiT, LoraConfig};
 use trainer::rng::Rng;
 use trainer::train::optim::{AdamW, AdamWParams};
+use trainer::train::parallel::{loss_and_grads, shard_count};
 
 const BATCH: usize = 16;
 
@@ -33,6 +37,7 @@ fn bench(
     params: &[(String, Var)],
     data: &Dataset,
     steps: usize,
+    shards: usize,
 ) -> candle_core::Result<()> {
     let device = Device::Cpu;
     let schedule = NoiseSchedule::default();
@@ -47,15 +52,20 @@ fn bench(
         .batch(&idx, &device)
         .map_err(candle_core::Error::wrap)?;
     // One warm-up step (allocations, thread pool start).
-    let grads = ddpm_loss(model, &x, &schedule, &mut rng)?.backward()?;
+    let (_, grads) = loss_and_grads(model, &x, &schedule, &mut rng, shards, params)?;
     opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
     let (mut forward, mut backward, mut update) = (0.0, 0.0, 0.0);
     let start = Instant::now();
     for _ in 0..steps {
         let t0 = Instant::now();
-        let loss = ddpm_loss(model, &x, &schedule, &mut rng)?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
+        let (t1, grads) = if shards == 1 {
+            let loss = ddpm_loss(model, &x, &schedule, &mut rng)?;
+            (Instant::now(), loss.backward()?)
+        } else {
+            // Forward and backward overlap across shards: all of it counts as backward.
+            let (_, grads) = loss_and_grads(model, &x, &schedule, &mut rng, shards, params)?;
+            (t0, grads)
+        };
         let t2 = Instant::now();
         opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
         forward += (t1 - t0).as_secs_f64();
@@ -65,7 +75,7 @@ fn bench(
     let secs = start.elapsed().as_secs_f64();
     let ms = |s: f64| s * 1000.0 / steps as f64;
     println!(
-        "{label:<28} {:>8.1} ms/step  {:>8.1} images/s  (batch {BATCH}, {steps} steps; forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
+        "{label:<28} {:>8.1} ms/step  {:>8.1} images/s  (batch {BATCH}, {steps} steps, {shards} shard(s); forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
         ms(secs),
         (steps * BATCH) as f64 / secs,
         ms(forward),
@@ -81,6 +91,10 @@ fn main() -> candle_core::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let device = Device::Cpu;
+    let shards: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| shard_count(BATCH, &device));
     let cfg = Config::small();
     let lora_cfg = LoraConfig::default();
     let data = Dataset::trees(BATCH, cfg.image_size, 7);
@@ -117,6 +131,7 @@ fn main() -> candle_core::Result<()> {
         &params(&lora_map),
         &data,
         steps,
+        shards,
     )?;
 
     let full_map = VarMap::new();
@@ -133,6 +148,13 @@ fn main() -> candle_core::Result<()> {
         None,
     )
     .map_err(candle_core::Error::wrap)?;
-    bench("full pretraining", &full, &params(&full_map), &data, steps)?;
+    bench(
+        "full pretraining",
+        &full,
+        &params(&full_map),
+        &data,
+        steps,
+        shards,
+    )?;
     Ok(())
 }

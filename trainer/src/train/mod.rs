@@ -6,6 +6,7 @@
 //! - [`state`]: [`TrainState`] and its checkpoint round trip.
 //! - [`session`]: one `diffit train` end to end (new run or resume).
 //! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
+//! - [`parallel`]: data-parallel loss and gradients over the CPU cores.
 //! - [`config`]: defaults, the seed's YAML, command-line overrides.
 //! - [`pretrain`], [`sample`], [`export`], [`tensorboard`].
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod optim;
+pub mod parallel;
 pub mod pretrain;
 pub mod sample;
 pub mod scheduler;

@@ -11,10 +11,11 @@ use candle_nn::VarBuilder;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::data::Dataset;
-use crate::diffusion::{ddpm_eval_loss, ddpm_loss, NoiseSchedule};
+use crate::diffusion::{ddpm_eval_loss, NoiseSchedule};
 use crate::format::metadata::Metrics;
 use crate::model::DiffiT;
 use crate::rng::{mix_seed, Rng};
+use crate::train::parallel::{loss_and_grads, shard_count};
 
 use super::error::TrainError;
 use super::state::{streams, TrainState};
@@ -357,8 +358,15 @@ impl Trainer {
                 return Ok(None);
             }
             let x: Tensor = self.train.batch(chunk, &state.device)?;
-            let loss = ddpm_loss(&state.model, &x, &self.schedule, &mut state.noise_rng)?;
-            let value = f64::from(loss.to_scalar::<f32>()?);
+            let shards = shard_count(chunk.len(), &state.device);
+            let (value, grads) = loss_and_grads(
+                &state.model,
+                &x,
+                &self.schedule,
+                &mut state.noise_rng,
+                shards,
+                &state.params,
+            )?;
             if !value.is_finite() {
                 return Err(TrainError::Diverged {
                     epoch,
@@ -366,7 +374,6 @@ impl Trainer {
                     loss: value,
                 });
             }
-            let grads = loss.backward()?;
             lr = state.scheduler.lr();
             state.optimizer.set_lr(lr);
             state.optimizer.step(&state.params, &grads)?;

@@ -80,19 +80,21 @@ def main():
     native = k.get("native_step", [None])[0]
     browser = k.get("browser_step", [None])[0]
     click = k.get("browser_click", [None])[0]
-    if native and browser:
-        r = browser["step_ms"] / native["step_ms"]
-        rows.append((f"4. DDIM step, `small`, 1 image, {native['steps']} steps",
-                     f"{fmt(browser['step_ms'], 2)} ms (headless Chromium, wasm)",
-                     f"{fmt(native['step_ms'], 2)} ms (native, {native['threads']} threads)",
-                     f"{r:.2f}×", "≤ 2×", verdict(r, 2.0, False)))
     native1 = k.get("native_step_1t", [None])[0]
-    if native1 and browser:
-        r = browser["step_ms"] / native1["step_ms"]
-        rows.append(("4. DDIM step, same, native on one thread (as the page)",
-                     f"{fmt(browser['step_ms'], 2)} ms (headless Chromium, wasm)",
-                     f"{fmt(native1['step_ms'], 2)} ms (native, 1 thread)",
-                     f"{r:.2f}×", "–", "info"))
+    # The goal is judged against the faster native configuration; the other one is info.
+    natives = [(n, f"native, {n['threads']} threads") for n in [native] if n]
+    natives += [(n, "native, 1 thread, as the page") for n in [native1] if n]
+    natives.sort(key=lambda pair: pair[0]["step_ms"])
+    if browser:
+        for i, (n, label) in enumerate(natives):
+            r = browser["step_ms"] / n["step_ms"]
+            title = (f"4. DDIM step, `small`, 1 image, {n['steps']} steps" if i == 0
+                     else "4. DDIM step, same, slower native configuration")
+            rows.append((title,
+                         f"{fmt(browser['step_ms'], 2)} ms (headless Chromium, wasm)",
+                         f"{fmt(n['step_ms'], 2)} ms ({label})",
+                         f"{r:.2f}×", "≤ 2×" if i == 0 else "–",
+                         verdict(r, 2.0, False) if i == 0 else "info"))
     if click:
         rows.append((f"4. Click → finished image, `small`, {click['steps']} steps, base beside it",
                      f"{fmt(click['click_to_image_ms'], 0)} ms", "fresh profile: downloads included",

@@ -116,7 +116,10 @@ impl Default for CheckpointSettings {
     }
 }
 
-/// LoRA hyper-parameters (PEFT names).
+/// LoRA hyper-parameters (PEFT names) as the YAML config and flags give them. The fields are
+/// [`crate::model::LoraConfig`]'s, but unknown keys are errors here (a typo in a config file must
+/// not be silently ignored), while the model's type, read back from checkpoint files, tolerates
+/// fields a newer version may add.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSettings {

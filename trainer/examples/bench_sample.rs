@@ -10,10 +10,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use trainer::diffusion::{DdimSampler, NoiseSchedule, DEFAULT_ETA};
 use trainer::format::CheckpointName;
-use trainer::model::DiffiT;
 use trainer::train::sample::load_fused;
 
 fn main() -> anyhow::Result<()> {
@@ -32,8 +30,7 @@ fn main() -> anyhow::Result<()> {
     let loading = Instant::now();
     let fused = load_fused(&dir, run, checkpoint)?;
     let device = Device::Cpu;
-    let vb = VarBuilder::from_tensors(fused.tensors.clone(), DType::F32, &device);
-    let model = DiffiT::new(&fused.model_config, vb, None)?;
+    let model = fused.network()?;
     let load_ms = loading.elapsed().as_secs_f64() * 1e3;
 
     let schedule = NoiseSchedule::default();

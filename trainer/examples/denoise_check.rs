@@ -4,11 +4,9 @@
 //! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png [CHECKPOINT]`
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use trainer::data::Dataset;
 use trainer::diffusion::{to_rgb8, NoiseSchedule};
-use trainer::model::DiffiT;
 use trainer::rng::Rng;
 use trainer::train::sample::{grid, load_fused};
 
@@ -21,11 +19,7 @@ fn main() -> anyhow::Result<()> {
     let which = args.get(3).map(String::as_str).unwrap_or("best");
     let fused = load_fused(dir.as_ref(), run, which.parse()?)?;
     let device = Device::Cpu;
-    let model = DiffiT::new(
-        &fused.model_config,
-        VarBuilder::from_tensors(fused.tensors.clone(), DType::F32, &device),
-        None,
-    )?;
+    let model = fused.network()?;
     let n = 8;
     let data = Dataset::trees(n, fused.model_config.image_size, 5);
     let x0 = data.batch(&(0..n).collect::<Vec<_>>(), &device)?;

@@ -4,10 +4,8 @@
 //! `cargo run --release -p trainer --example sample_trace -- CHECKPOINTS RUN OUT.png [STEPS] [ETA]`
 
 use anyhow::Context;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule};
-use trainer::model::DiffiT;
 use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {
@@ -20,11 +18,7 @@ fn main() -> anyhow::Result<()> {
     let eta: f64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(0.0);
     let fused = load_fused(dir.as_ref(), run, "best".parse()?)?;
     let device = Device::Cpu;
-    let model = DiffiT::new(
-        &fused.model_config,
-        VarBuilder::from_tensors(fused.tensors.clone(), DType::F32, &device),
-        None,
-    )?;
+    let model = fused.network()?;
     let n = 8;
     let mut sampler = DdimSampler::new(
         &NoiseSchedule::default(),

@@ -155,16 +155,19 @@ pub fn init_base_tensors(
             Tensor::zeros(s.out_dim, DType::F32, device)?,
         );
     }
+    let shape = bias_table_shape(cfg);
+    let locality = locality_bias(cfg);
     for i in 0..cfg.depth {
-        let shape = bias_table_shape(cfg);
-        let locality = locality_bias(cfg);
         let data: Vec<f32> = rng
             .normal_vec(shape[0] * shape[1])
             .into_iter()
-            .zip(locality)
+            .zip(locality.iter().copied())
             .map(|(z, local)| local + z * 0.02)
             .collect();
-        out.insert(bias_table_name(i), Tensor::from_vec(data, shape, device)?);
+        out.insert(
+            bias_table_name(i),
+            Tensor::from_vec(data, shape.as_slice(), device)?,
+        );
     }
     Ok(out)
 }

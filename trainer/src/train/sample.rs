@@ -31,6 +31,14 @@ pub struct FusedModel {
     pub epoch: Option<u32>,
 }
 
+impl FusedModel {
+    /// The network of these weights on the CPU, for inference.
+    pub fn network(&self) -> Result<DiffiT, TrainError> {
+        let vb = VarBuilder::from_tensors(self.tensors.clone(), DType::F32, &Device::Cpu);
+        Ok(DiffiT::new(&self.model_config, vb, None)?)
+    }
+}
+
 /// Loads `checkpoint` (`base`, `best`, `last`, `epoch_NNN`) of run `run_number`, read-only.
 pub fn load_fused(
     base_dir: &Path,
@@ -137,8 +145,7 @@ pub fn sample_grid(
         ));
     }
     let device = Device::Cpu;
-    let vb = VarBuilder::from_tensors(model.tensors.clone(), DType::F32, &device);
-    let net = DiffiT::new(&model.model_config, vb, None)?;
+    let net = model.network()?;
     let images = ddim_sample(
         &net,
         &NoiseSchedule::default(),

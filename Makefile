@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CHECKPOINTS ?= checkpoints
 PORT ?= 8080
-DEMO_EPOCHS ?= 8
+DEMO_EPOCHS ?= 12
 
 .PHONY: demo test lint unit e2e app serve bench setup
 

@@ -1,7 +1,8 @@
 """PyTorch reference of `diffit train --preset small`: the same DiffiT, LoRA and loss, on CPU.
 
-Mirrors trainer/src/model (DiffiT with time-dependent self-attention and a relative position
-bias, LoRA r=8 / alpha=16 on attn.qkv, attn.proj, mlp.fc1, mlp.fc2), trainer/src/diffusion.rs
+Mirrors trainer/src/model (DiffiT with time-dependent self-attention, a relative position
+bias and adaLN-Zero modulation, LoRA r=8 / alpha=16 on attn.qkv, attn.proj, mlp.fc1, mlp.fc2,
+adaLN_modulation), trainer/src/diffusion.rs
 (cosine schedule, 1000 steps, v-prediction MSE) and the trainer's AdamW on the LoRA
 tensors only, with the same batch size and float32. Prints one JSON line with images/s of
 LoRA fine-tuning steps (forward, backward, optimizer step), measured after warm-up.
@@ -22,10 +23,10 @@ from torch import nn
 PRESETS = {
     "tiny": dict(image_size=16, in_channels=3, patch_size=2, hidden_size=32, depth=2,
                  num_heads=2, mlp_ratio=4.0, time_freq_dim=32),
-    "small": dict(image_size=32, in_channels=3, patch_size=4, hidden_size=128, depth=4,
+    "small": dict(image_size=16, in_channels=3, patch_size=2, hidden_size=128, depth=4,
                   num_heads=4, mlp_ratio=4.0, time_freq_dim=128),
 }
-LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation")
 LN_EPS = 1e-6
 
 
@@ -102,6 +103,10 @@ class Attention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
+def modulate(x, shift, scale):
+    return F.layer_norm(x, x.shape[-1:], eps=LN_EPS) * (1 + scale) + shift
+
+
 class Block(nn.Module):
     def __init__(self, cfg, lin):
         super().__init__()
@@ -110,11 +115,13 @@ class Block(nn.Module):
         self.attn = Attention(cfg, lin)
         self.fc1 = lin("mlp.fc1", h, hidden)
         self.fc2 = lin("mlp.fc2", hidden, h)
+        self.modulation = lin("adaLN_modulation", h, 6 * h)
 
     def forward(self, x, temb):
-        x = x + self.attn(F.layer_norm(x, x.shape[-1:], eps=LN_EPS), temb)
-        hidden = F.gelu(self.fc1(F.layer_norm(x, x.shape[-1:], eps=LN_EPS)), approximate="tanh")
-        return x + self.fc2(hidden)
+        m = self.modulation(F.silu(temb))[:, None, :].chunk(6, dim=-1)
+        x = x + m[2] * self.attn(modulate(x, m[0], m[1]), temb)
+        hidden = F.gelu(self.fc1(modulate(x, m[3], m[4])), approximate="tanh")
+        return x + m[5] * self.fc2(hidden)
 
 
 class DiffiT(nn.Module):
@@ -131,6 +138,7 @@ class DiffiT(nn.Module):
         self.t_mlp0 = lin("t_embedder.mlp.0", cfg["time_freq_dim"], h)
         self.t_mlp2 = lin("t_embedder.mlp.2", h, h)
         self.blocks = nn.ModuleList(Block(cfg, lin) for _ in range(cfg["depth"]))
+        self.final_modulation = lin("final_layer.adaLN_modulation", h, 2 * h)
         self.final = lin("final_layer.linear", h, p * p * c)
         grid = cfg["image_size"] // p
         self.register_buffer("pos", pos_embed(grid, h), persistent=False)
@@ -145,7 +153,8 @@ class DiffiT(nn.Module):
         temb = self.t_mlp2(F.silu(self.t_mlp0(timestep_embedding(t, cfg["time_freq_dim"]))))
         for block in self.blocks:
             hid = block(hid, temb)
-        out = self.final(F.layer_norm(hid, hid.shape[-1:], eps=LN_EPS))
+        shift, scale = self.final_modulation(F.silu(temb))[:, None, :].chunk(2, dim=-1)
+        out = self.final(modulate(hid, shift, scale))
         return out.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
 
 

@@ -93,9 +93,12 @@ async fn readers_never_see_a_partial_file_while_a_writer_replaces_it() {
     let layout = write_run(dir.path(), 1, 1, RunStatus::Running);
     let server = start(dir.path(), dir.path()).await;
     let addr = server.addr;
-    // Two versions with the same size and different contents: a torn read shows as a mix.
+    // Two versions with different contents: a torn read shows as neither. The file starts as
+    // the first (its metadata's key order differs between serialisations, so `write_run`'s own
+    // copy would not compare equal).
     let versions = Arc::new([lora_checkpoint_bytes(1, 1.0), lora_checkpoint_bytes(2, 7.0)]);
     let last = layout.checkpoint(CheckpointName::Last);
+    write_atomic(&last, &versions[0]);
     let stop = Arc::new(AtomicBool::new(false));
 
     // Readers and the writer are plain threads; the server keeps the runtime to itself.

@@ -18,11 +18,21 @@ const DEV: Device = Device::Cpu;
 fn random_base(cfg: &Config, seed: u64) -> HashMap<String, Tensor> {
     let mut rng = Rng::new(seed);
     let mut base = init_base_tensors(cfg, &mut rng, &DEV).unwrap();
-    let w = base["final_layer.linear.weight"].clone();
-    base.insert(
-        "final_layer.linear.weight".into(),
-        (rng.normal_tensor(w.shape(), &DEV).unwrap() * 0.1).unwrap(),
-    );
+    // Zero-initialised layers (the head, adaLN's modulation) get weights as after training.
+    let mut zeroed: Vec<String> = base
+        .keys()
+        .filter(|k| k.contains("adaLN_modulation.weight"))
+        .cloned()
+        .collect();
+    zeroed.sort();
+    zeroed.push("final_layer.linear.weight".into());
+    for name in zeroed {
+        let w = base[&name].clone();
+        base.insert(
+            name,
+            (rng.normal_tensor(w.shape(), &DEV).unwrap() * 0.1).unwrap(),
+        );
+    }
     base
 }
 

@@ -743,7 +743,7 @@ fn sample_and_export_formats() {
             .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 8);
-    assert!(cfg["target_modules"].as_array().unwrap().len() == 4);
+    assert_eq!(cfg["target_modules"].as_array().unwrap().len(), 5);
     let adapters =
         candle_core::safetensors::load(peft.join("adapter_model.safetensors"), &Device::Cpu)
             .unwrap();
@@ -838,16 +838,22 @@ fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced
     use trainer::train::pretrain::{base_model_config, cached_base_path, DEFAULT_PRETRAIN_SEED};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A base saved by an older version: ε-prediction and SiLU in the head (same tensors).
+    // A base saved by an older version: ε-prediction, SiLU in the head, no adaLN layers.
     let eps_cfg = Config {
         prediction: Prediction::Epsilon,
         final_silu: true,
+        adaln: false,
         ..Config::tiny()
     };
     let old = d.join("eps_base.safetensors");
-    let tensors = trainer::train::pretrain::load_base(tiny_base(), &Config::tiny())
-        .unwrap()
-        .tensors;
+    let tensors: std::collections::HashMap<_, _> =
+        trainer::train::pretrain::load_base(tiny_base(), &Config::tiny())
+            .unwrap()
+            .tensors
+            .into_iter()
+            .filter(|(name, _)| !name.contains("adaLN_modulation"))
+            .collect();
+    assert!(tensors.len() < trainer::model::base_tensor_shapes(&Config::tiny()).len());
     save_base(&old, &tensors, &eps_cfg).unwrap();
 
     let mut cfg = quick_config(d, 1);

@@ -81,6 +81,22 @@ pub(crate) fn linear_specs(cfg: &Config) -> Vec<LinearSpec> {
             h,
             InitKind::Xavier,
         ));
+        if cfg.adaln {
+            out.push(spec(
+                format!("{p}.adaLN_modulation"),
+                h,
+                6 * h,
+                InitKind::Zeros,
+            ));
+        }
+    }
+    if cfg.adaln {
+        out.push(spec(
+            "final_layer.adaLN_modulation".into(),
+            h,
+            2 * h,
+            InitKind::Zeros,
+        ));
     }
     out.push(spec(
         "final_layer.linear".into(),
@@ -388,12 +404,33 @@ impl Attention {
     }
 }
 
-/// One DiffiT block: `x + TMSA(LN(x), t)`, then `x + MLP(LN(x))`.
+/// One DiffiT block: `x + TMSA(LN(x), t)`, then `x + MLP(LN(x))`; with
+/// [`Config::adaln`], `x + g₁·TMSA(LN(x)·(1+s₁)+b₁, t)`, then `x + g₂·MLP(LN(x)·(1+s₂)+b₂)`,
+/// where `(b₁, s₁, g₁, b₂, s₂, g₂)` are a linear map of `SiLU(t)` (all zero at initialisation,
+/// so each block starts as the identity).
 #[derive(Debug, Clone)]
 pub struct DiffiTBlock {
     attn: Attention,
     fc1: LoraLinear,
     fc2: LoraLinear,
+    modulation: Option<LoraLinear>,
+}
+
+/// `LN(x)·(1 + scale) + shift` with per-sample `scale`, `shift` `[B, 1, C]`.
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    layer_norm(x)?
+        .broadcast_mul(&(scale + 1.0)?)?
+        .broadcast_add(shift)
+}
+
+/// Splits a modulation output `[B, k·C]` into `k` contiguous tensors `[B, 1, C]` (candle's
+/// broadcasting ops take their fast path only for contiguous operands).
+fn modulation_chunks(m: &Tensor, k: usize) -> Result<Vec<Tensor>> {
+    m.unsqueeze(1)?
+        .chunk(k, 2)?
+        .into_iter()
+        .map(|c| c.contiguous())
+        .collect()
 }
 
 impl DiffiTBlock {
@@ -407,16 +444,35 @@ impl DiffiTBlock {
             attn: Attention::new(cfg, vb.pp("attn"), f, bias_index)?,
             fc1: f.linear(&vb.pp("mlp").pp("fc1"))?,
             fc2: f.linear(&vb.pp("mlp").pp("fc2"))?,
+            modulation: if cfg.adaln {
+                Some(f.linear(&vb.pp("adaLN_modulation"))?)
+            } else {
+                None
+            },
         })
     }
 
     /// `x`: `[B, N, C]`, `temb`: `[B, C]`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let x = (x + self
+        let Some(modulation) = &self.modulation else {
+            let x = (x + self
+                .attn
+                .forward(&layer_norm(x)?, temb, rng.as_deref_mut())?)?;
+            let hidden = gelu(&self.fc1.forward(&layer_norm(&x)?, rng.as_deref_mut())?)?;
+            return x + self.fc2.forward(&hidden, rng)?;
+        };
+        let m = modulation.forward(&temb.silu()?, rng.as_deref_mut())?;
+        let m = modulation_chunks(&m, 6)?;
+        let attn = self
             .attn
-            .forward(&layer_norm(x)?, temb, rng.as_deref_mut())?)?;
-        let hidden = gelu(&self.fc1.forward(&layer_norm(&x)?, rng.as_deref_mut())?)?;
-        x + self.fc2.forward(&hidden, rng)?
+            .forward(&modulate(x, &m[0], &m[1])?, temb, rng.as_deref_mut())?;
+        let x = (x + attn.broadcast_mul(&m[2])?)?;
+        let hidden = gelu(
+            &self
+                .fc1
+                .forward(&modulate(&x, &m[3], &m[4])?, rng.as_deref_mut())?,
+        )?;
+        x + self.fc2.forward(&hidden, rng)?.broadcast_mul(&m[5])?
     }
 }
 
@@ -429,6 +485,7 @@ pub struct DiffiT {
     t_mlp0: LoraLinear,
     t_mlp2: LoraLinear,
     blocks: Vec<DiffiTBlock>,
+    final_modulation: Option<LoraLinear>,
     final_linear: LoraLinear,
     has_lora: bool,
 }
@@ -466,6 +523,11 @@ impl DiffiT {
             t_mlp0: factory.linear(&base.pp("t_embedder").pp("mlp").pp(0))?,
             t_mlp2: factory.linear(&base.pp("t_embedder").pp("mlp").pp(2))?,
             blocks,
+            final_modulation: if cfg.adaln {
+                Some(factory.linear(&base.pp("final_layer").pp("adaLN_modulation"))?)
+            } else {
+                None
+            },
             final_linear: factory.linear(&base.pp("final_layer").pp("linear"))?,
             has_lora,
         })
@@ -520,7 +582,14 @@ impl DiffiT {
         for block in &self.blocks {
             hid = block.forward(&hid, &temb, rng.as_deref_mut())?;
         }
-        let normed = layer_norm(&hid)?;
+        let normed = match &self.final_modulation {
+            Some(modulation) => {
+                let m = modulation.forward(&temb.silu()?, rng.as_deref_mut())?;
+                let m = modulation_chunks(&m, 2)?;
+                modulate(&hid, &m[0], &m[1])?
+            }
+            None => layer_norm(&hid)?,
+        };
         let normed = if cfg.final_silu {
             normed.silu()?
         } else {
@@ -547,6 +616,61 @@ impl DiffiTBlock {
 mod tests {
     use super::*;
     use candle_nn::VarMap;
+
+    #[test]
+    fn adaln_blocks_start_as_the_identity_and_their_modulation_depends_on_time() {
+        let cfg = Config::tiny();
+        assert!(cfg.adaln);
+        let device = Device::Cpu;
+        let mut tensors = init_base_tensors(&cfg, &mut Rng::new(3), &device).unwrap();
+        let build = |tensors: &HashMap<String, Tensor>| {
+            DiffiT::new(
+                &cfg,
+                VarBuilder::from_tensors(tensors.clone(), DType::F32, &device),
+                None,
+            )
+            .unwrap()
+        };
+        let x = Rng::new(4)
+            .normal_tensor((2, cfg.num_tokens(), cfg.hidden_size), &device)
+            .unwrap();
+        let t = Tensor::new(&[10f32, 900.0], &device).unwrap();
+        let model = build(&tensors);
+        let temb = model.time_embedding(&t, None).unwrap();
+        let block = model.block(0).unwrap();
+        // Zero-initialised gates: the block adds nothing.
+        let out = block.forward(&x, &temb, None).unwrap();
+        assert_eq!(crate::model::max_abs_diff(&out, &x), 0.0);
+
+        // With non-zero modulation weights the block's change differs between the two times
+        // even for the same tokens.
+        let name = "blocks.0.adaLN_modulation.weight";
+        let shape = tensors[name].dims().to_vec();
+        tensors.insert(
+            name.into(),
+            Rng::new(5)
+                .normal_tensor(shape.as_slice(), &device)
+                .unwrap(),
+        );
+        let model = build(&tensors);
+        let same = Tensor::cat(&[x.get(0).unwrap(), x.get(0).unwrap()], 0)
+            .unwrap()
+            .reshape(x.dims())
+            .unwrap();
+        let delta = (model.block(0).unwrap().forward(&same, &temb, None).unwrap() - &same).unwrap();
+        let d0 = delta.get(0).unwrap();
+        let d1 = delta.get(1).unwrap();
+        assert!(
+            d0.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        assert!(crate::model::max_abs_diff(&d0, &d1) > 1e-3);
+    }
 
     #[test]
     fn attention_starts_local_in_all_heads_but_the_last() {

@@ -407,8 +407,10 @@ mod tests {
         assert!(!matches_target("blocks.0.attn.xqkv", "qkv"));
         let cfg = Config::tiny();
         let paths = lora_target_paths(&cfg, &LoraConfig::default());
-        assert_eq!(paths.len(), 4 * cfg.depth);
+        // Four linears and the adaLN modulation per block, and the head's modulation.
+        assert_eq!(paths.len(), 5 * cfg.depth + 1);
         assert!(paths.contains(&"blocks.1.mlp.fc2".to_string()));
+        assert!(paths.contains(&"final_layer.adaLN_modulation".to_string()));
         assert!(!paths
             .iter()
             .any(|p| p.contains("qkv_temb") || p.starts_with("x_embedder")));

@@ -139,10 +139,16 @@ impl Default for LoraSettings {
             r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
-            target_modules: ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            target_modules: [
+                "attn.qkv",
+                "attn.proj",
+                "mlp.fc1",
+                "mlp.fc2",
+                "adaLN_modulation",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
         }
     }
 }
@@ -185,7 +191,7 @@ impl Default for DataSettings {
     fn default() -> Self {
         Self {
             dir: None,
-            num_images: 256,
+            num_images: 1024,
             val_fraction: 0.2,
         }
     }

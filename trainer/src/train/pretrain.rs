@@ -242,30 +242,70 @@ pub struct LoadedBase {
     pub model_config: Option<Config>,
 }
 
-/// The model config in a safetensors header (`None` when the file has none).
-fn header_model_config(path: &Path, bytes: &[u8]) -> Result<Option<Config>, TrainError> {
-    let bad = |reason: String| TrainError::BadFile {
+/// Largest safetensors header [`base_model_config`] reads (the format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+fn bad_file(path: &Path, reason: String) -> TrainError {
+    TrainError::BadFile {
         path: path.to_path_buf(),
         reason,
-    };
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    match header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
-    {
-        Some(text) => Ok(Some(
-            serde_json::from_str::<Config>(text).map_err(|e| bad(format!("model_config: {e}")))?,
-        )),
-        None => Ok(None),
     }
 }
 
+/// Parses the `model_config` metadata value of a base model file.
+fn parse_model_config(path: &Path, text: &str) -> Result<Config, TrainError> {
+    serde_json::from_str::<Config>(text).map_err(|e| bad_file(path, format!("model_config: {e}")))
+}
+
+/// The model config in a safetensors header (`None` when the file has none).
+fn header_model_config(path: &Path, bytes: &[u8]) -> Result<Option<Config>, TrainError> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad_file(path, format!("not a safetensors file: {e}")))?;
+    header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
+        .map(|text| parse_model_config(path, text))
+        .transpose()
+}
+
 /// The model config a base model file was saved with (`None` when its header has none).
+/// Reads only the file's header, not its weights.
 pub fn base_model_config(path: &Path) -> Result<Option<Config>, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io("read base model", path, e))?;
-    header_model_config(path, &bytes)
+    use std::io::{ErrorKind, Read};
+    let mut file =
+        std::fs::File::open(path).map_err(|e| TrainError::io("read base model", path, e))?;
+    let read = |file: &mut std::fs::File, buf: &mut [u8], what: &str| {
+        file.read_exact(buf).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => bad_file(path, format!("not a safetensors file: {what}")),
+            _ => TrainError::io("read base model", path, e),
+        })
+    };
+    let mut len = [0u8; 8];
+    read(&mut file, &mut len, "shorter than its header length")?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(bad_file(
+            path,
+            format!("not a safetensors file: header length {len} exceeds {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    read(&mut file, &mut header, "header cut short")?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad_file(path, format!("not a safetensors file: header: {e}")))?;
+    match header
+        .get("__metadata__")
+        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
+    {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.as_str().ok_or_else(|| {
+                bad_file(path, "model_config in the header is not a string".into())
+            })?;
+            parse_model_config(path, text).map(Some)
+        }
+    }
 }
 
 /// Reads a base model file; errors name the file and the offending tensor.
@@ -341,4 +381,41 @@ pub fn same_weights(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_alone_gives_the_model_config_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::tiny();
+        let tensors = init_base_tensors(&cfg, &mut Rng::new(1), &Device::Cpu).unwrap();
+        let path = dir.path().join("base.safetensors");
+        save_base(&path, &tensors, &cfg).unwrap();
+        assert_eq!(base_model_config(&path).unwrap(), Some(cfg.clone()));
+        // The header alone suffices: the weights after it are never read.
+        let bytes = std::fs::read(&path).unwrap();
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..header_end]).unwrap();
+        assert_eq!(base_model_config(&cut).unwrap(), Some(cfg));
+
+        let no_config = dir.path().join("plain.safetensors");
+        write_safetensors(&no_config, &tensors.into_iter().collect(), None).unwrap();
+        assert_eq!(base_model_config(&no_config).unwrap(), None);
+
+        for (name, content) in [
+            ("short.safetensors", &bytes[..5]),
+            ("torn.safetensors", &bytes[..header_end - 3]),
+            ("text.safetensors", b"not a model at all".as_slice()),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = base_model_config(&path).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains("not a safetensors file"), "{err}");
+        }
+    }
 }

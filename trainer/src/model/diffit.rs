@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::lora::{matches_target, LoraLinear};
-use super::ops::{gelu, softmax};
+use super::ops::{gated_add, gelu, softmax};
 use super::{Config, LoraConfig, ModelError};
 use crate::rng::Rng;
 
@@ -418,9 +418,7 @@ pub struct DiffiTBlock {
 
 /// `LN(x)·(1 + scale) + shift` with per-sample `scale`, `shift` `[B, 1, C]`.
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    layer_norm(x)?
-        .broadcast_mul(&(scale + 1.0)?)?
-        .broadcast_add(shift)
+    super::ops::modulate(x, shift, scale, LN_EPS)
 }
 
 /// Splits a modulation output `[B, k·C]` into `k` contiguous tensors `[B, 1, C]` (candle's
@@ -466,13 +464,13 @@ impl DiffiTBlock {
         let attn = self
             .attn
             .forward(&modulate(x, &m[0], &m[1])?, temb, rng.as_deref_mut())?;
-        let x = (x + attn.broadcast_mul(&m[2])?)?;
+        let x = gated_add(x, &attn, &m[2])?;
         let hidden = gelu(
             &self
                 .fc1
                 .forward(&modulate(&x, &m[3], &m[4])?, rng.as_deref_mut())?,
         )?;
-        x + self.fc2.forward(&hidden, rng)?.broadcast_mul(&m[5])?
+        gated_add(&x, &self.fc2.forward(&hidden, rng)?, &m[5])
     }
 }
 

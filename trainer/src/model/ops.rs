@@ -6,7 +6,7 @@
 //! pass forward and one backward. Inference (no gradient) keeps candle's own fused kernels, and
 //! so does every non-CPU device.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 /// The contiguous `f32` values of a custom op's input.
 fn input<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -151,9 +151,214 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// `(B, N, C)` of a `[B, N, C]` input and checks that a per-sample `[B, 1, C]` operand fits.
+fn per_sample_dims(x: &Layout, per_sample: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let (b, n, c) = x.shape().dims3()?;
+    if per_sample.shape().dims() != [b, 1, c] {
+        candle_core::bail!(
+            "{op}: per-sample operand {:?} does not fit input {:?}",
+            per_sample.shape(),
+            x.shape()
+        );
+    }
+    Ok((b, n, c))
+}
+
+/// adaLN's `LN(x)·(1 + scale) + shift`, for `x` `[B, N, C]` and per-sample `shift`, `scale`
+/// `[B, 1, C]`: one pass instead of candle's LayerNorm, broadcast multiply and broadcast add,
+/// whose backward passes sum over the token axis with strided reductions.
+struct Modulate {
+    norm: LayerNorm,
+}
+
+impl CustomOp3 for Modulate {
+    fn name(&self) -> &'static str {
+        "modulate-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, shift, scale) = (
+            input(s1, l1, self.name())?,
+            input(s2, l2, self.name())?,
+            input(s3, l3, self.name())?,
+        );
+        let (_, n, c) = per_sample_dims(l1, l2, self.name())?;
+        per_sample_dims(l1, l3, self.name())?;
+        let mut y = Vec::with_capacity(x.len());
+        for (i, row) in x.chunks(c).enumerate() {
+            let at = (i / n) * c;
+            let (sh, sc) = (&shift[at..at + c], &scale[at..at + c]);
+            let (mean, rstd) = self.norm.stats(row);
+            y.extend(
+                row.iter()
+                    .zip(sh.iter().zip(sc))
+                    .map(|(v, (h, s))| (v - mean) * rstd * (1.0 + s) + h),
+            );
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// With `ŷ = LN(x)`: `d shift = Σₙ g`, `d scale = Σₙ g·ŷ`, and `dx` is LayerNorm's backward
+    /// of `g·(1 + scale)`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xv, sc, g) = (values(x)?, values(scale)?, values(grad_res)?);
+        let (_, n, c) = x.dims3()?;
+        let width = c as f32;
+        let mut dx = Vec::with_capacity(xv.len());
+        let mut dshift = vec![0f32; sc.len()];
+        let mut dscale = vec![0f32; sc.len()];
+        let mut gy = vec![0f32; c];
+        let mut yhat = vec![0f32; c];
+        for (i, (xr, gr)) in xv.chunks(c).zip(g.chunks(c)).enumerate() {
+            let at = (i / n) * c;
+            let (mean, rstd) = self.norm.stats(xr);
+            for (j, (&v, &gv)) in xr.iter().zip(gr).enumerate() {
+                let y = (v - mean) * rstd;
+                yhat[j] = y;
+                dshift[at + j] += gv;
+                dscale[at + j] += gv * y;
+                gy[j] = gv * (1.0 + sc[at + j]);
+            }
+            let g_mean = gy.iter().sum::<f32>() / width;
+            let gy_mean = gy.iter().zip(&yhat).map(|(g, y)| g * y).sum::<f32>() / width;
+            dx.extend(
+                gy.iter()
+                    .zip(&yhat)
+                    .map(|(g, y)| (g - g_mean - y * gy_mean) * rstd),
+            );
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dshift, shift.shape(), dev)?),
+            Some(Tensor::from_vec(dscale, scale.shape(), dev)?),
+        ))
+    }
+}
+
+/// adaLN's gated residual `x + gate·y`, for `x`, `y` `[B, N, C]` and a per-sample `gate`
+/// `[B, 1, C]`, in one pass with its own backward.
+struct GatedAdd;
+
+impl CustomOp3 for GatedAdd {
+    fn name(&self) -> &'static str {
+        "gated-add-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, y, gate) = (
+            input(s1, l1, self.name())?,
+            input(s2, l2, self.name())?,
+            input(s3, l3, self.name())?,
+        );
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: {:?} vs {:?}", self.name(), l1.shape(), l2.shape());
+        }
+        let (_, n, c) = per_sample_dims(l1, l3, self.name())?;
+        let mut out = Vec::with_capacity(x.len());
+        for (i, (xr, yr)) in x.chunks(c).zip(y.chunks(c)).enumerate() {
+            let at = (i / n) * c;
+            out.extend(
+                xr.iter()
+                    .zip(yr)
+                    .zip(&gate[at..at + c])
+                    .map(|((x, y), g)| x + g * y),
+            );
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// `dx = g`, `dy = g·gate`, `d gate = Σₙ g·y`.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        y: &Tensor,
+        gate: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (yv, gt, g) = (values(y)?, values(gate)?, values(grad_res)?);
+        let (_, n, c) = y.dims3()?;
+        let mut dy = Vec::with_capacity(yv.len());
+        let mut dgate = vec![0f32; gt.len()];
+        for (i, (yr, gr)) in yv.chunks(c).zip(g.chunks(c)).enumerate() {
+            let at = (i / n) * c;
+            for (j, (&yv, &gv)) in yr.iter().zip(gr).enumerate() {
+                dy.push(gv * gt[at + j]);
+                dgate[at + j] += gv * yv;
+            }
+        }
+        let dev = y.device();
+        Ok((
+            Some(grad_res.clone()),
+            Some(Tensor::from_vec(dy, y.shape(), dev)?),
+            Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
+        ))
+    }
+}
+
 /// True when `x` needs a gradient and lives where these kernels run.
 fn fused_training(x: &Tensor) -> bool {
     x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// True when any operand needs a gradient and all live where these kernels run.
+fn fused_training_any(xs: &[&Tensor]) -> bool {
+    xs.iter().any(|x| x.track_op())
+        && xs
+            .iter()
+            .all(|x| x.device().is_cpu() && x.dtype() == DType::F32)
+}
+
+/// adaLN's `LN(x)·(1 + scale) + shift` (`x` `[B, N, C]`, `shift`, `scale` `[B, 1, C]`); one
+/// fused pass with its own backward while training on the CPU.
+pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_training_any(&[x, shift, scale]) {
+        return x.contiguous()?.apply_op3(
+            &shift.contiguous()?,
+            &scale.contiguous()?,
+            Modulate {
+                norm: LayerNorm { eps: eps as f32 },
+            },
+        );
+    }
+    layer_norm(x, eps)?
+        .broadcast_mul(&(scale + 1.0)?)?
+        .broadcast_add(shift)
+}
+
+/// adaLN's gated residual `x + gate·y` (`x`, `y` `[B, N, C]`, `gate` `[B, 1, C]`); one fused
+/// pass with its own backward while training on the CPU.
+pub(crate) fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused_training_any(&[x, y, gate]) {
+        return x
+            .contiguous()?
+            .apply_op3(&y.contiguous()?, &gate.contiguous()?, GatedAdd);
+    }
+    x + y.broadcast_mul(gate)?
 }
 
 /// tanh-GELU; one fused pass with its own backward while training on the CPU.
@@ -252,6 +457,70 @@ mod tests {
                 max_abs_diff(a, b)
             );
         }
+    }
+
+    #[test]
+    fn fused_adaln_ops_match_candle_values_and_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(12);
+        let mut var =
+            |dims: &[usize]| Var::from_tensor(&rng.normal_tensor(dims, &dev).unwrap()).unwrap();
+        let (x, y) = (var(&[2, 5, 8]), var(&[2, 5, 8]));
+        let (shift, scale, gate) = (var(&[2, 1, 8]), var(&[2, 1, 8]), var(&[2, 1, 8]));
+        let w = var(&[2, 5, 8]);
+        let vars = [&x, &y, &shift, &scale, &gate];
+        let composite = |ours: bool| {
+            let m = if ours {
+                modulate(x.as_tensor(), shift.as_tensor(), scale.as_tensor(), 1e-6).unwrap()
+            } else {
+                reference("layer_norm", x.as_tensor())
+                    .broadcast_mul(&(scale.as_tensor() + 1.0).unwrap())
+                    .unwrap()
+                    .broadcast_add(shift.as_tensor())
+                    .unwrap()
+            };
+            // Feed the modulated tokens through a gated residual so every input gets a gradient.
+            let mixed = (m * w.as_tensor()).unwrap();
+            if ours {
+                gated_add(y.as_tensor(), &mixed, gate.as_tensor()).unwrap()
+            } else {
+                (y.as_tensor() + mixed.broadcast_mul(gate.as_tensor()).unwrap()).unwrap()
+            }
+        };
+        let (ours, theirs) = (composite(true), composite(false));
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5, "values");
+        let expected = theirs.detach();
+        let loss_w = rng.normal_tensor((2, 5, 8), &dev).unwrap();
+        let g_ours = (ours * &loss_w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_theirs = (theirs * &loss_w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let (a, b) = (
+                g_ours.get(v.as_tensor()).expect("gradient"),
+                g_theirs.get(v.as_tensor()).expect("gradient"),
+            );
+            assert!(
+                max_abs_diff(a, b) < 1e-4,
+                "input {i}: {}",
+                max_abs_diff(a, b)
+            );
+        }
+        // Without gradients both take candle's path and agree.
+        let plain = |t: &Var| t.as_tensor().detach();
+        let m = modulate(&plain(&x), &plain(&shift), &plain(&scale), 1e-6).unwrap();
+        assert!(!m.track_op());
+        let mixed = (m * plain(&w)).unwrap();
+        let out = gated_add(&plain(&y), &mixed, &plain(&gate)).unwrap();
+        assert!(max_abs_diff(&out, &expected) < 1e-5);
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl DdimSampler {
 
 /// The η that `diffit sample`, the per-epoch TensorBoard samples and the dashboard use: fully
 /// stochastic steps. With deterministic DDIM (η = 0) an under-trained model's early clean-image
-/// estimates are never re-noised away and end up as 4×4 patch colours in the image.
+/// estimates are never re-noised away and end up as patch-sized colour blocks in the image.
 pub const DEFAULT_ETA: f64 = 1.0;
 
 /// Samples `n` images with `steps` DDIM steps of the given `eta` from `seed`;

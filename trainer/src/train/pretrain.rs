@@ -56,7 +56,7 @@ impl PretrainConfig {
                 batch_size: 32,
                 learning_rate: 3e-3,
             },
-            // 1,152 optimizer steps, about 4 to 5 minutes on 2 cores, leaving the rest of the
+            // 1,152 optimizer steps, about 3½ minutes on 2 cores, leaving the rest of the
             // demo's 10 minutes to the LoRA fine-tuning, which is what turns scenes into trees.
             // 4 epochs of batch 32 at 1e-3 (96 steps) left the base at loss 0.51 and its
             // samples pure noise.

@@ -78,6 +78,19 @@ impl LayerNorm {
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
         (mean, 1.0 / (var + self.eps).sqrt())
     }
+
+    /// Appends one row's input gradient, `(g − mean(g) − ŷ·mean(g·ŷ)) / σ`, to `dx`, given the
+    /// output gradient `g`, the normalised row `ŷ` and `1/σ`.
+    fn row_backward(g: &[f32], yhat: &[f32], rstd: f32, dx: &mut Vec<f32>) {
+        let n = g.len() as f32;
+        let g_mean = g.iter().sum::<f32>() / n;
+        let gy_mean = g.iter().zip(yhat).map(|(g, y)| g * y).sum::<f32>() / n;
+        dx.extend(
+            g.iter()
+                .zip(yhat)
+                .map(|(g, y)| (g - g_mean - y * gy_mean) * rstd),
+        );
+    }
 }
 
 impl CustomOp1 for LayerNorm {
@@ -100,17 +113,10 @@ impl CustomOp1 for LayerNorm {
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (x, y, g) = (values(arg)?, values(res)?, values(grad_res)?);
         let (_, width) = rows(arg.shape())?;
-        let n = width as f32;
         let mut dx = Vec::with_capacity(x.len());
         for ((xr, yr), gr) in x.chunks(width).zip(y.chunks(width)).zip(g.chunks(width)) {
             let (_, rstd) = self.stats(xr);
-            let g_mean = gr.iter().sum::<f32>() / n;
-            let gy_mean = gr.iter().zip(yr).map(|(g, y)| g * y).sum::<f32>() / n;
-            dx.extend(
-                gr.iter()
-                    .zip(yr)
-                    .map(|(g, y)| (g - g_mean - y * gy_mean) * rstd),
-            );
+            Self::row_backward(gr, yr, rstd, &mut dx);
         }
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
@@ -218,7 +224,6 @@ impl CustomOp3 for Modulate {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (xv, sc, g) = (values(x)?, values(scale)?, values(grad_res)?);
         let (_, n, c) = x.dims3()?;
-        let width = c as f32;
         let mut dx = Vec::with_capacity(xv.len());
         let mut dshift = vec![0f32; sc.len()];
         let mut dscale = vec![0f32; sc.len()];
@@ -234,13 +239,7 @@ impl CustomOp3 for Modulate {
                 dscale[at + j] += gv * y;
                 gy[j] = gv * (1.0 + sc[at + j]);
             }
-            let g_mean = gy.iter().sum::<f32>() / width;
-            let gy_mean = gy.iter().zip(&yhat).map(|(g, y)| g * y).sum::<f32>() / width;
-            dx.extend(
-                gy.iter()
-                    .zip(&yhat)
-                    .map(|(g, y)| (g - g_mean - y * gy_mean) * rstd),
-            );
+            LayerNorm::row_backward(&gy, &yhat, rstd, &mut dx);
         }
         let dev = x.device();
         Ok((

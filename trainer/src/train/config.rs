@@ -134,22 +134,9 @@ pub struct LoraSettings {
 }
 
 impl Default for LoraSettings {
+    /// The model's defaults ([`crate::model::LoraConfig::default`]), defined there once.
     fn default() -> Self {
-        Self {
-            r: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.0,
-            target_modules: [
-                "attn.qkv",
-                "attn.proj",
-                "mlp.fc1",
-                "mlp.fc2",
-                "adaLN_modulation",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        }
+        Self::from_model(&crate::model::LoraConfig::default())
     }
 }
 

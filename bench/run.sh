@@ -26,7 +26,7 @@ collect() { grep '^BENCH ' | sed 's/^BENCH //' >>"$LINES" || true; }
 
 log "building (release)"
 cargo build --release -p trainer -p server
-cargo build --release -p trainer --examples
+cargo build --release -p trainer -p store --examples
 R=target/release
 
 # --- 1. Training -----------------------------------------------------------------------------

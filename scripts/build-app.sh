@@ -2,12 +2,16 @@
 # Builds the dashboard (the Leptos client-side app in app/) for wasm32-unknown-unknown and writes
 # the static site diffit-server serves by default: target/site/{index.html,style.css,pkg/}.
 #
-# Idempotent: tools it needs and does not find are installed once into .tools/ (wasm-bindgen CLI
-# pinned to Cargo.lock, wasm-opt from npm's binaryen) or from Debian (rustc-web and friends when
-# rustup has no wasm32 standard library). Environment:
+# Idempotent: tools it needs and does not find are installed once, into the machine-wide tool
+# cache that every clone shares (scripts/tool-cache.sh: wasm-bindgen CLI pinned to Cargo.lock in
+# wasm-bindgen-cli-<version>/, wasm-opt from npm's binaryen in binaryen-<version>/), or from
+# Debian (rustc-web and friends when rustup has no wasm32 standard library). Environment:
 #   SITE_DIR     where to write the site (default target/site)
 #   APP_PROFILE  cargo profile (default release)
 #   SKIP_WASM_OPT=1  skip the wasm-opt pass (faster rebuilds while iterating)
+#   DIFFIT_TOOLS_CACHE  the tool cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/diffit-lora)
+#   BUILD_APP_TOOLS_ONLY=1  only install (or check) the cached tools, print them and exit: no
+#                compiler set-up, no build
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +20,8 @@ cd "$ROOT"
 TARGET=wasm32-unknown-unknown
 PROFILE=${APP_PROFILE:-release}
 SITE=${SITE_DIR:-$ROOT/target/site}
-TOOLS=$ROOT/.tools
+# shellcheck source=scripts/tool-cache.sh
+. scripts/tool-cache.sh
 BINARYEN_VERSION=132.0.0
 
 log() { printf '\033[1mbuild-app:\033[0m %s\n' "$*" >&2; }
@@ -41,8 +46,46 @@ apt_ensure() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# --- The tools the site is made with, kept in the tool cache. ---
+# wasm-bindgen CLI, exactly the version of the wasm-bindgen crate in Cargo.lock.
+BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, "", $3); print $3; exit }' Cargo.lock)
+[ -n "$BINDGEN_VERSION" ] || die "no wasm-bindgen in Cargo.lock"
+BINDGEN_ENTRY=wasm-bindgen-cli-$BINDGEN_VERSION
+BINDGEN=$DIFFIT_CACHE/$BINDGEN_ENTRY/bin/wasm-bindgen
+bindgen_ok() { [ -x "$1/bin/wasm-bindgen" ] && [ "$("$1/bin/wasm-bindgen" --version 2>/dev/null)" = "wasm-bindgen $BINDGEN_VERSION" ]; }
+bindgen_install() {
+    [ -n "$HOST_CARGO" ] || die "no cargo to install wasm-bindgen-cli with"
+    log "installing wasm-bindgen-cli $BINDGEN_VERSION into $DIFFIT_CACHE/$BINDGEN_ENTRY (a few minutes, once per machine)"
+    # No --locked: its lock file pins a crate version the registry no longer serves.
+    env -u RUSTC -u RUSTC_BOOTSTRAP -u CARGO_TARGET_DIR \
+        "$HOST_CARGO" install --quiet --force wasm-bindgen-cli --version "=$BINDGEN_VERSION" --root "$1"
+}
+
+# wasm-opt from npm's binaryen (Debian's 108 emits tables Chromium rejects).
+BINARYEN_ENTRY=binaryen-$BINARYEN_VERSION
+WASM_OPT=$DIFFIT_CACHE/$BINARYEN_ENTRY/node_modules/.bin/wasm-opt
+binaryen_ok() { [ -x "$1/node_modules/.bin/wasm-opt" ] && "$1/node_modules/.bin/wasm-opt" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}"; }
+binaryen_install() {
+    command -v npm >/dev/null || apt_ensure nodejs npm
+    log "installing binaryen $BINARYEN_VERSION from npm into $DIFFIT_CACHE/$BINARYEN_ENTRY (once per machine)"
+    npm install --silent --no-audit --no-fund --prefix "$1" "binaryen@$BINARYEN_VERSION" >/dev/null
+}
+
+ensure_tools() {
+    cache_install "$BINDGEN_ENTRY" bindgen_ok bindgen_install
+    if [ "${SKIP_WASM_OPT:-0}" != 1 ]; then
+        cache_install "$BINARYEN_ENTRY" binaryen_ok binaryen_install
+    fi
+}
+
 # --- 1. The compiler: rustup's wasm32 std if it has one, else Debian's rustc-web + build-std. ---
 HOST_CARGO=$(command -v cargo || true)
+if [ "${BUILD_APP_TOOLS_ONLY:-0}" = 1 ]; then
+    ensure_tools
+    log "wasm-bindgen: $BINDGEN ($("$BINDGEN" --version))"
+    [ "${SKIP_WASM_OPT:-0}" = 1 ] || log "wasm-opt: $WASM_OPT ($("$WASM_OPT" --version))"
+    exit 0
+fi
 rustup_has_wasm_std() {
     command -v rustc >/dev/null || return 1
     local libdir
@@ -63,6 +106,7 @@ else
     export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
     # A separate target dir: two compilers sharing one would rebuild each other's artefacts.
     WASM_TARGET_DIR=$ROOT/target/wasm
+    # shellcheck disable=SC2054 # one flag: the commas are cargo's
     BUILD_ARGS+=(-Zbuild-std=std,panic_abort)
 fi
 [ -n "$HOST_CARGO" ] || HOST_CARGO=/usr/bin/cargo
@@ -76,25 +120,8 @@ PROFILE_DIR=$PROFILE
 WASM=$WASM_TARGET_DIR/$TARGET/$PROFILE_DIR/app.wasm
 [ -f "$WASM" ] || die "cargo did not produce $WASM"
 
-# --- 2. wasm-bindgen CLI, exactly the version of the wasm-bindgen crate in Cargo.lock. ---
-BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, "", $3); print $3; exit }' Cargo.lock)
-[ -n "$BINDGEN_VERSION" ] || die "no wasm-bindgen in Cargo.lock"
-BINDGEN=$TOOLS/bin/wasm-bindgen
-if ! { [ -x "$BINDGEN" ] && [ "$("$BINDGEN" --version)" = "wasm-bindgen $BINDGEN_VERSION" ]; }; then
-    log "installing wasm-bindgen-cli $BINDGEN_VERSION into $TOOLS (a few minutes, once)"
-    # No --locked: its lock file pins a crate version the registry no longer serves.
-    env -u RUSTC -u RUSTC_BOOTSTRAP -u CARGO_TARGET_DIR \
-        "$HOST_CARGO" install --quiet --force wasm-bindgen-cli --version "=$BINDGEN_VERSION" --root "$TOOLS"
-fi
-
-# --- 3. wasm-opt from npm's binaryen (Debian's 108 emits tables Chromium rejects). ---
-WASM_OPT=$TOOLS/npm/node_modules/.bin/wasm-opt
-if [ "${SKIP_WASM_OPT:-0}" != 1 ] && ! { [ -x "$WASM_OPT" ] && "$WASM_OPT" --version | grep -q "version ${BINARYEN_VERSION%%.*}"; }; then
-    command -v npm >/dev/null || apt_ensure nodejs npm
-    log "installing binaryen $BINARYEN_VERSION from npm into $TOOLS/npm"
-    mkdir -p "$TOOLS/npm"
-    npm install --silent --no-audit --no-fund --prefix "$TOOLS/npm" "binaryen@$BINARYEN_VERSION" >/dev/null
-fi
+# --- 2 and 3. wasm-bindgen and wasm-opt, from the tool cache (installed there if missing). ---
+ensure_tools
 
 # --- 4. The site, built aside and swapped in so a running server never sees half of it. ---
 STAGE=$SITE.tmp-build

@@ -1,5 +1,6 @@
 //! The dashboard in headless Chromium over the real server: the runs table, a run's charts
 //! (one point per logged epoch) and a run appearing live, without a reload.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
@@ -8,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use fantoccini::Locator;
+use format::layout::RunLayout;
+use format::Metadata;
 use support::{Browser, Server};
-use trainer::format::layout::RunLayout;
-use trainer::format::Metadata;
 
 const WAIT: Duration = Duration::from_secs(30);
 

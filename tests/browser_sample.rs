@@ -2,6 +2,7 @@
 //! trainer, sampled by `diffit sample --n 1` and by the dashboard (LoRA fused in wasm) with the
 //! same checkpoint, seed and steps; the pixels agree within 1/255 on average and 8/255 at most.
 //! Also prints the browser's time per step next to the native one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 

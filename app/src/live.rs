@@ -5,19 +5,15 @@ use leptos::prelude::*;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 
-use crate::api::EVENTS_URL;
+use format::api::{EventKind, EVENTS_PATH, READY_EVENT, RESYNC_EVENT};
 
 /// Event names `diffit-server` sends (and the default `message`); any of them means
 /// "something under the checkpoints dir changed".
-const EVENT_NAMES: [&str; 7] = [
-    "message",
-    "ready",
-    "run_added",
-    "run_updated",
-    "checkpoint_added",
-    "run_removed",
-    "resync",
-];
+fn event_names() -> Vec<&'static str> {
+    let mut names = vec!["message", READY_EVENT, RESYNC_EVENT];
+    names.extend(EventKind::ALL.map(EventKind::as_str));
+    names
+}
 
 /// State of the connection to the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +40,10 @@ impl LiveUpdates {
     pub fn connect() -> LiveUpdates {
         let (changes, set_changes) = signal(0u64);
         let (connection, set_connection) = signal(Connection::Connecting);
-        match web_sys::EventSource::new(EVENTS_URL) {
+        match web_sys::EventSource::new(EVENTS_PATH) {
             Ok(source) => {
                 let bump = move || set_changes.update(|n| *n += 1);
-                listen(&source, &EVENT_NAMES, bump);
+                listen(&source, &event_names(), bump);
                 let on_open = move || {
                     // After a reconnect we may have missed events: refetch once.
                     if connection.get_untracked() != Connection::Open {

@@ -1,10 +1,12 @@
 //! The run view: metric charts (other runs overlaid on request), the checkpoint list with the
 //! best one marked, and the run's configuration.
 
+use format::Metadata;
 use leptos::prelude::*;
-use trainer::format::Metadata;
 
-use crate::api::{fetch_run, fetch_runs, ApiError, RunDetail};
+use format::api::RunDetail;
+
+use crate::api::{fetch_run, fetch_runs, ApiError};
 use crate::chart::{MetricChart, Series, PALETTE};
 use crate::display;
 use crate::error::ErrorBox;
@@ -52,7 +54,12 @@ pub fn series_of(meta: &Metadata, metric: &str, position: usize) -> Series {
 
 /// One run, with `with` overlaid on its charts.
 #[component]
-pub fn RunView(run: u32, with: Vec<u32>) -> impl IntoView {
+pub fn RunView(
+    /// The run shown.
+    run: u32,
+    /// Runs whose metrics are overlaid on its charts.
+    with: Vec<u32>,
+) -> impl IntoView {
     let live = use_live();
     let detail = LocalResource::new(move || {
         live.changes.track();
@@ -218,7 +225,7 @@ fn OverlayPicker(run: u32, with: Vec<u32>) -> impl IntoView {
                                 view! {
                                     <label>
                                         <input type="checkbox" data-overlay=n prop:checked=on on:change=toggle/>
-                                        {format!(" run {n} · {}", r.experiment_name.unwrap_or_default())}
+                                        {format!(" run {n} · {}", r.info.map(|i| i.experiment_name).unwrap_or_default())}
                                     </label>
                                 }
                             })
@@ -291,13 +298,11 @@ fn CheckpointList(meta: Metadata) -> impl IntoView {
 
 /// The run's configuration as formatted JSON.
 #[component]
-fn ConfigPanel(config: serde_json::Value, meta: Metadata) -> impl IntoView {
+fn ConfigPanel(config: Option<serde_json::Value>, meta: Metadata) -> impl IntoView {
     // Runs written before `config.json` existed still carry their configs in the metadata.
-    let shown = if config.is_null() {
+    let shown = config.unwrap_or_else(|| {
         serde_json::json!({ "training_config": meta.training_config, "lora_config": meta.lora_config })
-    } else {
-        config
-    };
+    });
     let text =
         serde_json::to_string_pretty(&shown).unwrap_or_else(|e| format!("unprintable config: {e}"));
     view! {
@@ -321,11 +326,10 @@ mod tests {
                 ("lr".to_string(), 1e-3),
                 ("train_loss".to_string(), v),
             ];
-            meta.metric_history
-                .push(trainer::format::metadata::EpochMetrics {
-                    epoch,
-                    metrics: metrics.into_iter().collect(),
-                });
+            meta.metric_history.push(format::metadata::EpochMetrics {
+                epoch,
+                metrics: metrics.into_iter().collect(),
+            });
         }
         meta.base_metrics.insert("val_loss".into(), 0.9);
         assert_eq!(metric_names([&meta]), ["val_loss", "train_loss", "lr"]);

@@ -5,7 +5,9 @@ use std::cmp::Ordering;
 
 use leptos::prelude::*;
 
-use crate::api::{fetch_runs, RunSummary};
+use format::api::RunSummary;
+
+use crate::api::fetch_runs;
 use crate::display;
 use crate::error::ErrorBox;
 use crate::live::use_live;
@@ -57,18 +59,35 @@ pub fn compare(a: &RunSummary, b: &RunSummary, key: SortKey, ascending: bool) ->
             (None, None) => Ordering::Equal,
         }
     }
+    let (ia, ib) = (a.info.as_ref(), b.info.as_ref());
     let primary = match key {
         SortKey::Run => opt(Some(a.run_number), Some(b.run_number), ascending),
         SortKey::Experiment => opt(
-            a.experiment_name.as_ref(),
-            b.experiment_name.as_ref(),
+            ia.map(|i| &i.experiment_name),
+            ib.map(|i| &i.experiment_name),
             ascending,
         ),
-        SortKey::Created => opt(a.created_at.as_ref(), b.created_at.as_ref(), ascending),
-        SortKey::Checkpoints => opt(a.checkpoint_count(), b.checkpoint_count(), ascending),
-        SortKey::BestValLoss => opt(a.best_val_loss(), b.best_val_loss(), ascending),
-        SortKey::BaseValLoss => opt(a.base_val_loss, b.base_val_loss, ascending),
-        SortKey::Status => opt(a.status.as_ref(), b.status.as_ref(), ascending),
+        SortKey::Created => opt(
+            ia.map(|i| &i.created_at),
+            ib.map(|i| &i.created_at),
+            ascending,
+        ),
+        SortKey::Checkpoints => opt(
+            ia.map(|i| i.checkpoints_count),
+            ib.map(|i| i.checkpoints_count),
+            ascending,
+        ),
+        SortKey::BestValLoss => opt(
+            a.best_value_of("val_loss"),
+            b.best_value_of("val_loss"),
+            ascending,
+        ),
+        SortKey::BaseValLoss => opt(
+            ia.and_then(|i| i.base_val_loss),
+            ib.and_then(|i| i.base_val_loss),
+            ascending,
+        ),
+        SortKey::Status => opt(Some(a.status.as_str()), Some(b.status.as_str()), ascending),
     };
     primary.then(a.run_number.cmp(&b.run_number))
 }
@@ -251,21 +270,22 @@ fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
         }
         .into_any();
     }
-    let status = run.status.clone().unwrap_or_else(|| "unknown".to_string());
+    let status = run.status.as_str();
+    let info = run.info.as_ref();
     view! {
         <tr data-run=n on:click=open>
             {checkbox}
             <td class="num">{n}</td>
-            <td>{run.experiment_name.clone().unwrap_or_default()}</td>
-            <td>{run.created_at.as_deref().map(display::time).unwrap_or_default()}</td>
-            <td class="num">{run.checkpoint_count().map(|c| c.to_string()).unwrap_or_default()}</td>
+            <td>{info.map(|i| i.experiment_name.clone()).unwrap_or_default()}</td>
+            <td>{info.map(|i| display::time(&i.created_at)).unwrap_or_default()}</td>
+            <td class="num">{info.map(|i| i.checkpoints_count.to_string()).unwrap_or_default()}</td>
             <td class="num">
-                {display::metric(run.best_val_loss())}
-                {run.best.as_ref().map(|b| view! { <span class="sub">{format!(" (epoch {})", b.epoch)}</span> })}
+                {display::metric(run.best_value_of("val_loss"))}
+                {info.and_then(|i| i.best.as_ref()).map(|b| view! { <span class="sub">{format!(" (epoch {})", b.epoch)}</span> })}
             </td>
-            <td class="num">{display::metric(run.base_val_loss)}</td>
+            <td class="num">{display::metric(info.and_then(|i| i.base_val_loss))}</td>
             <td>
-                <span class=format!("status status-{status}")>{status.clone()}</span>
+                <span class=format!("status status-{status}")>{status}</span>
             </td>
         </tr>
     }
@@ -278,9 +298,15 @@ mod tests {
 
     fn run(n: u32, best: Option<f64>) -> RunSummary {
         let best = best
-            .map(|v| format!(r#","best":{{"epoch":1,"metrics":{{"val_loss":{v}}}}}"#))
-            .unwrap_or_default();
-        serde_json::from_str(&format!(r#"{{"run_number":{n}{best}}}"#)).unwrap()
+            .map(|v| format!(r#"{{"epoch":1,"monitor":"val_loss","value":{v}}}"#))
+            .unwrap_or_else(|| "null".into());
+        serde_json::from_str(&format!(
+            r#"{{"run_number":{n},"status":"finished","experiment_name":"e",
+                "created_at":"2025-01-01T00:00:00","updated_at":null,
+                "recorded_status":"finished","checkpoints_count":1,"last_epoch":1,
+                "best":{best},"base_val_loss":null,"writer_active":false}}"#
+        ))
+        .unwrap()
     }
 
     #[test]

@@ -4,11 +4,11 @@
 
 use std::rc::Rc;
 
+use format::layout::CheckpointName;
+use format::Metadata;
 use leptos::html::Canvas;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use trainer::format::layout::CheckpointName;
-use trainer::format::Metadata;
 use wasm_bindgen::{Clamped, JsCast};
 
 use crate::api::fetch_run;
@@ -152,7 +152,12 @@ struct Stats {
 
 /// Sampling from one run.
 #[component]
-pub fn SampleView(run: u32, checkpoint: Option<String>) -> impl IntoView {
+pub fn SampleView(
+    /// The run sampled from.
+    run: u32,
+    /// The checkpoint asked for in the URL (`best` when absent).
+    checkpoint: Option<String>,
+) -> impl IntoView {
     let detail = LocalResource::new(move || fetch_run(run));
     view! {
         <section class="view sample-view">
@@ -307,7 +312,7 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                         // Hand the event loop a turn so the page repaints and stays responsive.
                         // Not after every step: browsers clamp nested zero timeouts to 4 ms,
                         // which at `small`'s ~15 ms per step cost a fifth of the time.
-                        gloo::timers::future::TimeoutFuture::new(0).await;
+                        gloo_timers::future::TimeoutFuture::new(0).await;
                         yielded_at = now_ms();
                     }
                     let more = sampling.step(&models).map_err(|e| e.to_string())?;

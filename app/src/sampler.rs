@@ -6,14 +6,16 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use format::layout::CheckpointName;
+use format::tensors::meta_keys;
+use format::Metadata;
+use model::diffusion::{to_rgb8, DdimSampler, NoiseSchedule, DEFAULT_ETA};
+use model::{fuse_lora_weights, validate_lora, Config, DiffiT, LoraConfig};
 use serde_json::Value;
-use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule, DEFAULT_ETA};
-use trainer::format::layout::CheckpointName;
-use trainer::format::tensors::meta_keys;
-use trainer::format::Metadata;
-use trainer::model::{fuse_lora_weights, validate_lora, Config, DiffiT, LoraConfig};
 
-use crate::api::{checkpoint_url, fetch_bytes, ApiError};
+use format::api::checkpoint_path;
+
+use crate::api::{fetch_bytes, ApiError};
 use crate::base_cache::{load_base, BaseSource};
 
 /// Why sampling could not run; shown in the page.
@@ -36,7 +38,7 @@ pub enum SampleError {
     MissingConfig(&'static str),
     /// The weights do not fit the model (wrong shapes, missing tensors).
     #[error("the checkpoint does not fit the model: {0}")]
-    Model(#[from] trainer::model::ModelError),
+    Model(#[from] model::ModelError),
     /// A tensor operation failed while sampling.
     #[error("sampling failed: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -110,13 +112,13 @@ pub async fn load_models(
     on_phase("downloading the base model");
     let record = meta.base_model.as_ref();
     let (base_bytes, base_source) = load_base(
-        &checkpoint_url(run, CheckpointName::Base, false),
+        &checkpoint_path(run, CheckpointName::Base, false),
         record.map(|r| r.checksum.as_str()),
         record.map(|r| r.size),
     )
     .await?;
     on_phase("downloading the LoRA weights");
-    let lora_bytes = fetch_bytes(&checkpoint_url(run, checkpoint, true)).await?;
+    let lora_bytes = fetch_bytes(&checkpoint_path(run, checkpoint, true)).await?;
     let downloaded_bytes = lora_bytes.len() as u64
         + if base_source == BaseSource::Network {
             base_bytes.len() as u64

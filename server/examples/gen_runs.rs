@@ -2,14 +2,13 @@
 //! Each run gets a `metadata.json` with ten epochs of metrics (no tensor files); with
 //! `--large-bytes`, run 1 also gets an `epoch_001.safetensors` of about N bytes (one sparse U8
 //! tensor) with its checksum recorded, for streaming measurements.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use trainer::format::{
-    BestCheckpoint, CheckpointName, CheckpointRecord, Metadata, RunLayout, RunStatus,
-};
+use format::{BestCheckpoint, CheckpointName, CheckpointRecord, Metadata, RunLayout, RunStatus};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

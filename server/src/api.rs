@@ -14,11 +14,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use format::api::{RunDetail, RunMetrics, READY_EVENT, RESYNC_EVENT};
+use format::{CheckpointName, Metadata};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use trainer::format::{CheckpointName, Metadata};
 
 use crate::catalog;
 use crate::error::ApiError;
@@ -70,20 +71,20 @@ pub async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Res
 pub async fn run_detail(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let n = run_from_path(path)?;
     let shared = state.shared.clone();
     tokio::task::spawn_blocking(move || {
         let metadata = catalog::read_metadata(&shared.root, n)?;
         let config = catalog::read_config(&shared.root, n)?;
         let summary = catalog::summarize(&shared.root, n);
-        Ok(Json(json!({
-            "run_number": n,
-            "status": summary.status,
-            "writer_active": summary.info.as_ref().is_some_and(|i| i.writer_active),
-            "metadata": metadata,
-            "config": config,
-        })))
+        Ok(Json(RunDetail {
+            run_number: n,
+            status: summary.status,
+            writer_active: summary.info.as_ref().is_some_and(|i| i.writer_active),
+            metadata,
+            config,
+        }))
     })
     .await?
 }
@@ -92,19 +93,22 @@ pub async fn run_detail(
 pub async fn run_metrics(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunMetrics>, ApiError> {
     let n = run_from_path(path)?;
     let shared = state.shared.clone();
     let meta: Metadata =
         tokio::task::spawn_blocking(move || catalog::read_metadata(&shared.root, n)).await??;
-    Ok(Json(json!({
-        "run_number": n,
-        "monitor": meta.monitor.as_deref().unwrap_or("val_loss"),
-        "mode": meta.mode.unwrap_or_default(),
-        "base_metrics": meta.base_metrics,
-        "best_epoch": meta.best_checkpoint.as_ref().map(|b| b.epoch),
-        "series": meta.metric_series(),
-    })))
+    Ok(Json(RunMetrics {
+        run_number: n,
+        monitor: meta
+            .monitor
+            .clone()
+            .unwrap_or_else(|| "val_loss".to_string()),
+        mode: meta.mode.unwrap_or_default(),
+        series: meta.metric_series(),
+        best_epoch: meta.best_checkpoint.as_ref().map(|b| b.epoch),
+        base_metrics: meta.base_metrics,
+    }))
 }
 
 /// Query of the checkpoint route.
@@ -124,11 +128,9 @@ pub async fn checkpoint(
 ) -> Result<Response, ApiError> {
     let Path((run, name)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let n = parse_run_number(&run)?;
-    let name: CheckpointName =
-        name.parse()
-            .map_err(|e: trainer::format::layout::InvalidCheckpointName| {
-                ApiError::BadRequest(e.to_string())
-            })?;
+    let name: CheckpointName = name
+        .parse()
+        .map_err(|e: format::layout::InvalidCheckpointName| ApiError::BadRequest(e.to_string()))?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let weights_only = match query.weights_only.as_deref() {
         None | Some("false") | Some("0") => false,
@@ -167,7 +169,7 @@ pub async fn checkpoint(
     let suffix = if weights_only { "_lora" } else { "" };
     let disposition = format!(
         "attachment; filename=\"{}_{name}{suffix}.safetensors\"",
-        trainer::format::layout::run_dir_name(n)
+        format::layout::run_dir_name(n)
     );
 
     let total = representation.len();
@@ -319,15 +321,16 @@ pub async fn events(
     let receiver = state.shared.events.subscribe();
     let generation = state.shared.runs().generation;
     let ready = Event::default()
-        .event("ready")
+        .event(READY_EVENT)
         .data(json!({ "generation": generation }).to_string());
     let updates = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
             Ok(change) => {
-                let data = serde_json::to_string(&change).unwrap_or_else(|_| "{}".to_string());
+                let data =
+                    serde_json::to_string(&change.event).unwrap_or_else(|_| "{}".to_string());
                 Event::default().event(change.kind.as_str()).data(data)
             }
-            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+            Err(RecvError::Lagged(_)) => Event::default().event(RESYNC_EVENT).data("{}"),
             Err(RecvError::Closed) => return None,
         };
         Some((Ok(event), receiver))

@@ -8,12 +8,12 @@ use std::io::Read;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use serde::Serialize;
+use format::api::{RunState, RunSummary};
+use format::layout::parse_run_dir_name;
+use format::{Metadata, RunLayout, RunStatus};
 use serde_json::Value;
-use trainer::format::layout::parse_run_dir_name;
-use trainer::format::{Metadata, RunLayout, RunStatus};
-use trainer::store::listing::{run_info, RunInfo as StoreRunInfo};
-use trainer::store::manager::writer_active;
+use store::listing::run_info;
+use store::manager::writer_active;
 
 use crate::error::ApiError;
 use crate::root::{CheckpointsRoot, ConfineError};
@@ -21,69 +21,6 @@ use crate::root::{CheckpointsRoot, ConfineError};
 /// Largest `metadata.json` / `config.json` the server reads; anything bigger is called broken
 /// rather than read into memory.
 const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
-
-/// A run's state as the dashboard shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    /// Its writer holds the run's lock.
-    Running,
-    /// Training reached its last epoch.
-    Finished,
-    /// Stopped (Ctrl-C, an error, or a writer that died) and resumable.
-    Interrupted,
-    /// Its files cannot be read as a run; `error` says why.
-    Broken,
-}
-
-/// The best epoch by the monitored metric.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BestSummary {
-    /// The epoch `best.safetensors` holds.
-    pub epoch: u32,
-    /// Monitored metric name (`val_loss` unless the run says otherwise).
-    pub monitor: String,
-    /// Its value at that epoch, when recorded.
-    pub value: Option<f64>,
-}
-
-/// What the list shows of a readable run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunInfo {
-    /// Experiment name.
-    pub experiment_name: String,
-    /// Creation time as recorded.
-    pub created_at: String,
-    /// Last metadata write as recorded.
-    pub updated_at: Option<String>,
-    /// Status as the writer last recorded it.
-    pub recorded_status: RunStatus,
-    /// Saved epochs whose files still exist.
-    pub checkpoints_count: usize,
-    /// Newest saved epoch.
-    pub last_epoch: Option<u32>,
-    /// Best epoch, once one exists.
-    pub best: Option<BestSummary>,
-    /// Validation loss of the base model alone.
-    pub base_val_loss: Option<f64>,
-    /// Whether a writer holds the run's lock right now.
-    pub writer_active: bool,
-}
-
-/// One row of `GET /api/runs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunSummary {
-    /// The run's number.
-    pub run_number: u32,
-    /// Running / finished / interrupted / broken.
-    pub status: RunState,
-    /// Why the run is broken.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The readable part (absent for broken runs).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub info: Option<RunInfo>,
-}
 
 /// What changes when a run's metadata changes: a cheap `lstat` of `metadata.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,7 +51,7 @@ pub fn scan(root: &CheckpointsRoot) -> Vec<(u32, Fingerprint)> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let n = parse_run_dir_name(entry.file_name().to_str()?)?;
-            let metadata_path = entry.path().join(trainer::format::layout::METADATA_FILE);
+            let metadata_path = entry.path().join(format::layout::METADATA_FILE);
             Some((n, fingerprint(&metadata_path)))
         })
         .collect();
@@ -165,15 +102,12 @@ pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
         Err(err) => return broken(broken_reason(err.into())),
     }
     match run_info(&layout) {
-        Ok(info) => {
-            let status = state_of(info.status, info.writer_active);
-            RunSummary {
-                run_number: n,
-                status,
-                error: None,
-                info: Some(info_of(info)),
-            }
-        }
+        Ok(info) => RunSummary {
+            run_number: n,
+            status: RunState::of(info.recorded_status, info.writer_active),
+            error: None,
+            info: Some(info),
+        },
         Err(err) => broken(strip_root(root, &err.to_string())),
     }
 }
@@ -197,38 +131,6 @@ fn broken_reason(err: ApiError) -> String {
     match err {
         ApiError::BrokenRun { reason, .. } => reason,
         other => other.to_string(),
-    }
-}
-
-fn state_of(recorded: RunStatus, writer_active: bool) -> RunState {
-    if writer_active {
-        return RunState::Running;
-    }
-    match recorded {
-        RunStatus::Finished => RunState::Finished,
-        // A run recorded as created/running whose lock nobody holds lost its writer.
-        RunStatus::Created | RunStatus::Running | RunStatus::Interrupted | RunStatus::Failed => {
-            RunState::Interrupted
-        }
-    }
-}
-
-fn info_of(info: StoreRunInfo) -> RunInfo {
-    let monitor = info.monitor.unwrap_or_else(|| "val_loss".to_string());
-    RunInfo {
-        experiment_name: info.experiment_name,
-        created_at: info.created_at,
-        updated_at: info.updated_at,
-        recorded_status: info.status,
-        checkpoints_count: info.checkpoints_count,
-        last_epoch: info.last_epoch,
-        best: info.best_epoch.map(|epoch| BestSummary {
-            epoch,
-            monitor,
-            value: info.best_metric,
-        }),
-        base_val_loss: info.base_val_loss,
-        writer_active: info.writer_active,
     }
 }
 

@@ -98,7 +98,9 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(format::api::ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response();
         if let ApiError::RangeNotSatisfiable { size } = self {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use format::layout::DEFAULT_BASE_DIR;
 use server::{static_app, AppState, ServerConfig};
-use trainer::format::layout::DEFAULT_BASE_DIR;
 
 /// Serve training runs (JSON API, checkpoint files, live events) and the dashboard.
 #[derive(Debug, Parser)]

@@ -2,7 +2,7 @@
 //! anything that resolves (through symlinks or otherwise) outside the checkpoints dir.
 //!
 //! Request data never reaches a path directly: handlers parse run numbers and checkpoint names
-//! into typed values first and the paths come from `trainer::format::RunLayout`. This module is
+//! into typed values first and the paths come from `format::RunLayout`. This module is
 //! the second fence: even a well-formed path is canonicalized and checked, and the opened file
 //! is checked again by its descriptor so a symlink swapped in between is caught too.
 
@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use trainer::format::RunLayout;
+use format::RunLayout;
 
 use crate::error::ApiError;
 

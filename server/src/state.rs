@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::root::CheckpointsRoot;
 use crate::tensor_file::FileFactsCache;
-use crate::watch::{self, RunEvent, RunsSnapshot};
+use crate::watch::{self, RunChange, RunsSnapshot};
 
 /// Default interval between scans of the checkpoints dir.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -54,7 +54,7 @@ pub struct Shared {
     pub files: FileFactsCache,
     runs: RwLock<Arc<RunsSnapshot>>,
     /// Change notifications for `/api/events`.
-    pub events: broadcast::Sender<RunEvent>,
+    pub events: broadcast::Sender<RunChange>,
     /// Cancelled on shutdown: ends the watcher and open event streams.
     pub shutdown: CancellationToken,
 }

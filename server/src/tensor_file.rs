@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
+use format::tensors::{is_lora_tensor, meta_keys};
 use futures_util::Stream;
 use safetensors::tensor::{Metadata as SafetensorsHeader, TensorInfo};
-use trainer::format::tensors::{is_lora_tensor, meta_keys};
 
 /// The safetensors format caps headers at 100 MB; anything claiming more is not one of ours.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -26,7 +26,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 const HASH_CHUNK_BYTES: usize = 1024 * 1024;
 /// Cached file versions kept before the cache is emptied (each entry is a header, small).
 const MAX_CACHED_FILES: usize = 4096;
-/// `format` written into a weights-only view (see `trainer::format::tensors::meta_keys::FORMAT`).
+/// `format` written into a weights-only view (see `format::tensors::meta_keys::FORMAT`).
 pub const LORA_ADAPTER_FORMAT: &str = "diffit-lora-adapter";
 
 /// Identity of one version of a file: atomic replacement changes the inode, writes change

@@ -1,5 +1,5 @@
 //! Noticing change: one background task polls the runs' `metadata.json` fingerprints, rebuilds
-//! the cached run list when something changed and broadcasts `RunEvent`s for `/api/events`.
+//! the cached run list when something changed and broadcasts `RunChange`s for `/api/events`.
 //!
 //! Polling (a `lstat` per run every interval) is used rather than inotify because it sees
 //! writers on any filesystem, costs little next to the interval, and also notices a writer
@@ -10,55 +10,22 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
+use format::api::{EventKind, RunEvent, RunList};
 
-use crate::catalog::{self, Fingerprint, RunState, RunSummary};
+use format::api::RunSummary;
+
+use crate::catalog::{self, Fingerprint};
 use crate::root::CheckpointsRoot;
 use crate::state::Shared;
 
-/// What happened to a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A run folder appeared.
-    RunAdded,
-    /// A run's metadata or state changed.
-    RunUpdated,
-    /// A new epoch checkpoint was recorded.
-    CheckpointAdded,
-    /// A run folder disappeared.
-    RunRemoved,
-}
-
-impl EventKind {
-    /// The SSE `event:` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::RunAdded => "run_added",
-            EventKind::RunUpdated => "run_updated",
-            EventKind::CheckpointAdded => "checkpoint_added",
-            EventKind::RunRemoved => "run_removed",
-        }
-    }
-}
-
-/// One change, as sent to `/api/events` subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunEvent {
+/// One change, as broadcast to `/api/events` subscribers: its kind (the SSE event name) and
+/// its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunChange {
     /// What happened.
-    #[serde(skip)]
     pub kind: EventKind,
-    /// The run.
-    pub run_number: u32,
-    /// The run's state after the change (absent when removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<RunState>,
-    /// The new epoch (checkpoint events) or the newest epoch (updates).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u32>,
-    /// Live checkpoints after the change.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoints_count: Option<usize>,
+    /// The event's data.
+    pub event: RunEvent,
 }
 
 /// The run list as last seen, with its JSON ready to send.
@@ -73,11 +40,6 @@ pub struct RunsSnapshot {
     pub json: Bytes,
 }
 
-#[derive(Serialize)]
-struct RunsBody<'a> {
-    runs: Vec<&'a RunSummary>,
-}
-
 impl RunsSnapshot {
     /// An empty list (before the first scan).
     pub fn empty() -> Self {
@@ -89,8 +51,8 @@ impl RunsSnapshot {
         summaries: BTreeMap<u32, RunSummary>,
         fingerprints: HashMap<u32, Fingerprint>,
     ) -> Self {
-        let body = RunsBody {
-            runs: summaries.values().collect(),
+        let body = RunList {
+            runs: summaries.values().cloned().collect(),
         };
         // Serializing plain data structures cannot fail; an empty list is the safe fallback.
         let json = serde_json::to_vec(&body)
@@ -109,7 +71,7 @@ impl RunsSnapshot {
 pub fn rescan(
     root: &CheckpointsRoot,
     prev: &RunsSnapshot,
-) -> Option<(RunsSnapshot, Vec<RunEvent>)> {
+) -> Option<(RunsSnapshot, Vec<RunChange>)> {
     let seen = catalog::scan(root);
     let mut changed: Vec<u32> = vec![];
     for (n, fingerprint) in &seen {
@@ -141,24 +103,28 @@ pub fn rescan(
     let mut summaries = prev.summaries.clone();
     for n in &removed {
         summaries.remove(n);
-        events.push(RunEvent {
+        events.push(RunChange {
             kind: EventKind::RunRemoved,
-            run_number: *n,
-            status: None,
-            epoch: None,
-            checkpoints_count: None,
+            event: RunEvent {
+                run_number: *n,
+                status: None,
+                epoch: None,
+                checkpoints_count: None,
+            },
         });
     }
     for n in changed {
         let summary = catalog::summarize(root, n);
         let old = summaries.get(&n);
         let last_epoch = summary.info.as_ref().and_then(|i| i.last_epoch);
-        let event = |kind, epoch| RunEvent {
+        let event = |kind, epoch| RunChange {
             kind,
-            run_number: n,
-            status: Some(summary.status),
-            epoch,
-            checkpoints_count: summary.info.as_ref().map(|i| i.checkpoints_count),
+            event: RunEvent {
+                run_number: n,
+                status: Some(summary.status),
+                epoch,
+                checkpoints_count: summary.info.as_ref().map(|i| i.checkpoints_count),
+            },
         };
         match old {
             None => events.push(event(EventKind::RunAdded, last_epoch)),

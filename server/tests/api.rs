@@ -1,14 +1,15 @@
 //! The JSON API and checkpoint downloads against fixture runs: listing, detail, metrics,
 //! ETag/304, ranges, caching headers, the weights-only view (also loaded by Python), static app.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
 use std::process::Command;
 
+use format::tensors::{is_lora_tensor, meta_keys};
+use format::{CheckpointName, RunStatus};
 use safetensors::SafeTensors;
 use support::*;
-use trainer::format::tensors::{is_lora_tensor, meta_keys};
-use trainer::format::{CheckpointName, RunStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_runs_with_their_state() {

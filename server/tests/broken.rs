@@ -1,10 +1,11 @@
 //! Broken runs: malformed or missing metadata, a truncated or garbled checkpoint. Each gives a
 //! clear JSON error; the list still lists every run; the server keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
+use format::{CheckpointName, RunStatus};
 use support::*;
-use trainer::format::{CheckpointName, RunStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_runs_give_clear_errors_and_never_break_the_list() {

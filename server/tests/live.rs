@@ -1,5 +1,6 @@
 //! Live behaviour while a writer works: SSE announces a new epoch; readers racing a writer
 //! that atomically replaces files always get one complete version.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
@@ -9,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use format::{CheckpointName, RunStatus};
 use support::*;
-use trainer::format::{CheckpointName, RunStatus};
 
 /// Reads SSE lines until an event named `name` arrives; returns its data.
 fn wait_for_event(reader: &mut impl BufRead, name: &str) -> String {

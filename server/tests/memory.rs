@@ -1,6 +1,7 @@
 //! Streaming a large checkpoint keeps memory flat: the server runs in this process and its
 //! resident set (VmRSS from /proc/self/status) grows far less than the file it sends.
 //! Alone in its own test binary so no other test's allocations blur the reading.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
@@ -8,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use format::{CheckpointName, RunStatus};
 use support::*;
-use trainer::format::{CheckpointName, RunStatus};
 
 const FILE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -48,7 +49,7 @@ async fn streaming_a_large_file_keeps_memory_flat() {
     write_large_checkpoint(&path);
     // Record epoch 2 without a checksum: the server hashes it (also in constant memory).
     let mut meta = read_meta(&layout);
-    meta.checkpoints.push(trainer::format::CheckpointRecord {
+    meta.checkpoints.push(format::CheckpointRecord {
         epoch: 2,
         path: CheckpointName::Epoch(2).relative_path(1),
         metrics: [("val_loss".to_string(), 0.4)].into(),

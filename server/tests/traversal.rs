@@ -1,11 +1,12 @@
 //! Path traversal corpus, sent as raw request lines so no client normalises them: every attempt
 //! gets a 4xx and never the content of a file outside the checkpoints dir (or the app dir);
 //! symlinks pointing out of the checkpoints dir are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
 
+use format::{CheckpointName, RunStatus};
 use support::*;
-use trainer::format::{CheckpointName, RunStatus};
 
 const SECRET: &str = "TOP-SECRET-5c1f";
 

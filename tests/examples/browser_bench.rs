@@ -8,6 +8,7 @@
 //!    fresh browser profile: download, fuse, sample, draw.
 //! 2. ms per DDIM step of one image through base + LoRA fused (no side-by-side base), the same
 //!    work as the native `bench_sample`, after a warm-up run in the same page.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 #[path = "../support/mod.rs"]
 mod support;

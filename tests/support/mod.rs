@@ -3,7 +3,7 @@
 //!
 //! Every child process is owned by a guard that kills it on drop, so a failing assertion never
 //! leaves a server or a browser behind.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::net::{TcpListener, TcpStream};

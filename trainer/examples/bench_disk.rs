@@ -5,17 +5,19 @@
 //! Prints a `BENCH {json}` line; asserts nothing.
 //!
 //! `cargo run --release -p trainer --example bench_disk [-- DIR]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
 use candle_core::Device;
+use format::Mode;
+use model::rng::Rng;
+use model::{init_base_tensors, init_lora_tensors, Config, LoraConfig};
 use serde_json::json;
-use trainer::format::Mode;
-use trainer::model::{init_base_tensors, init_lora_tensors, Config, LoraConfig};
-use trainer::rng::Rng;
-use trainer::store::{CheckpointManager, LoraCheckpoint, TensorMap};
+use store::{CheckpointManager, LoraCheckpoint, TensorMap};
+use trainer::tensors::map_to_stored;
 
 const RUNS: u32 = 3;
 const EPOCHS: u32 = 10;
@@ -47,9 +49,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let cfg = Config::small();
     let lora_cfg = LoraConfig::default();
-    let base: TensorMap = init_base_tensors(&cfg, &mut Rng::new(0), &device)?
-        .into_iter()
-        .collect();
+    let base: TensorMap = map_to_stored(&init_base_tensors(&cfg, &mut Rng::new(0), &device)?)?;
     let model_config = serde_json::to_value(&cfg)?;
     let (mut base_size, mut lora_size, mut total_kept) = (0u64, 0u64, 0u64);
     for run in 0..RUNS {
@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         for epoch in 1..=EPOCHS {
             let lora = init_lora_tensors(&cfg, &lora_cfg, &mut rng, &device)?;
             let mut checkpoint = LoraCheckpoint::new(epoch, u64::from(epoch) * 13);
+            let lora = map_to_stored(&lora)?;
             for (name, t) in &lora {
                 // AdamW's two moments per trainable tensor, as the trainer saves them.
                 for moment in ["exp_avg", "exp_avg_sq"] {
@@ -68,7 +69,7 @@ fn main() -> anyhow::Result<()> {
                         .insert(format!("optimizer.{moment}.{name}"), t.clone());
                 }
             }
-            checkpoint.lora = lora.into_iter().collect();
+            checkpoint.lora = lora;
             checkpoint.model_config = model_config.clone();
             checkpoint.lora_config = serde_json::to_value(&lora_cfg)?;
             // A noisy, mostly falling val_loss, so best is not always the newest epoch.

@@ -4,14 +4,15 @@
 //!
 //! `cargo run --release -p trainer --example bench_sample -- CHECKPOINTS_DIR RUN [CHECKPOINT]
 //! [STEPS] [SEED]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use trainer::diffusion::{DdimSampler, NoiseSchedule, DEFAULT_ETA};
-use trainer::format::CheckpointName;
+use format::CheckpointName;
+use model::diffusion::{DdimSampler, NoiseSchedule, DEFAULT_ETA};
 use trainer::train::sample::load_fused;
 
 fn main() -> anyhow::Result<()> {

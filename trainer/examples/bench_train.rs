@@ -5,15 +5,16 @@
 //!
 //! SHARDS is how many threads split each batch (default: as the trainer, one per core). With
 //! one shard, forward and backward are timed apart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
-use trainer::data::Dataset;
-use trainer::diffusion::{ddpm_loss, NoiseSchedule};
-use trainer::model::{init_base_tensors, init_lora_tensors, Config, DiffiT, LoraConfig};
-use trainer::rng::Rng;
+use model::data::Dataset;
+use model::diffusion::{ddpm_loss, NoiseSchedule};
+use model::rng::Rng;
+use model::{init_base_tensors, init_lora_tensors, Config, DiffiT, LoraConfig};
 use trainer::train::optim::{AdamW, AdamWParams};
 use trainer::train::parallel::{loss_and_grads, shard_count};
 

@@ -2,11 +2,12 @@
 //!
 //! `cargo run --release -p trainer --example data_grid -- OUT_DIR [SIZE] [SEED]`
 //! writes `trees.png` and `generic.png` (8 × 8 images each, upscaled 4× without smoothing).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use trainer::data::{generic_image, tree_image};
+use model::data::{generic_image, tree_image};
 
 const GRID: usize = 8;
 const ZOOM: usize = 4;

@@ -2,12 +2,13 @@
 //! Writes one PNG row per timestep (clean-image estimates) and prints the errors.
 //!
 //! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png [CHECKPOINT]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use trainer::data::Dataset;
-use trainer::diffusion::{to_rgb8, NoiseSchedule};
-use trainer::rng::Rng;
+use model::data::Dataset;
+use model::diffusion::{to_rgb8, NoiseSchedule};
+use model::rng::Rng;
 use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {

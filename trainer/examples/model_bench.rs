@@ -2,6 +2,7 @@
 //!
 //! `cargo run --release -p trainer --example model_bench [-- PRESET...]`
 //! (set `RAYON_NUM_THREADS` to compare thread counts).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -9,12 +10,12 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use trainer::diffusion::{ddpm_loss, NoiseSchedule};
-use trainer::model::{
+use model::diffusion::{ddpm_loss, NoiseSchedule};
+use model::rng::Rng;
+use model::{
     init_base_tensors, init_lora_tensors, lora_parameter_count, parameter_count, Config, DiffiT,
     LoraConfig,
 };
-use trainer::rng::Rng;
 
 /// Median of `reps` timed runs of `f`, in milliseconds, after one warm-up run.
 fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

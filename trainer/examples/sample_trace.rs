@@ -2,10 +2,11 @@
 //! per recorded step.
 //!
 //! `cargo run --release -p trainer --example sample_trace -- CHECKPOINTS RUN OUT.png [STEPS] [ETA]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use anyhow::Context;
 use candle_core::Device;
-use trainer::diffusion::{to_rgb8, DdimSampler, NoiseSchedule};
+use model::diffusion::{to_rgb8, DdimSampler, NoiseSchedule};
 use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {

@@ -1,18 +1,11 @@
-//! DiffiT + LoRA in candle, the run format shared by trainer, server and app, and (with the
-//! `native` feature) the run store, the trainer and the `diffit` CLI.
+//! Training and the `diffit` CLI: pretraining a base DiffiT and fine-tuning LoRA adapters on
+//! it ([`train`]), writing every run through the run store (the `store` crate), and the
+//! subcommands that inspect, sample and export runs ([`cli`]).
 //!
-//! With default features off this crate touches no filesystem and compiles for
-//! `wasm32-unknown-unknown`: the browser app uses `format`, `model`, `diffusion`, `rng` and `data`.
+//! The model itself lives in the `model` crate (shared with the browser app) and the run format
+//! in the `format` crate (shared with the server and the app).
 
-pub mod data;
-pub mod diffusion;
-pub mod format;
-pub mod model;
-pub mod rng;
-
-#[cfg(feature = "native")]
 pub mod cli;
-#[cfg(feature = "native")]
-pub mod store;
-#[cfg(feature = "native")]
+pub mod data;
+pub mod tensors;
 pub mod train;

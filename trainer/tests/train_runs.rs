@@ -1,5 +1,6 @@
 //! Whole training runs on the `tiny` preset: callbacks, exact resume (also after SIGKILL),
 //! Ctrl-C, LoRA beating the base, export formats, TensorBoard logs, and clear errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use trainer::format::{CheckpointName, Metadata, RunLayout, RunStatus};
-use trainer::model::DiffiT;
+use format::{CheckpointName, Metadata, RunLayout, RunStatus};
+use model::DiffiT;
 use trainer::train::config::{Overrides, Preset, TrainingConfig};
 use trainer::train::pretrain::{pretrain, save_base, PretrainConfig};
 use trainer::train::session::{run_training, TrainRequest};
@@ -30,7 +31,7 @@ fn tiny_base() -> &'static Path {
             ..PretrainConfig::for_preset(Preset::Tiny)
         };
         let tensors = pretrain(&cfg, false, &Arc::new(AtomicBool::new(false))).unwrap();
-        save_base(&path, &tensors, &trainer::model::Config::tiny()).unwrap();
+        save_base(&path, &tensors, &model::Config::tiny()).unwrap();
         path
     })
 }
@@ -261,7 +262,7 @@ impl Callback for Recorder {
     fn on_base_validation_end(
         &mut self,
         _s: &mut TrainState,
-        m: &trainer::format::metadata::Metrics,
+        m: &format::metadata::Metrics,
     ) -> Result<(), trainer::train::error::TrainError> {
         assert!(m["val_loss"].is_finite());
         self.log.lock().unwrap().push("base".into());
@@ -270,7 +271,7 @@ impl Callback for Recorder {
     fn on_validation_end(
         &mut self,
         s: &mut TrainState,
-        _m: &trainer::format::metadata::Metrics,
+        _m: &format::metadata::Metrics,
     ) -> Result<(), trainer::train::error::TrainError> {
         self.log.lock().unwrap().push(format!("val{}", s.epoch));
         Ok(())
@@ -278,7 +279,7 @@ impl Callback for Recorder {
     fn on_epoch_end(
         &mut self,
         s: &mut TrainState,
-        _m: &trainer::format::metadata::Metrics,
+        _m: &format::metadata::Metrics,
     ) -> Result<(), trainer::train::error::TrainError> {
         self.log.lock().unwrap().push(format!("epoch{}", s.epoch));
         if let Some((n, stop)) = &self.stop_after {
@@ -305,18 +306,11 @@ fn callbacks_run_in_order_and_a_stop_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = quick_config(dir.path(), 4);
     let (train, val) = load_data(&cfg).unwrap();
-    let base = trainer::train::pretrain::load_base(tiny_base(), &trainer::model::Config::tiny())
+    let base = trainer::train::pretrain::load_base(tiny_base(), &model::Config::tiny())
         .unwrap()
         .tensors;
     let steps = Trainer::steps_per_epoch(train.len(), cfg.batch_size);
-    let mut state = TrainState::new(
-        cfg,
-        trainer::model::Config::tiny(),
-        base,
-        Device::Cpu,
-        steps,
-    )
-    .unwrap();
+    let mut state = TrainState::new(cfg, model::Config::tiny(), base, Device::Cpu, steps).unwrap();
     let stop = no_stop();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut t = Trainer::new(train, val, stop.clone()).with_callback(Recorder {
@@ -607,7 +601,7 @@ fn resume_with_a_different_base_is_an_error() {
         ..PretrainConfig::for_preset(Preset::Tiny)
     };
     let tensors = pretrain(&cfg, false, &no_stop()).unwrap();
-    save_base(&other, &tensors, &trainer::model::Config::tiny()).unwrap();
+    save_base(&other, &tensors, &model::Config::tiny()).unwrap();
     let (ok, err) = run_cli(&[
         "train",
         "--run-number",
@@ -696,8 +690,8 @@ fn sample_and_export_formats() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("optimizer."))
         .collect();
-    let cfg = trainer::model::Config::tiny();
-    let lcfg = trainer::model::LoraConfig::default();
+    let cfg = model::Config::tiny();
+    let lcfg = model::LoraConfig::default();
     let with_lora = DiffiT::new(
         &cfg,
         VarBuilder::from_tensors(base, DType::F32, &Device::Cpu),
@@ -827,14 +821,14 @@ fn pretraining_is_deterministic_for_a_seed() {
 }
 
 /// The model config written in a checkpoint file's header.
-fn checkpoint_model_config(dir: &Path, run: u32) -> trainer::model::Config {
+fn checkpoint_model_config(dir: &Path, run: u32) -> model::Config {
     let (_, header) = checkpoint_bits(&RunLayout::new(dir, run).checkpoint(CheckpointName::Last));
     serde_json::from_str(&header["model_config"]).unwrap()
 }
 
 #[test]
 fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced() {
-    use trainer::model::{Config, Prediction};
+    use model::{Config, Prediction};
     use trainer::train::pretrain::{base_model_config, cached_base_path, DEFAULT_PRETRAIN_SEED};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -853,7 +847,7 @@ fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced
             .into_iter()
             .filter(|(name, _)| !name.contains("adaLN_modulation"))
             .collect();
-    assert!(tensors.len() < trainer::model::base_tensor_shapes(&Config::tiny()).len());
+    assert!(tensors.len() < model::base_tensor_shapes(&Config::tiny()).len());
     save_base(&old, &tensors, &eps_cfg).unwrap();
 
     let mut cfg = quick_config(d, 1);

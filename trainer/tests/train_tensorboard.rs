@@ -1,4 +1,5 @@
 //! TensorBoard itself (Python's `tensorboard` package) reads our event files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Shared by the server's integration tests: fixture runs written with the run format types and
 //! the `safetensors` crate, the real server started on port 0, and a raw HTTP/1.1 client over
 //! TCP (so request paths reach the server exactly as written, never normalised by a client).
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -10,13 +10,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use format::tensors::{self, meta_keys};
+use format::{CheckpointName, CheckpointRecord, FileRecord, Metadata, RunLayout, RunStatus};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use server::{AppState, ServerConfig};
-use trainer::format::tensors::{self, meta_keys};
-use trainer::format::{
-    CheckpointName, CheckpointRecord, FileRecord, Metadata, RunLayout, RunStatus,
-};
 
 /// LoRA-targeted modules of the fixture model.
 pub const MODULES: [&str; 2] = ["blocks.0.attn.qkv", "blocks.0.mlp.fc1"];
@@ -118,7 +116,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
     let tmp = path.with_file_name(format!(
         "{}{}{}",
         path.file_name().unwrap().to_str().unwrap(),
-        trainer::format::layout::TEMP_MARKER,
+        format::layout::TEMP_MARKER,
         std::process::id()
     ));
     std::fs::write(&tmp, bytes).unwrap();
@@ -173,7 +171,7 @@ pub fn add_epoch(layout: &RunLayout, meta: &mut Metadata, epoch: u32) {
     .into();
     if epoch == 1 {
         write_atomic(&layout.checkpoint(CheckpointName::Best), &bytes);
-        meta.best_checkpoint = Some(trainer::format::BestCheckpoint {
+        meta.best_checkpoint = Some(format::BestCheckpoint {
             epoch,
             path: CheckpointName::Best.relative_path(n),
             metrics: [("val_loss".to_string(), val_loss)].into(),

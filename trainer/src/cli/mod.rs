@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::format::layout::DEFAULT_BASE_DIR;
-use crate::format::Mode;
+use format::layout::DEFAULT_BASE_DIR;
+use format::Mode;
 
 /// `diffit`: train DiffiT LoRA adapters and manage their runs.
 #[derive(Debug, Parser)]

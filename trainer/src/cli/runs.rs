@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::store::{list_all_runs, CheckpointManager, RunListing};
+use store::{list_all_runs, CheckpointManager, RunListing};
 
 /// A rule line of the seed's table.
 fn rule(c: char) -> String {

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::diffusion::DEFAULT_ETA;
-use crate::format::layout::DEFAULT_BASE_DIR;
-use crate::format::CheckpointName;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
+use format::layout::DEFAULT_BASE_DIR;
+use format::CheckpointName;
+use model::diffusion::DEFAULT_ETA;
 
 /// `diffit sample` flags.
 #[derive(Debug, Clone, Args)]

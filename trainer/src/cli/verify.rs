@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::store::CheckpointManager;
+use store::CheckpointManager;
 
 /// Verifies a run, printing one line per file; an error (non-zero exit) if any is damaged.
 pub fn verify_run(base_dir: &Path, run_number: u32) -> anyhow::Result<()> {

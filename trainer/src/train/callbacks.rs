@@ -7,11 +7,11 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use crate::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
-use crate::format::metadata::Metrics;
-use crate::format::{Mode, RunStatus};
-use crate::rng::mix_seed;
-use crate::store::CheckpointManager;
+use format::metadata::Metrics;
+use format::{Mode, RunStatus};
+use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
+use model::rng::mix_seed;
+use store::CheckpointManager;
 
 use super::error::TrainError;
 use super::state::{streams, TrainState};
@@ -82,11 +82,7 @@ impl Callback for DistributedCheckpointCallback {
         });
         m.save_config(&config)?;
         if self.save_base_model && !m.has_base_model() {
-            let tensors = state
-                .base
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let tensors = crate::tensors::map_to_stored(&state.base)?;
             let model_config = serde_json::to_value(&state.model_config)
                 .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
             m.save_base_model(&tensors, &model_config)?;

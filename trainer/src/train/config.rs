@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::layout::DEFAULT_BASE_DIR;
-use crate::format::Mode;
+use format::layout::DEFAULT_BASE_DIR;
+use format::Mode;
 
 /// Default experiment name (the seed's).
 pub const DEFAULT_EXPERIMENT: &str = "diffit_lora_trees";
@@ -117,7 +117,7 @@ impl Default for CheckpointSettings {
 }
 
 /// LoRA hyper-parameters (PEFT names) as the YAML config and flags give them. The fields are
-/// [`crate::model::LoraConfig`]'s, but unknown keys are errors here (a typo in a config file must
+/// [`model::LoraConfig`]'s, but unknown keys are errors here (a typo in a config file must
 /// not be silently ignored), while the model's type, read back from checkpoint files, tolerates
 /// fields a newer version may add.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,16 +134,16 @@ pub struct LoraSettings {
 }
 
 impl Default for LoraSettings {
-    /// The model's defaults ([`crate::model::LoraConfig::default`]), defined there once.
+    /// The model's defaults ([`model::LoraConfig::default`]), defined there once.
     fn default() -> Self {
-        Self::from_model(&crate::model::LoraConfig::default())
+        Self::from_model(&model::LoraConfig::default())
     }
 }
 
 impl LoraSettings {
     /// The model's LoRA config.
-    pub fn to_model(&self) -> crate::model::LoraConfig {
-        crate::model::LoraConfig {
+    pub fn to_model(&self) -> model::LoraConfig {
+        model::LoraConfig {
             r: self.r,
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,
@@ -152,7 +152,7 @@ impl LoraSettings {
     }
 
     /// Settings of a model LoRA config.
-    pub fn from_model(c: &crate::model::LoraConfig) -> Self {
+    pub fn from_model(c: &model::LoraConfig) -> Self {
         Self {
             r: c.r,
             lora_alpha: c.lora_alpha,

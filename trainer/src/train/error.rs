@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::data::DataError;
-use crate::model::ModelError;
-use crate::store::StoreError;
+use model::data::DataError;
+use model::ModelError;
+use store::StoreError;
 
 use super::config::ConfigError;
 use super::export::ExportError;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::format::tensors::{is_lora_tensor, lora_module};
 use crate::train::config::LoraSettings;
+use format::tensors::{is_lora_tensor, lora_module};
 
 /// PEFT's file names inside an adapter folder.
 pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";

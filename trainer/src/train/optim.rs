@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::format::tensors::{EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX};
+use format::tensors::{EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX};
 
 /// Errors of the optimizer and of restoring its state.
 #[derive(Debug, thiserror::Error)]

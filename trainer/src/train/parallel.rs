@@ -13,9 +13,9 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
-use crate::diffusion::{ddpm_loss, NoiseSchedule};
-use crate::model::DiffiT;
-use crate::rng::Rng;
+use model::diffusion::{ddpm_loss, NoiseSchedule};
+use model::rng::Rng;
+use model::DiffiT;
 
 /// The most shards a step is split into.
 pub const MAX_SHARDS: usize = 8;
@@ -128,9 +128,9 @@ pub fn loss_and_grads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{init_base_tensors, Config};
     use candle_core::DType;
     use candle_nn::{VarBuilder, VarMap};
+    use model::{init_base_tensors, Config};
 
     /// A tiny model whose parameters all train, with a non-zero head so gradients are real.
     fn trainable() -> (DiffiT, Vec<(String, Var)>) {
@@ -189,7 +189,7 @@ mod tests {
             let want = ((g0.get(t).unwrap() * 0.6).unwrap() + (g1.get(t).unwrap() * 0.4).unwrap())
                 .unwrap();
             let got = grads.get(t).unwrap();
-            let diff = crate::model::max_abs_diff(got, &want);
+            let diff = model::max_abs_difference(got, &want).unwrap();
             assert!(diff < 1e-6, "{name}: {diff}");
             checked += 1;
         }

@@ -11,12 +11,12 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::Dataset;
-use crate::diffusion::NoiseSchedule;
-use crate::format::tensors::{meta_keys, BASE_MODEL_FORMAT};
-use crate::model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
-use crate::rng::{mix_seed, Rng};
 use crate::train::parallel::{loss_and_grads, shard_count};
+use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
+use model::data::Dataset;
+use model::diffusion::NoiseSchedule;
+use model::rng::{mix_seed, Rng};
+use model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
 
 use super::config::Preset;
 use super::error::TrainError;
@@ -219,7 +219,7 @@ pub fn save_base(
     ]);
     let tmp = path.with_extension(format!(
         "safetensors{}{}",
-        crate::format::layout::TEMP_MARKER,
+        format::layout::TEMP_MARKER,
         std::process::id()
     ));
     let sorted = tensors

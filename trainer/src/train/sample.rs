@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::diffusion::{ddim_sample, to_rgb8, NoiseSchedule};
-use crate::format::tensors::{meta_keys, BASE_MODEL_FORMAT};
-use crate::format::CheckpointName;
-use crate::model::{fuse_lora_weights, Config, DiffiT, LoraConfig};
-use crate::store::{CheckpointManager, Which};
+use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
+use format::CheckpointName;
+use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule};
+use model::{fuse_lora_weights, Config, DiffiT, LoraConfig};
+use store::{CheckpointManager, Which};
+
+use crate::tensors::map_to_candle;
 
 use super::error::TrainError;
 use super::export::{write_peft_adapter, write_safetensors};
@@ -52,7 +54,7 @@ pub fn load_fused(
             path: manager.layout().checkpoint(CheckpointName::Base),
             reason: format!("model_config is missing or invalid: {e}"),
         })?;
-    let base_tensors: HashMap<String, Tensor> = base.tensors.into_iter().collect();
+    let base_tensors: HashMap<String, Tensor> = map_to_candle(&base.tensors, &Device::Cpu)?;
     let which = match checkpoint {
         CheckpointName::Base => {
             return Ok(FusedModel {
@@ -73,8 +75,8 @@ pub fn load_fused(
             path: manager.layout().checkpoint(checkpoint),
             reason: format!("lora_config is missing or invalid: {e}"),
         })?;
-    let lora: HashMap<String, Tensor> = ckpt.lora.into_iter().collect();
-    crate::model::validate_lora(&model_config, &base_tensors, &lora, &lora_config)?;
+    let lora: HashMap<String, Tensor> = map_to_candle(&ckpt.lora, &Device::Cpu)?;
+    model::validate_lora(&model_config, &base_tensors, &lora, &lora_config)?;
     let tensors = fuse_lora_weights(&base_tensors, &lora, &lora_config)?;
     Ok(FusedModel {
         model_config,

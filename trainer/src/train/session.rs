@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::data::Dataset;
-use crate::model::Config;
-use crate::rng::mix_seed;
-use crate::store::CheckpointManager;
+use model::data::Dataset;
+use model::rng::mix_seed;
+use model::Config;
+use store::CheckpointManager;
+
+use crate::tensors::map_to_candle;
 
 use super::callbacks::{
     DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
@@ -82,7 +84,7 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
                     dir.display()
                 )));
             }
-            let set = Dataset::from_folder(dir, size)?;
+            let set = crate::data::load_folder(dir, size)?;
             for skipped in set.skipped() {
                 eprintln!("warning: skipped {skipped}");
             }
@@ -230,7 +232,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 }
                 saved
             };
-            let base: HashMap<String, Tensor> = stored.tensors.into_iter().collect();
+            let base: HashMap<String, Tensor> = map_to_candle(&stored.tensors, &Device::Cpu)?;
             if let Some(path) = requested_base {
                 let given = load_base(&path, &model_cfg)?.tensors;
                 if !same_weights(&given, &base)? {

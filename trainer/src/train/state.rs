@@ -8,10 +8,12 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::format::metadata::Metrics;
-use crate::model::{init_lora_tensors, validate_lora, Config, DiffiT, LoraConfig};
-use crate::rng::{mix_seed, Rng, RngState};
-use crate::store::{LoraCheckpoint, TensorMap};
+use format::metadata::Metrics;
+use model::rng::{mix_seed, Rng, RngState};
+use model::{init_lora_tensors, validate_lora, Config, DiffiT, LoraConfig};
+use store::{LoraCheckpoint, TensorMap};
+
+use crate::tensors::{map_to_candle, map_to_stored, to_candle, to_stored};
 
 use super::config::TrainingConfig;
 use super::error::TrainError;
@@ -163,7 +165,7 @@ impl TrainState {
     pub fn lora_tensors(&self) -> Result<TensorMap, TrainError> {
         let mut out = TensorMap::new();
         for (name, var) in &self.params {
-            out.insert(name.clone(), var.as_tensor().copy()?);
+            out.insert(name.clone(), to_stored(var.as_tensor())?);
         }
         Ok(out)
     }
@@ -175,7 +177,8 @@ impl TrainState {
         };
         let mut ckpt = LoraCheckpoint::new(self.epoch, self.global_step);
         ckpt.lora = self.lora_tensors()?;
-        ckpt.optimizer_tensors = self.optimizer.state_tensors().into_iter().collect();
+        ckpt.optimizer_tensors =
+            map_to_stored(self.optimizer.state_tensors().iter().map(|(k, v)| (k, v)))?;
         ckpt.metrics = metrics.clone();
         ckpt.optimizer = json(serde_json::to_value(self.optimizer.state()))?;
         ckpt.scheduler = json(serde_json::to_value(&self.scheduler))?;
@@ -224,17 +227,13 @@ impl TrainState {
                 )));
             }
         }
-        let lora: HashMap<String, Tensor> = ckpt
-            .lora
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let lora: HashMap<String, Tensor> = map_to_candle(&ckpt.lora, &self.device)?;
         validate_lora(&self.model_config, &self.base, &lora, &self.lora_config)?;
         for (name, var) in &self.params {
             let tensor = ckpt.lora.get(name).ok_or_else(|| {
                 TrainError::Resume(format!("checkpoint lacks LoRA tensor {name:?}"))
             })?;
-            var.set(&tensor.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+            var.set(&to_candle(tensor, &self.device)?)?;
         }
         let fresh_hp = AdamWParams {
             lr: self.config.learning_rate,
@@ -246,7 +245,11 @@ impl TrainState {
                 serde_json::from_value(ckpt.optimizer.clone()).map_err(|e| {
                     TrainError::Resume(format!("checkpoint optimizer state is invalid: {e}"))
                 })?;
-            let mut opt = AdamW::from_parts(state, &ckpt.optimizer_tensors, &self.params)?;
+            let mut opt = AdamW::from_parts(
+                state,
+                &map_to_candle(&ckpt.optimizer_tensors, &self.device)?,
+                &self.params,
+            )?;
             opt.set_weight_decay(self.config.weight_decay);
             opt
         } else {

@@ -10,12 +10,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::Dataset;
-use crate::diffusion::{ddpm_eval_loss, NoiseSchedule};
-use crate::format::metadata::Metrics;
-use crate::model::DiffiT;
-use crate::rng::{mix_seed, Rng};
 use crate::train::parallel::{loss_and_grads, shard_count};
+use format::metadata::Metrics;
+use model::data::Dataset;
+use model::diffusion::{ddpm_eval_loss, NoiseSchedule};
+use model::rng::{mix_seed, Rng};
+use model::DiffiT;
 
 use super::error::TrainError;
 use super::state::{streams, TrainState};

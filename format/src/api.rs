@@ -1,0 +1,312 @@
+//! The HTTP API: its paths and every JSON body, declared once. The server serializes these
+//! types and the app deserializes the same ones, so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::layout::CheckpointName;
+use crate::metadata::{EpochMetrics, Metadata, Metrics, Mode, RunStatus};
+
+/// `GET`: the run list ([`RunList`]).
+pub const RUNS_PATH: &str = "/api/runs";
+/// `GET`: server-sent events ([`RunEvent`] payloads, named by [`EventKind::as_str`]).
+pub const EVENTS_PATH: &str = "/api/events";
+
+/// The first event of every `/api/events` stream (data: `{"generation": N}`).
+pub const READY_EVENT: &str = "ready";
+/// Sent to a subscriber that fell behind: refetch the list rather than trust the stream.
+pub const RESYNC_EVENT: &str = "resync";
+
+/// Path of one run's detail ([`RunDetail`]).
+pub fn run_path(run_number: u32) -> String {
+    format!("{RUNS_PATH}/{run_number}")
+}
+
+/// Path of one run's metric series ([`RunMetrics`]).
+pub fn metrics_path(run_number: u32) -> String {
+    format!("{RUNS_PATH}/{run_number}/metrics")
+}
+
+/// Path of a checkpoint file; `weights_only` asks for the LoRA tensors alone (no optimizer
+/// state), which only LoRA checkpoints have.
+pub fn checkpoint_path(run_number: u32, name: CheckpointName, weights_only: bool) -> String {
+    let query = if weights_only && name != CheckpointName::Base {
+        "?weights_only=true"
+    } else {
+        ""
+    };
+    format!("{RUNS_PATH}/{run_number}/checkpoints/{name}{query}")
+}
+
+/// A run's state as the dashboard shows it: the recorded status corrected by whether a writer
+/// is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Its writer holds the run's lock.
+    Running,
+    /// Training reached its last epoch.
+    Finished,
+    /// Stopped (Ctrl-C, an error, or a writer that died) and resumable.
+    Interrupted,
+    /// Its files cannot be read as a run; the row's `error` says why.
+    Broken,
+}
+
+impl RunState {
+    /// The state derived from what the writer last recorded and whether its lock is held now.
+    pub fn of(recorded: RunStatus, writer_active: bool) -> Self {
+        if writer_active {
+            return RunState::Running;
+        }
+        match recorded {
+            RunStatus::Finished => RunState::Finished,
+            // A run recorded as created/running whose lock nobody holds lost its writer.
+            RunStatus::Created
+            | RunStatus::Running
+            | RunStatus::Interrupted
+            | RunStatus::Failed => RunState::Interrupted,
+        }
+    }
+
+    /// The lowercase name, as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Interrupted => "interrupted",
+            RunState::Broken => "broken",
+        }
+    }
+}
+
+/// The best epoch by the monitored metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestSummary {
+    /// The epoch `best.safetensors` holds.
+    pub epoch: u32,
+    /// Monitored metric name (`val_loss` unless the run says otherwise).
+    pub monitor: String,
+    /// Its value at that epoch, when recorded.
+    pub value: Option<f64>,
+}
+
+/// What the list shows of a readable run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Experiment name.
+    pub experiment_name: String,
+    /// Creation time as recorded (`2025-01-15T10:30:00`).
+    pub created_at: String,
+    /// Last metadata write as recorded.
+    pub updated_at: Option<String>,
+    /// Status as the writer last recorded it.
+    pub recorded_status: RunStatus,
+    /// Saved epochs whose files still exist.
+    pub checkpoints_count: usize,
+    /// Newest saved epoch.
+    pub last_epoch: Option<u32>,
+    /// Best epoch, once one exists.
+    pub best: Option<BestSummary>,
+    /// Validation loss of the base model alone.
+    pub base_val_loss: Option<f64>,
+    /// Whether a writer holds the run's lock right now.
+    pub writer_active: bool,
+}
+
+/// One row of [`RunList`]: a run, or a run directory that could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run's number (`run_003` → 3).
+    pub run_number: u32,
+    /// Running / finished / interrupted / broken.
+    pub status: RunState,
+    /// Why the run is broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The readable part (absent for broken runs).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub info: Option<RunInfo>,
+}
+
+impl RunSummary {
+    /// The monitored metric's value at the best epoch, if the run monitors `metric`.
+    pub fn best_value_of(&self, metric: &str) -> Option<f64> {
+        let best = self.info.as_ref()?.best.as_ref()?;
+        (best.monitor == metric).then_some(best.value).flatten()
+    }
+}
+
+/// `GET /api/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    /// Every run directory, by number, broken ones included.
+    pub runs: Vec<RunSummary>,
+}
+
+/// `GET /api/runs/{n}`: the run's state, its metadata and its `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    /// The run's number.
+    pub run_number: u32,
+    /// Its state now.
+    pub status: RunState,
+    /// Whether a writer holds the run's lock right now.
+    pub writer_active: bool,
+    /// `metadata.json`.
+    pub metadata: Metadata,
+    /// `config.json` (training, LoRA and model configuration); `None` when the run has none.
+    pub config: Option<Value>,
+}
+
+/// `GET /api/runs/{n}/metrics`: the per-epoch metric series and the base model's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// The run's number.
+    pub run_number: u32,
+    /// The monitored metric.
+    pub monitor: String,
+    /// Whether lower or higher is better.
+    pub mode: Mode,
+    /// The base model's own metrics.
+    pub base_metrics: Metrics,
+    /// The best epoch, once one exists.
+    pub best_epoch: Option<u32>,
+    /// One entry per logged epoch.
+    pub series: Vec<EpochMetrics>,
+}
+
+/// What happened to a run (the SSE `event:` name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A run folder appeared.
+    RunAdded,
+    /// A run's metadata or state changed.
+    RunUpdated,
+    /// A new epoch checkpoint was recorded.
+    CheckpointAdded,
+    /// A run folder disappeared.
+    RunRemoved,
+}
+
+impl EventKind {
+    /// Every kind, for subscribers that listen to all of them.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::RunAdded,
+        EventKind::RunUpdated,
+        EventKind::CheckpointAdded,
+        EventKind::RunRemoved,
+    ];
+
+    /// The SSE `event:` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunAdded => "run_added",
+            EventKind::RunUpdated => "run_updated",
+            EventKind::CheckpointAdded => "checkpoint_added",
+            EventKind::RunRemoved => "run_removed",
+        }
+    }
+}
+
+/// The data of one `/api/events` event; its kind is the SSE event name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// The run.
+    pub run_number: u32,
+    /// The run's state after the change (absent when removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunState>,
+    /// The new epoch (checkpoint events) or the newest epoch (updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+    /// Live checkpoints after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints_count: Option<usize>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable() -> RunSummary {
+        RunSummary {
+            run_number: 1,
+            status: RunState::Finished,
+            error: None,
+            info: Some(RunInfo {
+                experiment_name: "e".into(),
+                created_at: "2025-01-15T10:30:00".into(),
+                updated_at: None,
+                recorded_status: RunStatus::Finished,
+                checkpoints_count: 3,
+                last_epoch: Some(3),
+                best: Some(BestSummary {
+                    epoch: 2,
+                    monitor: "val_loss".into(),
+                    value: Some(0.25),
+                }),
+                base_val_loss: Some(0.9),
+                writer_active: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn run_list_round_trips_readable_and_broken_rows() {
+        let broken = RunSummary {
+            run_number: 2,
+            status: RunState::Broken,
+            error: Some("run_002/metadata.json is missing".into()),
+            info: None,
+        };
+        let list = RunList {
+            runs: vec![readable(), broken],
+        };
+        let json = serde_json::to_value(&list).unwrap();
+        // The readable part is flattened into the row, as the API has always sent it.
+        assert_eq!(json["runs"][0]["checkpoints_count"], 3);
+        assert_eq!(json["runs"][0]["status"], "finished");
+        assert!(json["runs"][1].get("experiment_name").is_none());
+        let back: RunList = serde_json::from_value(json).unwrap();
+        assert_eq!(back, list);
+        assert_eq!(back.runs[0].best_value_of("val_loss"), Some(0.25));
+        assert_eq!(back.runs[0].best_value_of("train_loss"), None);
+        assert_eq!(back.runs[1].best_value_of("val_loss"), None);
+    }
+
+    #[test]
+    fn state_follows_the_writer_lock() {
+        assert_eq!(RunState::of(RunStatus::Running, true), RunState::Running);
+        assert_eq!(
+            RunState::of(RunStatus::Running, false),
+            RunState::Interrupted
+        );
+        assert_eq!(RunState::of(RunStatus::Finished, false), RunState::Finished);
+        for kind in EventKind::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str());
+        }
+    }
+
+    #[test]
+    fn checkpoint_paths() {
+        assert_eq!(
+            checkpoint_path(3, CheckpointName::Base, true),
+            "/api/runs/3/checkpoints/base"
+        );
+        assert_eq!(
+            checkpoint_path(3, CheckpointName::Epoch(2), true),
+            "/api/runs/3/checkpoints/epoch_002?weights_only=true"
+        );
+        assert_eq!(metrics_path(4), "/api/runs/4/metrics");
+    }
+}

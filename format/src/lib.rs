@@ -1,0 +1,12 @@
+//! The run format, defined once: directory layout, checkpoint names, the `metadata.json` schema,
+//! the tensor naming inside safetensors files, and the HTTP API's bodies ([`api`]). The trainer
+//! writes runs, the server reads and serves them, and the browser app reads the API, all through
+//! these same types. Nothing here touches the filesystem.
+
+pub mod api;
+pub mod layout;
+pub mod metadata;
+pub mod tensors;
+
+pub use layout::{CheckpointName, RunLayout};
+pub use metadata::{BestCheckpoint, CheckpointRecord, FileRecord, Metadata, Mode, RunStatus};

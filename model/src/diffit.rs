@@ -1,0 +1,755 @@
+//! The DiffiT network: patch tokens, a time token, DiffiT blocks with time-dependent
+//! self-attention (TMSA) and a relative position bias, and a zero-initialised output layer.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::lora::{matches_target, LoraLinear};
+use super::ops::{gated_add, gelu, softmax};
+use super::{Config, LoraConfig, ModelError};
+use crate::rng::Rng;
+
+/// LayerNorm epsilon (no affine parameters, as in DiffiT).
+const LN_EPS: f64 = 1e-6;
+
+/// How a base tensor starts out before any training.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InitKind {
+    /// Xavier/Glorot uniform over `(fan_in, fan_out)`.
+    Xavier,
+    /// Normal with this standard deviation (DiffiT's time MLP and position-bias table).
+    Normal(f64),
+    /// All zeros (the final layer, so a fresh model predicts zero noise).
+    Zeros,
+}
+
+/// One linear layer of the model: its module path, sizes and initialisation.
+#[derive(Debug, Clone)]
+pub(crate) struct LinearSpec {
+    pub path: String,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub init: InitKind,
+}
+
+/// Every linear layer, in module order. The model constructor, the LoRA targets and the
+/// tensor-shape lists all derive from this one list.
+pub(crate) fn linear_specs(cfg: &Config) -> Vec<LinearSpec> {
+    let h = cfg.hidden_size;
+    let spec = |path: String, in_dim, out_dim, init| LinearSpec {
+        path,
+        in_dim,
+        out_dim,
+        init,
+    };
+    let mut out = vec![
+        spec(
+            "x_embedder.proj".into(),
+            cfg.patch_dim(),
+            h,
+            InitKind::Xavier,
+        ),
+        spec(
+            "t_embedder.mlp.0".into(),
+            cfg.time_freq_dim,
+            h,
+            InitKind::Normal(0.02),
+        ),
+        spec("t_embedder.mlp.2".into(), h, h, InitKind::Normal(0.02)),
+    ];
+    for i in 0..cfg.depth {
+        let p = format!("blocks.{i}");
+        out.push(spec(format!("{p}.attn.qkv"), h, 3 * h, InitKind::Xavier));
+        out.push(spec(
+            format!("{p}.attn.qkv_temb"),
+            h,
+            3 * h,
+            InitKind::Xavier,
+        ));
+        out.push(spec(format!("{p}.attn.proj"), h, h, InitKind::Xavier));
+        out.push(spec(
+            format!("{p}.mlp.fc1"),
+            h,
+            cfg.mlp_hidden(),
+            InitKind::Xavier,
+        ));
+        out.push(spec(
+            format!("{p}.mlp.fc2"),
+            cfg.mlp_hidden(),
+            h,
+            InitKind::Xavier,
+        ));
+        if cfg.adaln {
+            out.push(spec(
+                format!("{p}.adaLN_modulation"),
+                h,
+                6 * h,
+                InitKind::Zeros,
+            ));
+        }
+    }
+    if cfg.adaln {
+        out.push(spec(
+            "final_layer.adaLN_modulation".into(),
+            h,
+            2 * h,
+            InitKind::Zeros,
+        ));
+    }
+    out.push(spec(
+        "final_layer.linear".into(),
+        h,
+        cfg.patch_dim(),
+        InitKind::Zeros,
+    ));
+    out
+}
+
+/// Name of block `i`'s relative position bias table.
+fn bias_table_name(i: usize) -> String {
+    format!("blocks.{i}.attn.relative_position_bias_table")
+}
+
+/// Shape of a relative position bias table: one row per (dy, dx) offset, one column per head.
+fn bias_table_shape(cfg: &Config) -> Vec<usize> {
+    let span = 2 * cfg.grid_size() - 1;
+    vec![span * span, cfg.num_heads]
+}
+
+/// Every base tensor name with its shape, in module order.
+pub fn base_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for s in linear_specs(cfg) {
+        out.push((format!("{}.weight", s.path), vec![s.out_dim, s.in_dim]));
+        out.push((format!("{}.bias", s.path), vec![s.out_dim]));
+    }
+    for i in 0..cfg.depth {
+        out.push((bias_table_name(i), bias_table_shape(cfg)));
+    }
+    out
+}
+
+/// Number of base parameters of a configuration.
+pub fn parameter_count(cfg: &Config) -> usize {
+    base_tensor_shapes(cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum()
+}
+
+/// Freshly initialised base weights drawn from our RNG, so a seed gives the same model on
+/// every platform (candle's own initialisers use an unseeded generator). Put them in a
+/// `VarMap` (or `VarBuilder::from_tensors`) and pass that to [`DiffiT::new`].
+pub fn init_base_tensors(
+    cfg: &Config,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for s in linear_specs(cfg) {
+        let n = s.in_dim * s.out_dim;
+        let data: Vec<f32> = match s.init {
+            InitKind::Xavier => {
+                let bound = (6.0 / (s.in_dim + s.out_dim) as f64).sqrt();
+                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+            }
+            InitKind::Normal(std) => rng
+                .normal_vec(n)
+                .into_iter()
+                .map(|z| z * std as f32)
+                .collect(),
+            InitKind::Zeros => vec![0.0; n],
+        };
+        out.insert(
+            format!("{}.weight", s.path),
+            Tensor::from_vec(data, (s.out_dim, s.in_dim), device)?,
+        );
+        out.insert(
+            format!("{}.bias", s.path),
+            Tensor::zeros(s.out_dim, DType::F32, device)?,
+        );
+    }
+    let shape = bias_table_shape(cfg);
+    let locality = locality_bias(cfg);
+    for i in 0..cfg.depth {
+        let data: Vec<f32> = rng
+            .normal_vec(shape[0] * shape[1])
+            .into_iter()
+            .zip(locality.iter().copied())
+            .map(|(z, local)| local + z * 0.02)
+            .collect();
+        out.insert(
+            bias_table_name(i),
+            Tensor::from_vec(data, shape.as_slice(), device)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Initial relative-position bias `[(2g−1)², heads]` that makes every head but the last start
+/// as a local Gaussian blur over the token grid, each head wider than the one before (token
+/// widths 0.7, 1.4, 2.1, ...); the last head starts global. Attention then denoises with its
+/// neighbours from the first step, as a convolution would (ConViT's locality initialisation),
+/// instead of having to discover locality from a few thousand noisy steps.
+fn locality_bias(cfg: &Config) -> Vec<f32> {
+    let g = cfg.grid_size() as i64;
+    let heads = cfg.num_heads;
+    let span = 2 * g - 1;
+    let mut out = Vec::with_capacity((span * span) as usize * heads);
+    for r in 0..span * span {
+        let (dy, dx) = (r / span - (g - 1), r % span - (g - 1));
+        let d2 = (dy * dy + dx * dx) as f64;
+        for h in 0..heads {
+            let bias = if h + 1 == heads {
+                0.0
+            } else {
+                let sigma = 0.7 * (h + 1) as f64;
+                -d2 / (2.0 * sigma * sigma)
+            };
+            out.push(bias as f32);
+        }
+    }
+    out
+}
+
+/// The equivalent candle initialiser, used when a `VarMap` is asked for a tensor it lacks.
+fn candle_init(kind: InitKind, in_dim: usize, out_dim: usize) -> Init {
+    match kind {
+        InitKind::Xavier => {
+            let bound = (6.0 / (in_dim + out_dim) as f64).sqrt();
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }
+        }
+        InitKind::Normal(stdev) => Init::Randn { mean: 0.0, stdev },
+        InitKind::Zeros => Init::Const(0.0),
+    }
+}
+
+/// Image `[B, C, H, W]` → patch tokens `[B, (H/p)·(W/p), p·p·C]` (row-major patches,
+/// each patch flattened as `(py, px, c)`).
+pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if h % p != 0 || w % p != 0 {
+        candle_core::bail!("image {h}×{w} is not divisible by patch size {p}");
+    }
+    let (gh, gw) = (h / p, w / p);
+    x.reshape(vec![b, c, gh, p, gw, p])?
+        .permute(vec![0, 2, 4, 3, 5, 1])?
+        .reshape((b, gh * gw, p * p * c))
+}
+
+/// Inverse of [`patchify`] for a square `grid × grid` of patches with `c` channels.
+pub fn unpatchify(tokens: &Tensor, p: usize, c: usize, grid: usize) -> Result<Tensor> {
+    let (b, n, d) = tokens.dims3()?;
+    if n != grid * grid || d != p * p * c {
+        candle_core::bail!(
+            "cannot unpatchify [{b}, {n}, {d}] into {grid}×{grid} patches of {p}×{p}×{c}"
+        );
+    }
+    tokens
+        .reshape(vec![b, grid, grid, p, p, c])?
+        .permute(vec![0, 5, 1, 3, 2, 4])?
+        .reshape((b, c, grid * p, grid * p))
+}
+
+/// Sinusoidal features of (possibly fractional) timesteps `[B]` → `[B, dim]` (`cos` then `sin`).
+pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| libm::exp(-libm::log(10_000.0) * i as f64 / half as f64) as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], 1)
+}
+
+/// Fixed 2-D sin-cos position embedding `[1, grid², dim]` (half the width encodes the row,
+/// half the column).
+fn pos_embed(grid: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / libm::pow(10_000.0, i as f64 / quarter as f64))
+        .collect();
+    let mut data = Vec::with_capacity(grid * grid * dim);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [row, col] {
+                data.extend(omega.iter().map(|w| libm::sin(pos as f64 * w) as f32));
+                data.extend(omega.iter().map(|w| libm::cos(pos as f64 * w) as f32));
+            }
+        }
+    }
+    Tensor::from_vec(data, (1, grid * grid, dim), device)
+}
+
+/// For each token pair `(i, j)` of a `grid × grid` layout, its row in the bias table.
+fn relative_position_index(grid: usize, device: &Device) -> Result<Tensor> {
+    let n = grid * grid;
+    let span = 2 * grid - 1;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        for j in 0..n {
+            let dy = i / grid + grid - 1 - j / grid;
+            let dx = i % grid + grid - 1 - j % grid;
+            idx.push((dy * span + dx) as u32);
+        }
+    }
+    Tensor::from_vec(idx, n * n, device)
+}
+
+fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    super::ops::layer_norm(x, LN_EPS)
+}
+
+/// Builds the linear layers of one model, wiring LoRA adapters into targeted modules.
+struct LayerFactory<'a> {
+    specs: HashMap<String, LinearSpec>,
+    lora: Option<(&'a LoraConfig, VarBuilder<'a>)>,
+}
+
+impl LayerFactory<'_> {
+    fn linear(&self, vb: &VarBuilder) -> std::result::Result<LoraLinear, ModelError> {
+        let path = vb.prefix();
+        let spec = self.specs.get(&path).ok_or_else(|| {
+            ModelError::InvalidConfig(format!("internal: no layer spec for module `{path}`"))
+        })?;
+        let (i, o) = (spec.in_dim, spec.out_dim);
+        let weight = vb.get_with_hints((o, i), "weight", candle_init(spec.init, i, o))?;
+        let bias = vb.get_with_hints(o, "bias", Init::Const(0.0))?;
+        let adapter = match &self.lora {
+            Some((cfg, lvb)) if cfg.target_modules.iter().any(|t| matches_target(&path, t)) => {
+                Some(LoraLinear::load_adapter(cfg, lvb, &path, i, o)?)
+            }
+            _ => None,
+        };
+        Ok(LoraLinear::new(weight, Some(bias), adapter))
+    }
+}
+
+/// Time-dependent multi-head self-attention (TMSA) with a Swin-style relative position bias.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: LoraLinear,
+    qkv_temb: LoraLinear,
+    proj: LoraLinear,
+    bias_table: Tensor,
+    bias_index: Tensor,
+    num_heads: usize,
+    head_dim: usize,
+    num_tokens: usize,
+}
+
+impl Attention {
+    fn new(
+        cfg: &Config,
+        vb: VarBuilder,
+        f: &LayerFactory,
+        bias_index: &Tensor,
+    ) -> std::result::Result<Self, ModelError> {
+        let shape = bias_table_shape(cfg);
+        let bias_table = vb.get_with_hints(
+            (shape[0], shape[1]),
+            "relative_position_bias_table",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?;
+        Ok(Self {
+            qkv: f.linear(&vb.pp("qkv"))?,
+            qkv_temb: f.linear(&vb.pp("qkv_temb"))?,
+            proj: f.linear(&vb.pp("proj"))?,
+            bias_table,
+            bias_index: bias_index.clone(),
+            num_heads: cfg.num_heads,
+            head_dim: cfg.hidden_size / cfg.num_heads,
+            num_tokens: cfg.num_tokens(),
+        })
+    }
+
+    /// `x`: `[B, N, C]` normalised tokens, `temb`: `[B, C]` time token.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let (h, d) = (self.num_heads, self.head_dim);
+        // The time term is one bias per sample, shared by every token.
+        let qkv_t = self
+            .qkv_temb
+            .forward(temb, rng.as_deref_mut())?
+            .unsqueeze(1)?;
+        let qkv = self
+            .qkv
+            .forward(x, rng.as_deref_mut())?
+            .broadcast_add(&qkv_t)?;
+        let qkv = qkv.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * (d as f64).powf(-0.5))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let nt = self.num_tokens;
+        let bias = self
+            .bias_table
+            .index_select(&self.bias_index, 0)?
+            .reshape((nt, nt, h))?
+            .permute((2, 0, 1))?;
+        let logits = q.matmul(&k.t()?)?.broadcast_add(&bias.unsqueeze(0)?)?;
+        let attn = softmax(&logits)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        self.proj.forward(&out, rng)
+    }
+}
+
+/// One DiffiT block: `x + TMSA(LN(x), t)`, then `x + MLP(LN(x))`; with
+/// [`Config::adaln`], `x + g₁·TMSA(LN(x)·(1+s₁)+b₁, t)`, then `x + g₂·MLP(LN(x)·(1+s₂)+b₂)`,
+/// where `(b₁, s₁, g₁, b₂, s₂, g₂)` are a linear map of `SiLU(t)` (all zero at initialisation,
+/// so each block starts as the identity).
+#[derive(Debug, Clone)]
+pub struct DiffiTBlock {
+    attn: Attention,
+    fc1: LoraLinear,
+    fc2: LoraLinear,
+    modulation: Option<LoraLinear>,
+}
+
+/// `LN(x)·(1 + scale) + shift` with per-sample `scale`, `shift` `[B, 1, C]`.
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    super::ops::modulate(x, shift, scale, LN_EPS)
+}
+
+/// Splits a modulation output `[B, k·C]` into `k` contiguous tensors `[B, 1, C]` (candle's
+/// broadcasting ops take their fast path only for contiguous operands).
+fn modulation_chunks(m: &Tensor, k: usize) -> Result<Vec<Tensor>> {
+    m.unsqueeze(1)?
+        .chunk(k, 2)?
+        .into_iter()
+        .map(|c| c.contiguous())
+        .collect()
+}
+
+impl DiffiTBlock {
+    fn new(
+        cfg: &Config,
+        vb: VarBuilder,
+        f: &LayerFactory,
+        bias_index: &Tensor,
+    ) -> std::result::Result<Self, ModelError> {
+        Ok(Self {
+            attn: Attention::new(cfg, vb.pp("attn"), f, bias_index)?,
+            fc1: f.linear(&vb.pp("mlp").pp("fc1"))?,
+            fc2: f.linear(&vb.pp("mlp").pp("fc2"))?,
+            modulation: if cfg.adaln {
+                Some(f.linear(&vb.pp("adaLN_modulation"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// `x`: `[B, N, C]`, `temb`: `[B, C]`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let Some(modulation) = &self.modulation else {
+            let x = (x + self
+                .attn
+                .forward(&layer_norm(x)?, temb, rng.as_deref_mut())?)?;
+            let hidden = gelu(&self.fc1.forward(&layer_norm(&x)?, rng.as_deref_mut())?)?;
+            return x + self.fc2.forward(&hidden, rng)?;
+        };
+        let m = modulation.forward(&temb.silu()?, rng.as_deref_mut())?;
+        let m = modulation_chunks(&m, 6)?;
+        let attn = self
+            .attn
+            .forward(&modulate(x, &m[0], &m[1])?, temb, rng.as_deref_mut())?;
+        let x = gated_add(x, &attn, &m[2])?;
+        let hidden = gelu(
+            &self
+                .fc1
+                .forward(&modulate(&x, &m[3], &m[4])?, rng.as_deref_mut())?,
+        )?;
+        gated_add(&x, &self.fc2.forward(&hidden, rng)?, &m[5])
+    }
+}
+
+/// The DiffiT noise-prediction network, optionally with LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct DiffiT {
+    cfg: Config,
+    x_embedder: LoraLinear,
+    pos_embed: Tensor,
+    t_mlp0: LoraLinear,
+    t_mlp2: LoraLinear,
+    blocks: Vec<DiffiTBlock>,
+    final_modulation: Option<LoraLinear>,
+    final_linear: LoraLinear,
+    has_lora: bool,
+}
+
+impl DiffiT {
+    /// Builds the model from `base` (names = module paths). With `lora`, adapters for
+    /// [`super::lora_target_paths`] are taken from its `VarBuilder`: a `VarMap` there makes
+    /// only the adapters trainable when `base` comes from `VarBuilder::from_tensors`.
+    pub fn new(
+        cfg: &Config,
+        base: VarBuilder,
+        lora: Option<(&LoraConfig, VarBuilder)>,
+    ) -> std::result::Result<Self, ModelError> {
+        cfg.validate()?;
+        if let Some((l, _)) = &lora {
+            l.validate()?;
+        }
+        let has_lora = lora.is_some();
+        let factory = LayerFactory {
+            specs: linear_specs(cfg)
+                .into_iter()
+                .map(|s| (s.path.clone(), s))
+                .collect(),
+            lora,
+        };
+        let device = base.device().clone();
+        let bias_index = relative_position_index(cfg.grid_size(), &device)?;
+        let blocks = (0..cfg.depth)
+            .map(|i| DiffiTBlock::new(cfg, base.pp("blocks").pp(i), &factory, &bias_index))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            x_embedder: factory.linear(&base.pp("x_embedder").pp("proj"))?,
+            pos_embed: pos_embed(cfg.grid_size(), cfg.hidden_size, &device)?,
+            t_mlp0: factory.linear(&base.pp("t_embedder").pp("mlp").pp(0))?,
+            t_mlp2: factory.linear(&base.pp("t_embedder").pp("mlp").pp(2))?,
+            blocks,
+            final_modulation: if cfg.adaln {
+                Some(factory.linear(&base.pp("final_layer").pp("adaLN_modulation"))?)
+            } else {
+                None
+            },
+            final_linear: factory.linear(&base.pp("final_layer").pp("linear"))?,
+            has_lora,
+        })
+    }
+
+    /// The configuration this model was built with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// True when built with LoRA adapters.
+    pub fn has_lora(&self) -> bool {
+        self.has_lora
+    }
+
+    /// Predicted noise for images `x` `[B, C, H, W]` at timesteps `t` `[B]` (no dropout).
+    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, t, None)
+    }
+
+    /// As [`DiffiT::forward`], with LoRA dropout masks drawn from `rng` (training).
+    pub fn forward_train(&self, x: &Tensor, t: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        self.forward_with(x, t, Some(rng))
+    }
+
+    /// The timestep token `[B, hidden]`.
+    pub fn time_embedding(&self, t: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let freqs = timestep_embedding(t, self.cfg.time_freq_dim)?;
+        let h = self.t_mlp0.forward(&freqs, rng.as_deref_mut())?.silu()?;
+        self.t_mlp2.forward(&h, rng)
+    }
+
+    fn forward_with(&self, x: &Tensor, t: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, c, h, w) = x.dims4()?;
+        if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size {
+            candle_core::bail!(
+                "input [{b}, {c}, {h}, {w}] does not match the model's [B, {}, {s}, {s}]",
+                cfg.in_channels,
+                s = cfg.image_size
+            );
+        }
+        if t.dims() != [b] {
+            candle_core::bail!("timesteps have shape {:?}, expected [{b}]", t.dims());
+        }
+        let tokens = patchify(x, cfg.patch_size)?;
+        let mut hid = self
+            .x_embedder
+            .forward(&tokens, rng.as_deref_mut())?
+            .broadcast_add(&self.pos_embed)?;
+        let temb = self.time_embedding(t, rng.as_deref_mut())?;
+        for block in &self.blocks {
+            hid = block.forward(&hid, &temb, rng.as_deref_mut())?;
+        }
+        let normed = match &self.final_modulation {
+            Some(modulation) => {
+                let m = modulation.forward(&temb.silu()?, rng.as_deref_mut())?;
+                let m = modulation_chunks(&m, 2)?;
+                modulate(&hid, &m[0], &m[1])?
+            }
+            None => layer_norm(&hid)?,
+        };
+        let normed = if cfg.final_silu {
+            normed.silu()?
+        } else {
+            normed
+        };
+        let out = self.final_linear.forward(&normed, rng)?;
+        unpatchify(&out, cfg.patch_size, cfg.in_channels, cfg.grid_size())
+    }
+
+    /// Block `i`, if it exists (for inspecting TMSA in tests and tools).
+    pub fn block(&self, i: usize) -> Option<&DiffiTBlock> {
+        self.blocks.get(i)
+    }
+}
+
+impl DiffiTBlock {
+    /// This block's attention layer.
+    pub fn attention(&self) -> &Attention {
+        &self.attn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn adaln_blocks_start_as_the_identity_and_their_modulation_depends_on_time() {
+        let cfg = Config::tiny();
+        assert!(cfg.adaln);
+        let device = Device::Cpu;
+        let mut tensors = init_base_tensors(&cfg, &mut Rng::new(3), &device).unwrap();
+        let build = |tensors: &HashMap<String, Tensor>| {
+            DiffiT::new(
+                &cfg,
+                VarBuilder::from_tensors(tensors.clone(), DType::F32, &device),
+                None,
+            )
+            .unwrap()
+        };
+        let x = Rng::new(4)
+            .normal_tensor((2, cfg.num_tokens(), cfg.hidden_size), &device)
+            .unwrap();
+        let t = Tensor::new(&[10f32, 900.0], &device).unwrap();
+        let model = build(&tensors);
+        let temb = model.time_embedding(&t, None).unwrap();
+        let block = model.block(0).unwrap();
+        // Zero-initialised gates: the block adds nothing.
+        let out = block.forward(&x, &temb, None).unwrap();
+        assert_eq!(crate::max_abs_diff(&out, &x), 0.0);
+
+        // With non-zero modulation weights the block's change differs between the two times
+        // even for the same tokens.
+        let name = "blocks.0.adaLN_modulation.weight";
+        let shape = tensors[name].dims().to_vec();
+        tensors.insert(
+            name.into(),
+            Rng::new(5)
+                .normal_tensor(shape.as_slice(), &device)
+                .unwrap(),
+        );
+        let model = build(&tensors);
+        let same = Tensor::cat(&[x.get(0).unwrap(), x.get(0).unwrap()], 0)
+            .unwrap()
+            .reshape(x.dims())
+            .unwrap();
+        let delta = (model.block(0).unwrap().forward(&same, &temb, None).unwrap() - &same).unwrap();
+        let d0 = delta.get(0).unwrap();
+        let d1 = delta.get(1).unwrap();
+        assert!(
+            d0.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        assert!(crate::max_abs_diff(&d0, &d1) > 1e-3);
+    }
+
+    #[test]
+    fn attention_starts_local_in_all_heads_but_the_last() {
+        let cfg = Config::small();
+        let g = cfg.grid_size() as i64;
+        let span = 2 * g - 1;
+        let bias = locality_bias(&cfg);
+        let at = |dy: i64, dx: i64, h: usize| {
+            bias[((dy + g - 1) * span + dx + g - 1) as usize * cfg.num_heads + h]
+        };
+        for h in 0..cfg.num_heads - 1 {
+            assert_eq!(at(0, 0, h), 0.0);
+            assert!(at(0, 1, h) < 0.0 && at(1, 1, h) < at(0, 1, h) && at(3, 3, h) < at(1, 1, h));
+            assert_eq!(at(2, -1, h), at(-2, 1, h));
+            // Each head is wider than the one before.
+            if h > 0 {
+                assert!(at(1, 0, h) > at(1, 0, h - 1));
+            }
+        }
+        let last = cfg.num_heads - 1;
+        assert!((0..span * span).all(|r| bias[r as usize * cfg.num_heads + last] == 0.0));
+    }
+
+    #[test]
+    fn patchify_round_trips() {
+        let x = Rng::new(0)
+            .normal_tensor((2, 3, 8, 8), &Device::Cpu)
+            .unwrap();
+        let tok = patchify(&x, 2).unwrap();
+        assert_eq!(tok.dims(), &[2, 16, 12]);
+        let back = unpatchify(&tok, 2, 3, 4).unwrap();
+        assert_eq!(crate::max_abs_diff(&back, &x), 0.0);
+        // The first token is the top-left 2×2 patch, flattened as (py, px, c).
+        let first: Vec<f32> = tok.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
+        let img: Vec<Vec<Vec<f32>>> = x.get(0).unwrap().to_vec3().unwrap();
+        assert_eq!(first[0], img[0][0][0]);
+        assert_eq!(first[1], img[1][0][0]);
+        assert_eq!(first[3], img[0][0][1]);
+        assert_eq!(first[6], img[0][1][0]);
+    }
+
+    #[test]
+    fn gelu_matches_candles_tanh_gelu() {
+        let x = Tensor::arange(-60i64, 60, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let x = (x * 0.1).unwrap();
+        let ours: Vec<f32> = gelu(&x).unwrap().to_vec1().unwrap();
+        let theirs: Vec<f32> = x.gelu().unwrap().to_vec1().unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn relative_index_is_symmetric_in_offset() {
+        let idx: Vec<u32> = relative_position_index(3, &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Same offset → same row: (0 → 1) and (3 → 4) are both one step right.
+        assert_eq!(idx[1], idx[3 * 9 + 4]);
+        // The diagonal is the centre of the (2g-1)² table.
+        assert!(idx.iter().step_by(10).all(|&i| i == 12));
+    }
+
+    #[test]
+    fn varmap_names_match_the_declared_shapes() {
+        let cfg = Config::tiny();
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        DiffiT::new(&cfg, vb, None).unwrap();
+        let data = vm.data().lock().unwrap();
+        let mut got: Vec<(String, Vec<usize>)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
+            .collect();
+        got.sort();
+        let mut want = base_tensor_shapes(&cfg);
+        want.sort();
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,307 @@
+//! Safetensors files written straight to disk: the header, then each tensor's bytes, streamed
+//! through a hasher into the (temporary) file, so no second in-memory copy of the file exists.
+//!
+//! Files are byte-for-byte deterministic (tensors sorted by name, header keys sorted), so equal
+//! content gives equal checksums, which is what lets a base model be shared across runs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::atomic::write_atomic;
+use super::checksum::{digest_bytes, FileDigest, HashingWriter};
+use super::error::{IoContext, Result, StoreError};
+
+/// Tensors by name.
+pub type TensorMap = BTreeMap<String, StoredTensor>;
+/// The string map stored under `__metadata__` in the safetensors header.
+pub type HeaderMetadata = BTreeMap<String, String>;
+
+/// Header alignment required by the safetensors format.
+const HEADER_ALIGN: usize = 8;
+/// Floats converted to little-endian bytes per write call.
+const CHUNK_FLOATS: usize = 16 * 1024;
+
+/// An `f32` tensor as the store keeps it: its shape and its values in row-major order. The
+/// store needs no tensor library; the trainer converts to and from its own tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl StoredTensor {
+    /// A tensor of `shape` holding `values`; `None` unless the element count matches.
+    pub fn new(shape: Vec<usize>, values: Vec<f32>) -> Option<Self> {
+        (shape.iter().product::<usize>() == values.len()).then_some(Self { shape, values })
+    }
+
+    /// The dimensions (empty for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The values in row-major order.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The shape and the values.
+    pub fn into_parts(self) -> (Vec<usize>, Vec<f32>) {
+        (self.shape, self.values)
+    }
+}
+
+/// A tensor file read back from disk.
+#[derive(Debug)]
+pub struct TensorFile {
+    /// Every tensor.
+    pub tensors: TensorMap,
+    /// The header's `__metadata__`.
+    pub metadata: HeaderMetadata,
+    /// Checksum and size of the bytes read.
+    pub digest: FileDigest,
+}
+
+/// Tensors sorted by name, refusing a name given twice.
+fn sorted<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a StoredTensor)>,
+) -> Result<Vec<(&'a str, &'a StoredTensor)>> {
+    let mut sorted: Vec<(&str, &StoredTensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(pair) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(StoreError::BadTensorFile {
+            path: path.to_path_buf(),
+            reason: format!("tensor name {:?} given twice", pair[0].0),
+        });
+    }
+    Ok(sorted)
+}
+
+/// The padded JSON header for `tensors`.
+fn header_bytes(
+    path: &Path,
+    tensors: &[(&str, &StoredTensor)],
+    metadata: &HeaderMetadata,
+) -> Result<Vec<u8>> {
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        let meta: Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".to_string(), Value::Object(meta));
+    }
+    let mut offset = 0usize;
+    for (name, tensor) in tensors {
+        let bytes = tensor.values.len() * std::mem::size_of::<f32>();
+        header.insert(
+            name.to_string(),
+            json!({"dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut bytes =
+        serde_json::to_vec(&Value::Object(header)).map_err(|source| StoreError::Json {
+            action: "serialize safetensors header",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let padded = bytes.len().div_ceil(HEADER_ALIGN) * HEADER_ALIGN;
+    bytes.resize(padded, b' ');
+    Ok(bytes)
+}
+
+/// Streams one tensor's values as little-endian bytes.
+fn write_tensor_data(path: &Path, out: &mut impl Write, tensor: &StoredTensor) -> Result<()> {
+    let mut buf = Vec::with_capacity(CHUNK_FLOATS * 4);
+    for chunk in tensor.values.chunks(CHUNK_FLOATS) {
+        buf.clear();
+        buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        out.write_all(&buf).ctx("write", path)?;
+    }
+    Ok(())
+}
+
+/// Encodes the whole file into `out`, returning its digest.
+fn encode<W: Write>(
+    path: &Path,
+    out: W,
+    tensors: &[(&str, &StoredTensor)],
+    metadata: &HeaderMetadata,
+) -> Result<FileDigest> {
+    let header = header_bytes(path, tensors, metadata)?;
+    let mut out = HashingWriter::new(out);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .ctx("write", path)?;
+    out.write_all(&header).ctx("write", path)?;
+    for (_, tensor) in tensors {
+        write_tensor_data(path, &mut out, tensor)?;
+    }
+    out.flush().ctx("write", path)?;
+    Ok(out.digest())
+}
+
+/// Writes a safetensors file atomically (all tensors as F32) and returns its digest.
+pub fn write_tensor_file<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a StoredTensor)>,
+    metadata: &HeaderMetadata,
+) -> Result<FileDigest> {
+    let tensors = sorted(path, tensors)?;
+    write_atomic(path, |w| encode(path, w, &tensors, metadata))
+}
+
+/// The digest the file [`write_tensor_file`] would write, computed without touching the disk.
+pub fn digest_tensor_file<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a StoredTensor)>,
+    metadata: &HeaderMetadata,
+) -> Result<FileDigest> {
+    let tensors = sorted(path, tensors)?;
+    encode(path, io::sink(), &tensors, metadata)
+}
+
+/// Reads a safetensors file onto the CPU. With `expected`, the size is checked before reading
+/// and the checksum after, so a damaged file is reported as such, naming it.
+pub fn read_tensor_file(path: &Path, expected: Option<&FileDigest>) -> Result<TensorFile> {
+    if let Some(expected) = expected {
+        let size = fs::metadata(path).ctx("read", path)?.len();
+        if size != expected.size {
+            expected.check(
+                path,
+                &FileDigest {
+                    checksum: String::new(),
+                    size,
+                },
+            )?;
+        }
+    }
+    let bytes = fs::read(path).ctx("read", path)?;
+    let digest = digest_bytes(&bytes);
+    if let Some(expected) = expected {
+        expected.check(path, &digest)?;
+    }
+    parse_tensor_bytes(path, &bytes, digest)
+}
+
+fn parse_tensor_bytes(path: &Path, bytes: &[u8], digest: FileDigest) -> Result<TensorFile> {
+    let bad = |reason: String| StoreError::BadTensorFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let parsed = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("invalid header: {e}")))?;
+    let metadata: HeaderMetadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut tensors = TensorMap::new();
+    for (name, view) in parsed.tensors() {
+        let tensor = stored_tensor(&view).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        tensors.insert(name, tensor);
+    }
+    Ok(TensorFile {
+        tensors,
+        metadata,
+        digest,
+    })
+}
+
+/// One safetensors view as `f32` values (F32 as is, F64 narrowed; other dtypes refused).
+fn stored_tensor(
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<StoredTensor, String> {
+    use safetensors::Dtype;
+    let data = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (F32 or F64 expected)"
+            ))
+        }
+    };
+    StoredTensor::new(view.shape().to_vec(), values)
+        .ok_or_else(|| "its data does not match its shape".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TensorMap {
+        let mut m = TensorMap::new();
+        let t = |shape: Vec<usize>, values: Vec<f32>| StoredTensor::new(shape, values).unwrap();
+        m.insert(
+            "b.lora_A.weight".into(),
+            t(vec![3, 4], (0..12).map(|i| i as f32).collect()),
+        );
+        m.insert(
+            "a.weight".into(),
+            t(vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]),
+        );
+        m.insert("scalar".into(), t(vec![], vec![3.5]));
+        m
+    }
+
+    #[test]
+    fn round_trip_with_metadata_and_deterministic_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let tensors = sample();
+        let meta: HeaderMetadata = [("epoch".to_string(), "3".to_string())].into();
+        let iter = || tensors.iter().map(|(k, v)| (k.as_str(), v));
+        let written = write_tensor_file(&path, iter(), &meta).unwrap();
+        assert_eq!(written, digest_tensor_file(&path, iter(), &meta).unwrap());
+        assert_eq!(written.size, fs::metadata(&path).unwrap().len());
+        let back = read_tensor_file(&path, Some(&written)).unwrap();
+        assert_eq!(back.metadata, meta);
+        assert_eq!(back.tensors.len(), 3);
+        assert_eq!(back.tensors, tensors);
+        assert_eq!(back.tensors["scalar"].shape(), &[] as &[usize]);
+        let bytes = fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0);
+    }
+
+    #[test]
+    fn damage_is_reported_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let tensors = sample();
+        let digest = write_tensor_file(
+            &path,
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            &HeaderMetadata::new(),
+        )
+        .unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let err = read_tensor_file(&path, Some(&digest)).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("x.safetensors"), "{err}");
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_tensor_file(&path, Some(&digest)).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let err = read_tensor_file(&path, None).unwrap_err();
+        assert!(matches!(err, StoreError::BadTensorFile { .. }), "{err}");
+    }
+}

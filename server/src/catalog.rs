@@ -13,7 +13,7 @@ use format::layout::parse_run_dir_name;
 use format::{Metadata, RunLayout, RunStatus};
 use serde_json::Value;
 use store::listing::run_info;
-use store::manager::writer_active;
+use store::writer_active;
 
 use crate::error::ApiError;
 use crate::root::{CheckpointsRoot, ConfineError};

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
+use format::CheckpointRecord;
+
 use super::error::{IoContext, Result, StoreError};
 
 /// Prefix of every checksum string.
@@ -100,6 +102,19 @@ pub fn digest_file(path: &Path) -> Result<FileDigest> {
         checksum: format!("{CHECKSUM_PREFIX}{}", hasher.finalize().to_hex()),
         size,
     })
+}
+
+/// A digest from a recorded checksum and size, when both are recorded.
+pub(crate) fn digest_of(checksum: &Option<String>, size: Option<u64>) -> Option<FileDigest> {
+    Some(FileDigest {
+        checksum: checksum.clone()?,
+        size: size?,
+    })
+}
+
+/// The digest metadata records for a checkpoint, when it records one.
+pub(crate) fn record_digest(record: &CheckpointRecord) -> Option<FileDigest> {
+    digest_of(&record.checksum, record.size)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use format::RunLayout;
 
 use super::checkpoint::LoraCheckpoint;
-use super::manager::SavedCheckpoint;
+use super::saved::SavedCheckpoint;
 
 /// Called by [`CheckpointManager::save_lora_weights`](super::CheckpointManager::save_lora_weights)
 /// before the file is written and after metadata points at it. Both default to doing nothing.

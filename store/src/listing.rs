@@ -13,7 +13,7 @@ use format::metadata::Metrics;
 use format::{RunLayout, RunStatus};
 
 use super::error::{IoContext, Result, StoreError};
-use super::manager::writer_active;
+use super::lock::writer_active;
 
 /// One run directory in a listing.
 #[derive(Debug)]

@@ -1,0 +1,149 @@
+//! Loading LoRA checkpoints: by epoch, `best` or `last`, each verified against its recorded
+//! checksum, and the newest valid one for resuming (passing over damaged ones, naming each).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use format::{CheckpointName, CheckpointRecord};
+
+use super::checkpoint::LoraCheckpoint;
+use super::checksum::record_digest;
+use super::error::{Result, StoreError};
+use super::manager::CheckpointManager;
+use super::tensor_file::read_tensor_file;
+
+/// Which LoRA checkpoint to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// One saved epoch (1-based).
+    Epoch(u32),
+    /// The best epoch by the monitored metric.
+    Best,
+    /// The newest saved epoch.
+    Last,
+}
+
+impl From<Which> for CheckpointName {
+    fn from(which: Which) -> Self {
+        match which {
+            Which::Epoch(n) => CheckpointName::Epoch(n),
+            Which::Best => CheckpointName::Best,
+            Which::Last => CheckpointName::Last,
+        }
+    }
+}
+
+impl fmt::Display for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        CheckpointName::from(*self).fmt(f)
+    }
+}
+
+/// The state to resume from, and the damaged files passed over to find it.
+#[derive(Debug)]
+pub struct Resume {
+    /// The newest valid checkpoint.
+    pub checkpoint: LoraCheckpoint,
+    /// Its file.
+    pub path: PathBuf,
+    /// Newer checkpoints that failed to load, newest first.
+    pub skipped: Vec<StoreError>,
+}
+
+impl CheckpointManager {
+    /// Where `which` lives and the record whose checksum it must match.
+    fn resolve(&self, which: Which) -> Result<(PathBuf, &CheckpointRecord)> {
+        let missing = |reason: String| StoreError::MissingCheckpoint {
+            which: which.to_string(),
+            run_dir: self.layout.root(),
+            reason,
+        };
+        match which {
+            Which::Epoch(n) => match self.metadata.checkpoint(n) {
+                Some(r) if !r.removed => Ok((self.layout.checkpoint(CheckpointName::Epoch(n)), r)),
+                Some(_) => Err(missing(format!("epoch {n} was removed by retention"))),
+                None => Err(missing(format!("epoch {n} was never saved"))),
+            },
+            Which::Last => match self.newest_live() {
+                Some(r) => Ok((self.layout.checkpoint(CheckpointName::Epoch(r.epoch)), r)),
+                None => Err(missing("no epoch saved yet".into())),
+            },
+            Which::Best => {
+                let best = self
+                    .metadata
+                    .best_checkpoint
+                    .as_ref()
+                    .ok_or_else(|| missing("no best epoch recorded yet".into()))?;
+                let record = self.metadata.checkpoint(best.epoch).ok_or_else(|| {
+                    StoreError::BadMetadata {
+                        path: self.layout.metadata(),
+                        reason: format!(
+                            "best_checkpoint names epoch {}, which is not in checkpoints",
+                            best.epoch
+                        ),
+                    }
+                })?;
+                // The epoch file is authoritative while it exists; best.safetensors is a link to
+                // it that may lag by one save after a crash (repaired on the next open).
+                let name = if record.removed {
+                    CheckpointName::Best
+                } else {
+                    CheckpointName::Epoch(best.epoch)
+                };
+                Ok((self.layout.checkpoint(name), record))
+            }
+        }
+    }
+
+    fn load_checkpoint_file(path: &Path, record: &CheckpointRecord) -> Result<LoraCheckpoint> {
+        let file = read_tensor_file(path, record_digest(record).as_ref())?;
+        let checkpoint = LoraCheckpoint::from_tensor_file(path, file)?;
+        if checkpoint.epoch != record.epoch {
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "holds epoch {}, metadata expects epoch {}",
+                    checkpoint.epoch, record.epoch
+                ),
+            });
+        }
+        Ok(checkpoint)
+    }
+
+    /// Loads and verifies a LoRA checkpoint.
+    pub fn load_lora_weights(&self, which: Which) -> Result<LoraCheckpoint> {
+        let (path, record) = self.resolve(which)?;
+        Self::load_checkpoint_file(&path, record)
+    }
+
+    /// The newest checkpoint that loads and verifies, passing over damaged ones with a warning
+    /// naming each; `None` for a run with no saved epoch.
+    pub fn load_for_resume(&self) -> Result<Option<Resume>> {
+        let mut live: Vec<&CheckpointRecord> = self.metadata.live_checkpoints().collect();
+        if live.is_empty() {
+            return Ok(None);
+        }
+        live.sort_by_key(|c| std::cmp::Reverse(c.epoch));
+        let mut skipped = Vec::new();
+        for record in live {
+            let path = self.layout.checkpoint(CheckpointName::Epoch(record.epoch));
+            match Self::load_checkpoint_file(&path, record) {
+                Ok(checkpoint) => {
+                    return Ok(Some(Resume {
+                        checkpoint,
+                        path,
+                        skipped,
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "skipping damaged checkpoint: {e}");
+                    skipped.push(e);
+                }
+            }
+        }
+        Err(StoreError::NoValidCheckpoint {
+            run_dir: self.layout.root(),
+            damaged: skipped.iter().map(ToString::to_string).collect(),
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! The human-readable summary of a run (`diffit runs show`).
+
+use format::metadata::Metrics;
+
+use super::manager::CheckpointManager;
+
+impl CheckpointManager {
+    /// A human-readable summary of the run.
+    pub fn get_run_summary(&self) -> String {
+        use std::fmt::Write as _;
+        let m = &self.metadata;
+        let mut s = String::new();
+        let metrics_text = |metrics: &Metrics| {
+            metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.6}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(s, "Run {} ({})", m.run_number, self.layout.root().display());
+        let _ = writeln!(s, "  Experiment:   {}", m.experiment_name);
+        let _ = writeln!(s, "  Created:      {}", m.created_at);
+        let _ = writeln!(
+            s,
+            "  Updated:      {}",
+            m.updated_at.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(s, "  Status:       {:?}", m.status);
+        if let Some(monitor) = &m.monitor {
+            let _ = writeln!(
+                s,
+                "  Monitor:      {monitor} ({:?})",
+                m.mode.unwrap_or_default()
+            );
+        }
+        match &m.base_model {
+            Some(base) => {
+                let _ = writeln!(
+                    s,
+                    "  Base model:   {} ({} bytes, {})",
+                    base.path, base.size, base.checksum
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  Base model:   not saved");
+            }
+        }
+        if !m.base_metrics.is_empty() {
+            let _ = writeln!(s, "  Base metrics: {}", metrics_text(&m.base_metrics));
+        }
+        let live = m.live_checkpoints().count();
+        let _ = writeln!(
+            s,
+            "  Checkpoints:  {} saved, {live} on disk",
+            m.checkpoints.len()
+        );
+        match &m.best_checkpoint {
+            Some(best) => {
+                let _ = writeln!(
+                    s,
+                    "  Best:         epoch {} ({})",
+                    best.epoch,
+                    metrics_text(&best.metrics)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  Best:         -");
+            }
+        }
+        if let Some(last) = self.newest_live() {
+            let _ = writeln!(s, "  Last:         epoch {}", last.epoch);
+        }
+        if !m.checkpoints.is_empty() {
+            let _ = writeln!(s, "  {:<7} {:<20} Metrics", "Epoch", "Saved at");
+            for c in &m.checkpoints {
+                let removed = if c.removed { "  (removed)" } else { "" };
+                let _ = writeln!(
+                    s,
+                    "  {:<7} {:<20} {}{removed}",
+                    c.epoch,
+                    c.saved_at,
+                    metrics_text(&c.metrics)
+                );
+            }
+        }
+        s
+    }
+}

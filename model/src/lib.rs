@@ -19,18 +19,17 @@ pub mod rng;
 mod diffit;
 mod lora;
 mod ops;
+mod params;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use diffit::{
-    base_tensor_shapes, init_base_tensors, parameter_count, patchify, timestep_embedding,
-    unpatchify, Attention, DiffiT, DiffiTBlock,
-};
+pub use diffit::{patchify, timestep_embedding, unpatchify, Attention, DiffiT, DiffiTBlock};
 pub use lora::{
     fuse_lora_weights, init_lora_tensors, lora_parameter_count, lora_target_paths,
     lora_tensor_shapes, unfuse_lora_weights, validate_lora, LoraLinear,
 };
+pub use params::{base_tensor_shapes, init_base_tensors, parameter_count};
 
 /// Model hyper-parameters (serialised into every checkpoint's metadata).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::diffit::{base_tensor_shapes, linear_specs};
+use super::params::{base_tensor_shapes, linear_specs};
 use super::{Config, LoraConfig, ModelError};
 use crate::rng::Rng;
 use format::tensors::{is_lora_tensor, lora_a_name, lora_b_name, lora_module, OPTIMIZER_PREFIX};

@@ -2,7 +2,7 @@
 //! file-facts cache, the event channel) and `ServerConfig`, what it is built from.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -89,8 +89,8 @@ impl AppState {
             events,
             shutdown: CancellationToken::new(),
         });
-        watch::refresh(&shared).await;
-        watch::spawn_watcher(Arc::downgrade(&shared), config.poll_interval);
+        refresh(&shared).await;
+        spawn_watcher(Arc::downgrade(&shared), config.poll_interval);
         Self { shared }
     }
 
@@ -103,4 +103,47 @@ impl AppState {
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
+}
+
+/// Rescans once and publishes the result (new snapshot first, then the events).
+pub(crate) async fn refresh(shared: &Arc<Shared>) {
+    let worker = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let prev = worker.runs();
+        watch::rescan(&worker.root, &prev)
+    })
+    .await;
+    match result {
+        Ok(Some((snapshot, events))) => {
+            shared.set_runs(snapshot);
+            for event in events {
+                // No subscribers is fine.
+                let _ = shared.events.send(event);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "rescanning the checkpoints dir failed"),
+    }
+}
+
+/// Polls every `interval` until the server state is dropped or shut down.
+fn spawn_watcher(shared: Weak<Shared>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let shutdown = match shared.upgrade() {
+                Some(shared) => shared.shutdown.clone(),
+                None => return,
+            };
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            refresh(&shared).await;
+        }
+    });
 }

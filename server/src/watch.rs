@@ -1,22 +1,18 @@
-//! Noticing change: one background task polls the runs' `metadata.json` fingerprints, rebuilds
-//! the cached run list when something changed and broadcasts `RunChange`s for `/api/events`.
+//! Noticing change: a rescan compares the runs' `metadata.json` fingerprints with the last
+//! snapshot and returns the new run list and the `RunChange`s for `/api/events` (the server
+//! state polls it in the background and publishes what it returns).
 //!
 //! Polling (a `lstat` per run every interval) is used rather than inotify because it sees
 //! writers on any filesystem, costs little next to the interval, and also notices a writer
 //! that died (its lock is released without any file changing).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
-use format::api::{EventKind, RunEvent, RunList};
-
-use format::api::RunSummary;
+use format::api::{EventKind, RunEvent, RunList, RunSummary};
 
 use crate::catalog::{self, Fingerprint};
 use crate::root::CheckpointsRoot;
-use crate::state::Shared;
 
 /// One change, as broadcast to `/api/events` subscribers: its kind (the SSE event name) and
 /// its data.
@@ -144,47 +140,4 @@ pub fn rescan(
         RunsSnapshot::build(prev.generation + 1, summaries, fingerprints),
         events,
     ))
-}
-
-/// Rescans once and publishes the result (new snapshot first, then the events).
-pub async fn refresh(shared: &Arc<Shared>) {
-    let worker = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let prev = worker.runs();
-        rescan(&worker.root, &prev)
-    })
-    .await;
-    match result {
-        Ok(Some((snapshot, events))) => {
-            shared.set_runs(snapshot);
-            for event in events {
-                // No subscribers is fine.
-                let _ = shared.events.send(event);
-            }
-        }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "rescanning the checkpoints dir failed"),
-    }
-}
-
-/// Polls every `interval` until the server state is dropped or shut down.
-pub fn spawn_watcher(shared: Weak<Shared>, interval: Duration) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let shutdown = match shared.upgrade() {
-                Some(shared) => shared.shutdown.clone(),
-                None => return,
-            };
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            refresh(&shared).await;
-        }
-    });
 }

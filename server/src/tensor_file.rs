@@ -17,9 +17,8 @@ use bytes::Bytes;
 use format::tensors::{is_lora_tensor, meta_keys};
 use futures_util::Stream;
 use safetensors::tensor::{Metadata as SafetensorsHeader, TensorInfo};
+use store::{read_header, HeaderError, TensorFileHeader};
 
-/// The safetensors format caps headers at 100 MB; anything claiming more is not one of ours.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Bytes read from disk per body chunk.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Bytes read per step while hashing.
@@ -65,20 +64,6 @@ impl FileKey {
     }
 }
 
-/// Why a file is not a usable safetensors file.
-#[derive(Debug, thiserror::Error)]
-pub enum TensorFileError {
-    /// Reading failed.
-    #[error("reading: {0}")]
-    Io(#[from] io::Error),
-    /// Shorter than its header says.
-    #[error("truncated: {0}")]
-    Truncated(String),
-    /// Not a safetensors file we can read.
-    #[error("not a valid safetensors file: {0}")]
-    Invalid(String),
-}
-
 /// What the server knows about one version of a tensor file.
 #[derive(Debug)]
 pub struct FileFacts {
@@ -117,7 +102,7 @@ impl FileFactsCache {
         &self,
         file: &File,
         key: FileKey,
-    ) -> Result<Arc<FileFacts>, TensorFileError> {
+    ) -> Result<Arc<FileFacts>, HeaderError> {
         if let Some(found) = self
             .entries
             .lock()
@@ -137,48 +122,28 @@ impl FileFactsCache {
     }
 }
 
-fn read_facts(file: &File, size: u64) -> Result<FileFacts, TensorFileError> {
-    let mut len_bytes = [0u8; 8];
-    if size < 8 {
-        return Err(TensorFileError::Truncated(format!(
-            "{size} bytes, shorter than a safetensors header"
-        )));
-    }
-    read_exact_at(file, &mut len_bytes, 0)?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER_BYTES {
-        return Err(TensorFileError::Invalid(format!(
-            "header length {header_len} exceeds {MAX_HEADER_BYTES} bytes"
-        )));
-    }
-    let data_start = 8 + header_len;
-    if data_start > size {
-        return Err(TensorFileError::Truncated(format!(
-            "header claims {header_len} bytes, file has {size}"
-        )));
-    }
-    let mut header_bytes = vec![0u8; header_len as usize];
-    read_exact_at(file, &mut header_bytes, 8)?;
-    let header: SafetensorsHeader = serde_json::from_slice(&header_bytes)
-        .map_err(|e| TensorFileError::Invalid(format!("header: {e}")))?;
-    let data_len = header.data_len() as u64;
-    let actual = size - data_start;
-    if data_len > actual {
-        return Err(TensorFileError::Truncated(format!(
-            "header describes {data_len} bytes of tensor data, file holds {actual}"
-        )));
-    }
-    if data_len < actual {
-        return Err(TensorFileError::Invalid(format!(
-            "{} bytes after the last tensor",
-            actual - data_len
-        )));
-    }
+fn read_facts(file: &File, size: u64) -> Result<FileFacts, HeaderError> {
+    let TensorFileHeader { data_start, header } =
+        read_header(PositionalReader { file, offset: 0 }, size)?;
     Ok(FileFacts {
         data_start,
         header,
         checksum: OnceLock::new(),
     })
+}
+
+/// `Read` over positional reads of a shared descriptor (its cursor is never moved).
+struct PositionalReader<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl io::Read for PositionalReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let got = read_at(self.file, buf, self.offset)?;
+        self.offset += got as u64;
+        Ok(got)
+    }
 }
 
 /// `blake3:<hex>` of the whole file, read in chunks (memory stays flat). Blocking.
@@ -244,7 +209,7 @@ impl Representation {
     /// A valid safetensors file holding only the LoRA tensors of `facts`' file: a new header
     /// with recomputed offsets, then the original byte ranges of those tensors. `__metadata__`
     /// is kept, with `format` set to `diffit-lora-adapter` since optimizer state is dropped.
-    pub fn lora_only(facts: &FileFacts) -> Result<Self, TensorFileError> {
+    pub fn lora_only(facts: &FileFacts) -> Result<Self, HeaderError> {
         let mut tensors: Vec<(String, TensorInfo)> = facts
             .header
             .tensors()
@@ -272,9 +237,9 @@ impl Representation {
             }
         }
         let header = SafetensorsHeader::new(metadata, tensors)
-            .map_err(|e| TensorFileError::Invalid(format!("LoRA view: {e:?}")))?;
+            .map_err(|e| HeaderError::Invalid(format!("LoRA view: {e:?}")))?;
         let mut json = serde_json::to_vec(&header)
-            .map_err(|e| TensorFileError::Invalid(format!("LoRA view header: {e}")))?;
+            .map_err(|e| HeaderError::Invalid(format!("LoRA view header: {e}")))?;
         // Pad with spaces so tensor data starts 8-byte aligned, as safetensors writers do.
         while !json.len().is_multiple_of(8) {
             json.push(b' ');
@@ -393,20 +358,6 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     {
         std::os::windows::fs::FileExt::seek_read(file, buf, offset)
     }
-}
-
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> Result<(), TensorFileError> {
-    while !buf.is_empty() {
-        let got = read_at(file, buf, offset)?;
-        if got == 0 {
-            return Err(TensorFileError::Truncated(
-                "file ended inside its header".to_string(),
-            ));
-        }
-        buf = &mut buf[got..];
-        offset += got as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

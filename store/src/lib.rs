@@ -46,5 +46,7 @@ pub use lock::writer_active;
 pub use manager::{read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};
 pub use retention::RetentionPolicy;
 pub use saved::{SavedBase, SavedCheckpoint};
-pub use tensor_file::{HeaderMetadata, StoredTensor, TensorFile, TensorMap};
+pub use tensor_file::{
+    read_header, HeaderError, HeaderMetadata, StoredTensor, TensorFile, TensorFileHeader, TensorMap,
+};
 pub use verify::VerifyReport;

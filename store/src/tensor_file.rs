@@ -20,6 +20,8 @@ pub type TensorMap = BTreeMap<String, StoredTensor>;
 /// The string map stored under `__metadata__` in the safetensors header.
 pub type HeaderMetadata = BTreeMap<String, String>;
 
+/// The safetensors format caps headers at 100 MB; a file claiming more is not one.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Header alignment required by the safetensors format.
 const HEADER_ALIGN: usize = 8;
 /// Floats converted to little-endian bytes per write call.
@@ -241,6 +243,97 @@ fn stored_tensor(
         .ok_or_else(|| "its data does not match its shape".to_string())
 }
 
+/// A safetensors file's header, read on its own: no tensor data is read.
+#[derive(Debug)]
+pub struct TensorFileHeader {
+    /// `8 + header length`: where tensor data starts.
+    pub data_start: u64,
+    /// The tensors' names, dtypes, shapes and offsets, and `__metadata__`.
+    pub header: safetensors::tensor::Metadata,
+}
+
+impl TensorFileHeader {
+    /// The value of `key` in the header's `__metadata__`.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
+    }
+}
+
+/// Why a file's header cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// Reading failed.
+    #[error("reading: {0}")]
+    Io(#[from] io::Error),
+    /// Shorter than its header says.
+    #[error("truncated: {0}")]
+    Truncated(String),
+    /// Not a safetensors file.
+    #[error("not a valid safetensors file: {0}")]
+    Invalid(String),
+}
+
+/// Reads the header of a safetensors file of `size` bytes from `reader` (positioned at its
+/// start) and checks that the tensor data it describes fills the rest of the file exactly.
+/// This is the one header reader: the server serves files with it and the trainer reads a base
+/// model's config with it.
+pub fn read_header(
+    mut reader: impl io::Read,
+    size: u64,
+) -> std::result::Result<TensorFileHeader, HeaderError> {
+    let cut_short = |e: io::Error, what: &str| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            HeaderError::Truncated(format!("file ended inside its {what}"))
+        }
+        _ => HeaderError::Io(e),
+    };
+    if size < 8 {
+        return Err(HeaderError::Truncated(format!(
+            "{size} bytes, shorter than a safetensors header"
+        )));
+    }
+    let mut len_bytes = [0u8; 8];
+    reader
+        .read_exact(&mut len_bytes)
+        .map_err(|e| cut_short(e, "header length"))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(HeaderError::Invalid(format!(
+            "header length {header_len} exceeds {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    let data_start = 8 + header_len;
+    if data_start > size {
+        return Err(HeaderError::Truncated(format!(
+            "header claims {header_len} bytes, file has {size}"
+        )));
+    }
+    let mut header_bytes = vec![0u8; header_len as usize];
+    reader
+        .read_exact(&mut header_bytes)
+        .map_err(|e| cut_short(e, "header"))?;
+    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header_bytes)
+        .map_err(|e| HeaderError::Invalid(format!("header: {e}")))?;
+    let data_len = header.data_len() as u64;
+    let actual = size - data_start;
+    if data_len > actual {
+        return Err(HeaderError::Truncated(format!(
+            "header describes {data_len} bytes of tensor data, file holds {actual}"
+        )));
+    }
+    if data_len < actual {
+        return Err(HeaderError::Invalid(format!(
+            "{} bytes after the last tensor",
+            actual - data_len
+        )));
+    }
+    Ok(TensorFileHeader { data_start, header })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +396,30 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         let err = read_tensor_file(&path, None).unwrap_err();
         assert!(matches!(err, StoreError::BadTensorFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn header_alone_is_read_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let meta: HeaderMetadata = [("model_config".to_string(), "{}".to_string())].into();
+        let tensors = sample();
+        write_tensor_file(&path, tensors.iter().map(|(k, v)| (k.as_str(), v)), &meta).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let size = bytes.len() as u64;
+        let header = read_header(&bytes[..], size).unwrap();
+        assert_eq!(header.metadata_value("model_config"), Some("{}"));
+        assert_eq!(header.header.offset_keys().len(), 3);
+        let err = read_header(&bytes[..20], 20).unwrap_err();
+        assert!(matches!(err, HeaderError::Truncated(_)), "{err}");
+        let err = read_header(&bytes[..bytes.len() - 4], size - 4).unwrap_err();
+        assert!(err.to_string().contains("tensor data"), "{err}");
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"junk");
+        let err = read_header(&longer[..], size + 4).unwrap_err();
+        assert!(err.to_string().contains("after the last tensor"), "{err}");
+        let huge = u64::MAX.to_le_bytes();
+        let err = read_header(&huge[..], 1 << 40).unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
     }
 }

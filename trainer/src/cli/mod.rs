@@ -7,6 +7,7 @@ pub mod pretrain;
 pub mod runs;
 pub mod sample;
 pub mod train;
+pub mod values;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -71,6 +72,7 @@ pub struct CheckpointsArg {
 #[derive(Debug, Clone, Args)]
 pub struct ShowArgs {
     /// The run number.
+    #[arg(allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: u32,
     /// Where the runs are.
     #[command(flatten)]
@@ -81,7 +83,7 @@ pub struct ShowArgs {
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// The run to check.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: u32,
     /// Where the runs are.
     #[command(flatten)]
@@ -92,16 +94,16 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Epochs to train (in total, counting resumed ones).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub epochs: Option<u32>,
     /// Images per batch.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub batch_size: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = values::positive)]
     pub learning_rate: Option<f64>,
     /// Run to use: an existing number opens that run, a new number creates it.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: Option<u32>,
     /// Resume the run given by --run-number from its newest valid checkpoint.
     #[arg(long, requires = "run_number")]
@@ -116,7 +118,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Seed for data order, initialisation and noise.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::seed)]
     pub seed: Option<u64>,
     /// Directory holding the runs (default: the config's `base_dir`, else `checkpoints`).
     #[arg(long, value_name = "DIR")]
@@ -125,8 +127,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub experiment: Option<String>,
     /// Keep only the newest N epoch files (the best is always kept).
-    #[arg(long)]
-    pub keep_last_n: Option<usize>,
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    pub keep_last_n: Option<u32>,
     /// Metric that picks the best checkpoint.
     #[arg(long)]
     pub monitor: Option<String>,
@@ -134,7 +136,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub mode: Option<Mode>,
     /// Save a checkpoint every N epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub save_every_n_epochs: Option<u32>,
     /// Training data (dataset name or directory).
     #[arg(long)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use super::values;
 use crate::train::config::Preset;
 use crate::train::pretrain::{model_config, pretrain as run_pretrain, save_base, PretrainConfig};
 
@@ -17,19 +18,19 @@ pub struct PretrainArgs {
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Passes over the generic set (default: the preset's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub epochs: Option<u32>,
     /// Seed of initialisation, data and noise.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::seed)]
     pub seed: Option<u64>,
     /// Generic images to generate (default: the preset's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub num_images: Option<usize>,
     /// Images per step.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub batch_size: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = values::positive)]
     pub learning_rate: Option<f64>,
     /// Output safetensors file.
     #[arg(long, value_name = "FILE")]
@@ -49,12 +50,6 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
     cfg.num_images = args.num_images.unwrap_or(cfg.num_images);
     cfg.batch_size = args.batch_size.unwrap_or(cfg.batch_size);
     cfg.learning_rate = args.learning_rate.unwrap_or(cfg.learning_rate);
-    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.num_images == 0 {
-        anyhow::bail!("--epochs, --batch-size and --num-images must be at least 1");
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        anyhow::bail!("--learning-rate must be a positive number");
-    }
     eprintln!(
         "pretraining the {preset} base: {} epochs over {} generic images, seed {}",
         cfg.epochs, cfg.num_images, cfg.seed

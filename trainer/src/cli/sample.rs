@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use super::values;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
 use format::layout::DEFAULT_BASE_DIR;
 use format::CheckpointName;
@@ -14,22 +15,22 @@ use model::diffusion::DEFAULT_ETA;
 #[derive(Debug, Clone, Args)]
 pub struct SampleArgs {
     /// The run to sample from.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: u32,
     /// Checkpoint: best, last, epoch_NNN, or base (no LoRA).
     #[arg(long, default_value = "best")]
     pub checkpoint: String,
     /// Seed of the starting noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = values::seed)]
     pub seed: u64,
     /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub steps: usize,
     /// DDIM's η in [0, 1]: 0 is deterministic DDIM, 1 re-draws all of each step's noise.
-    #[arg(long, default_value_t = DEFAULT_ETA, value_parser = parse_eta)]
+    #[arg(long, default_value_t = DEFAULT_ETA, allow_hyphen_values = true, value_parser = values::unit_interval)]
     pub eta: f64,
     /// Number of images.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub n: usize,
     /// Output PNG.
     #[arg(long, value_name = "FILE")]
@@ -52,7 +53,7 @@ pub enum ExportFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
     /// The run to export.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: u32,
     /// Output format.
     #[arg(long, value_enum)]
@@ -66,14 +67,6 @@ pub struct ExportArgs {
     /// Directory holding the runs.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE_DIR)]
     pub checkpoints: PathBuf,
-}
-
-fn parse_eta(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(eta) if (0.0..=1.0).contains(&eta) => Ok(eta),
-        Ok(eta) => Err(format!("{eta} is not in [0, 1]")),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn checkpoint_name(text: &str) -> anyhow::Result<CheckpointName> {

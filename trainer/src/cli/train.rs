@@ -38,10 +38,6 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
             Some(path)
         }
     };
-    let keep_last_n = match args.keep_last_n {
-        Some(n) => Some(u32::try_from(n).context("--keep-last-n is too large")?),
-        None => None,
-    };
     let overrides = Overrides {
         experiment_name: args.experiment.clone(),
         preset,
@@ -53,7 +49,7 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         data_dir,
         base_dir: args.checkpoints.clone(),
         run_number: args.run_number,
-        keep_last_n,
+        keep_last_n: args.keep_last_n,
         monitor: args.monitor.clone(),
         mode: args.mode,
         save_every_n_epochs: args.save_every_n_epochs,

@@ -1,0 +1,100 @@
+//! Flag values out of range: the error names the flag and what it takes, with clap's usage
+//! exit code (2), before anything is read or trained.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
+
+use std::process::{Command, Output, Stdio};
+
+fn diffit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `args`, expects a usage error whose message contains every one of `expected`.
+fn assert_usage_error(args: &[&str], expected: &[&str]) {
+    let out = diffit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    for text in expected {
+        assert!(stderr.contains(text), "{args:?}: no {text:?} in {stderr}");
+    }
+}
+
+#[test]
+fn negative_zero_and_non_finite_values_name_the_flag_and_its_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let train =
+        |flag: &'static str, value: &'static str| vec!["train", "--checkpoints", d, flag, value];
+    assert_usage_error(
+        &train("--epochs", "-3"),
+        &["--epochs", "-3", "1..=4294967295"],
+    );
+    assert_usage_error(
+        &train("--batch-size", "0"),
+        &["--batch-size", "1..=4294967295"],
+    );
+    for lr in ["-1", "nan", "inf", "-inf", "0"] {
+        assert_usage_error(&train("--learning-rate", lr), &["--learning-rate", "> 0"]);
+    }
+    assert_usage_error(
+        &train("--seed", "-1"),
+        &["--seed", "0..=18446744073709551615"],
+    );
+    assert_usage_error(&train("--run-number", "-2"), &["--run-number", "1.."]);
+    assert_usage_error(&train("--keep-last-n", "0"), &["--keep-last-n", "1.."]);
+    assert_usage_error(
+        &train("--save-every-n-epochs", "-1"),
+        &["--save-every-n-epochs", "1.."],
+    );
+    assert_usage_error(
+        &["pretrain", "--out", "x.safetensors", "--num-images", "-5"],
+        &["--num-images", "1.."],
+    );
+    assert_usage_error(
+        &[
+            "pretrain",
+            "--out",
+            "x.safetensors",
+            "--learning-rate",
+            "-1e-3",
+        ],
+        &["--learning-rate", "> 0"],
+    );
+    assert_usage_error(
+        &[
+            "sample",
+            "--run-number",
+            "1",
+            "--out",
+            "x.png",
+            "--eta",
+            "-0.5",
+        ],
+        &["--eta", "[0, 1]"],
+    );
+    assert_usage_error(
+        &[
+            "sample",
+            "--run-number",
+            "1",
+            "--out",
+            "x.png",
+            "--steps",
+            "0",
+        ],
+        &["--steps", "1.."],
+    );
+    assert_usage_error(
+        &["runs", "show", "-1", "--checkpoints", d],
+        &["RUN_NUMBER", "1.."],
+    );
+    assert_usage_error(
+        &["verify", "--run-number", "0", "--checkpoints", d],
+        &["--run-number"],
+    );
+    // Nothing was created by the refused commands.
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+}

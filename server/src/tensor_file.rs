@@ -98,11 +98,7 @@ pub struct FileFactsCache {
 
 impl FileFactsCache {
     /// The facts of `file` (version `key`), reading its header on a miss. Blocking.
-    pub fn get_or_read(
-        &self,
-        file: &File,
-        key: FileKey,
-    ) -> Result<Arc<FileFacts>, HeaderError> {
+    pub fn get_or_read(&self, file: &File, key: FileKey) -> Result<Arc<FileFacts>, HeaderError> {
         if let Some(found) = self
             .entries
             .lock()

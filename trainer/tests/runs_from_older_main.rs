@@ -1,0 +1,115 @@
+//! A run written by main at 36b41c4, before the crate split (`tests/fixtures/main-36b41c4`):
+//! today's `diffit` lists and verifies it, samples it pixel for pixel as that version did, and
+//! resumes it bit for bit to the epoch that version wrote.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use format::Metadata;
+
+/// The checksum of epoch 4 as 36b41c4 wrote it when resuming the fixture run.
+const EPOCH_4_CHECKSUM: &str =
+    "blake3:5cd1485885cfe3ad5651eb81ad26c9ecc52496c641c256a277937b8c66b98718";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/main-36b41c4")
+}
+
+/// A writable copy of the fixture's checkpoints dir (tests must not touch the repository).
+fn checkpoints_copy(into: &Path) -> PathBuf {
+    let copy = into.join("checkpoints");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(fixture().join("checkpoints"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    copy
+}
+
+/// `diffit` on one core, so training runs as one shard on any machine (the shard count is part
+/// of the recipe of a bit-identical resume), as 36b41c4 did when it resumed the run.
+fn diffit(args: &[&str]) -> Output {
+    Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .env_remove("CANDLE_NUM_THREADS")
+        .env_remove("RAYON_NUM_THREADS")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    image::open(path).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoints_copy(dir.path());
+    let c = checkpoints.to_str().unwrap();
+    let table = ok(diffit(&["train", "--list-runs", "--checkpoints", c]));
+    assert!(table.contains("diffit_lora_trees"), "{table}");
+    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+    for checkpoint in ["best", "base"] {
+        let out = dir.path().join(format!("{checkpoint}.png"));
+        ok(diffit(&[
+            "sample",
+            "--run-number",
+            "1",
+            "--checkpoint",
+            checkpoint,
+            "--seed",
+            "3",
+            "--steps",
+            "8",
+            "--n",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+            "--checkpoints",
+            c,
+        ]));
+        let expected = fixture().join(format!("sample_{checkpoint}_seed3_steps8_n4.png"));
+        assert!(
+            pixels(&out) == pixels(&expected),
+            "{checkpoint}: today's samples differ from 36b41c4's"
+        );
+    }
+}
+
+#[test]
+fn resumes_bit_for_bit_as_the_version_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoints_copy(dir.path());
+    let c = checkpoints.to_str().unwrap();
+    ok(diffit(&[
+        "train",
+        "--run-number",
+        "1",
+        "--resume",
+        "--epochs",
+        "4",
+        "--checkpoints",
+        c,
+    ]));
+    let text = std::fs::read_to_string(checkpoints.join("run_001/metadata.json")).unwrap();
+    let meta: Metadata = serde_json::from_str(&text).unwrap();
+    let epoch4 = meta.checkpoint(4).expect("epoch 4 recorded");
+    assert_eq!(epoch4.checksum.as_deref(), Some(EPOCH_4_CHECKSUM));
+    // Epochs 2 and 3 were written by 36b41c4 and are untouched.
+    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+}

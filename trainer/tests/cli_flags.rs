@@ -98,3 +98,34 @@ fn negative_zero_and_non_finite_values_name_the_flag_and_its_range() {
     // Nothing was created by the refused commands.
     assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
 }
+
+#[test]
+fn usage_errors_found_after_parsing_exit_2_and_other_failures_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // Found by the trainer, not by clap: still a usage error.
+    assert_usage_error(
+        &["train", "--checkpoints", d, "--data", "/nonexistent/images"],
+        &["/nonexistent/images", "not a directory"],
+    );
+    let yaml = dir.path().join("typo.yaml");
+    std::fs::write(&yaml, "training:\n  epoch: 3\n").unwrap();
+    assert_usage_error(
+        &[
+            "train",
+            "--checkpoints",
+            d,
+            "--config",
+            yaml.to_str().unwrap(),
+        ],
+        &["typo.yaml", "epoch"],
+    );
+    let out = diffit(&["runs", "show", "42", "--checkpoints", d]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing run is no usage error"
+    );
+    let out = diffit(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+}

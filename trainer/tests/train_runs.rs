@@ -466,6 +466,7 @@ fn sigint_stops_cleanly_and_marks_the_run_interrupted() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--resume"), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     let meta = metadata(d, 1);
     assert_eq!(meta.status, RunStatus::Interrupted);
     assert!(meta.last_epoch().unwrap() < 50);
@@ -479,6 +480,51 @@ fn sigint_stops_cleanly_and_marks_the_run_interrupted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(metadata(d, 1).status, RunStatus::Finished);
+}
+
+#[test]
+fn sigint_during_the_automatic_pretraining_exits_as_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No --base and nothing cached: `train` pretrains the tiny base first.
+    let mut child = diffit()
+        .args(["train", "--preset", "tiny", "--checkpoints"])
+        .arg(d)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited before pretraining: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("pretraining the tiny base") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(!rest.contains("error:"), "a stop is no error: {rest}");
+    let cached = trainer::train::pretrain::cached_base_path(
+        d,
+        Preset::Tiny,
+        trainer::train::pretrain::DEFAULT_PRETRAIN_SEED,
+    );
+    assert!(!cached.exists(), "no half-trained base is cached");
 }
 
 fn run_cli(args: &[&str]) -> (bool, String) {

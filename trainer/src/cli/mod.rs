@@ -1,8 +1,10 @@
 //! The `diffit` command line: `train` (with the seed's flags), `runs show`, `verify`.
 //!
 //! Parsing lives here; each subcommand's work lives in its own module, and the binary is a thin
-//! `main` over [`run`].
+//! `main` over [`run_cli`] (it parses, installs logging and the Ctrl-C handler, and maps the
+//! error to an exit code with [`exit::exit_code`]).
 
+pub mod exit;
 pub mod pretrain;
 pub mod runs;
 pub mod sample;
@@ -11,6 +13,8 @@ pub mod values;
 pub mod verify;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -146,13 +150,18 @@ pub struct TrainArgs {
     pub base: Option<PathBuf>,
 }
 
-/// Parses the process arguments and runs the subcommand.
-pub fn run() -> anyhow::Result<()> {
-    run_cli(Cli::parse())
+impl Command {
+    /// Whether this command trains (and so splits batches over the cores and stops on Ctrl-C
+    /// at the next step instead of at once).
+    pub fn trains(&self) -> bool {
+        matches!(self, Command::Train(args) if !args.list_runs)
+            || matches!(self, Command::Pretrain(_))
+    }
 }
 
-/// Runs an already parsed command line.
-pub fn run_cli(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line. Training commands stop at the next step once `stop` is set
+/// (the binary sets it on Ctrl-C) and then fail with [`crate::train::TrainError::Interrupted`].
+pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) if args.list_runs => {
             let dir = args
@@ -161,8 +170,8 @@ pub fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
             runs::print_runs_table(&dir)
         }
-        Command::Train(args) => train::train(&args),
-        Command::Pretrain(args) => pretrain::pretrain(&args),
+        Command::Train(args) => train::train(&args, stop),
+        Command::Pretrain(args) => pretrain::pretrain(&args, stop),
         Command::Sample(args) => sample::sample(&args),
         Command::Export(args) => sample::export(&args),
         Command::Runs {

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::values;
 use crate::train::config::Preset;
+use crate::train::error::TrainError;
 use crate::train::pretrain::{model_config, pretrain as run_pretrain, save_base, PretrainConfig};
 
 /// `diffit pretrain` flags.
@@ -37,13 +37,12 @@ pub struct PretrainArgs {
     pub out: PathBuf,
 }
 
-/// Runs `diffit pretrain`.
-pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
+/// Runs `diffit pretrain`; once `stop` is set it fails with [`TrainError::Interrupted`].
+pub fn pretrain(args: &PretrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let preset: Preset = args
         .preset
         .parse()
-        .map_err(anyhow::Error::msg)
-        .context("--preset")?;
+        .map_err(|e| TrainError::Usage(format!("--preset: {e}")))?;
     let mut cfg = PretrainConfig::for_preset(preset);
     cfg.epochs = args.epochs.unwrap_or(cfg.epochs);
     cfg.seed = args.seed.unwrap_or(cfg.seed);
@@ -54,8 +53,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
         "pretraining the {preset} base: {} epochs over {} generic images, seed {}",
         cfg.epochs, cfg.num_images, cfg.seed
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let tensors = run_pretrain(&cfg, true, &stop)?;
+    let tensors = run_pretrain(&cfg, true, stop)?;
     save_base(&args.out, &tensors, &model_config(preset))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::values;
+use crate::train::error::TrainError;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
 use format::layout::DEFAULT_BASE_DIR;
 use format::CheckpointName;
@@ -69,8 +69,9 @@ pub struct ExportArgs {
     pub checkpoints: PathBuf,
 }
 
-fn checkpoint_name(text: &str) -> anyhow::Result<CheckpointName> {
-    text.parse::<CheckpointName>().context("--checkpoint")
+fn checkpoint_name(text: &str) -> Result<CheckpointName, TrainError> {
+    text.parse::<CheckpointName>()
+        .map_err(|e| TrainError::Usage(format!("--checkpoint: {e}")))
 }
 
 /// Runs `diffit sample`.
@@ -92,7 +93,10 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let name = checkpoint_name(&args.checkpoint)?;
     if name == CheckpointName::Base {
-        anyhow::bail!("--checkpoint base has no adapters; export best, last or epoch_NNN");
+        return Err(TrainError::Usage(
+            "--checkpoint base has no adapters; export best, last or epoch_NNN".into(),
+        )
+        .into());
     }
     let model = load_fused(&args.checkpoints, args.run_number, name)?;
     let path = match args.format {

@@ -1,12 +1,11 @@
-//! `diffit train`: fine-tune LoRA (new run or `--resume`), with Ctrl-C stopping cleanly.
+//! `diffit train`: fine-tune LoRA (new run or `--resume`), stopping cleanly on request.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::train::config::{Overrides, Preset, TrainingConfig};
+use crate::train::error::TrainError;
 use crate::train::session::{run_training, TrainRequest};
 use crate::train::trainer::FitOutcome;
 
@@ -21,8 +20,7 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
     let preset = match &args.preset {
         Some(p) => Some(
             p.parse::<Preset>()
-                .map_err(anyhow::Error::msg)
-                .context("--preset")?,
+                .map_err(|e| TrainError::Usage(format!("--preset: {e}")))?,
         ),
         None => None,
     };
@@ -31,9 +29,10 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         Some(dir) => {
             let path = PathBuf::from(dir);
             if !path.is_dir() {
-                anyhow::bail!(
+                return Err(TrainError::Usage(format!(
                     "--data {dir}: not a directory (give a folder of PNG/JPEG images, or `trees`)"
-                );
+                ))
+                .into());
             }
             Some(path)
         }
@@ -63,21 +62,11 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
     })
 }
 
-/// Runs `diffit train`.
-pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+/// Runs `diffit train`; once `stop` is set it ends after the checkpoint in progress and fails
+/// with [`TrainError::Interrupted`].
+pub fn train(args: &TrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let req = request_from_args(args)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            // Second Ctrl-C: every file write is atomic, so quitting now loses nothing saved.
-            eprintln!("\nquitting now");
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping: finishing the checkpoint in progress (Ctrl-C again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    let report = run_training(&req, stop)?;
+    let report = run_training(&req, stop.clone())?;
     let run = report.run_number;
     match report.outcome {
         FitOutcome::Finished => eprintln!("run {run:03} finished {} epochs in {}", report.epochs_done, report.run_dir.display()),
@@ -96,7 +85,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     if report.outcome == FitOutcome::Interrupted {
-        std::process::exit(130);
+        return Err(TrainError::Interrupted.into());
     }
     Ok(())
 }

@@ -84,7 +84,7 @@ impl Callback for DistributedCheckpointCallback {
         if self.save_base_model && !m.has_base_model() {
             let tensors = crate::tensors::map_to_stored(&state.base)?;
             let model_config = serde_json::to_value(&state.model_config)
-                .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
+                .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?;
             m.save_base_model(&tensors, &model_config)?;
         }
         if let Some(record) = &m.metadata().base_model {
@@ -180,10 +180,10 @@ impl Callback for ResumeFromCheckpointCallback {
         let Some(resume) = m.load_for_resume()? else {
             return Ok(());
         };
+        // The store has logged a warning for each of these.
         for err in &resume.skipped {
-            let msg = format!("skipped damaged checkpoint: {err}");
-            eprintln!("warning: {msg}");
-            self.skipped.push(msg);
+            self.skipped
+                .push(format!("skipped damaged checkpoint: {err}"));
         }
         state.restore(&resume.checkpoint, self.load_optimizer, self.load_scheduler)?;
         Ok(())

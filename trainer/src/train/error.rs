@@ -66,6 +66,13 @@ pub enum TrainError {
     /// The request is contradictory or refers to something absent.
     #[error("{0}")]
     Usage(String),
+    /// A stop was requested (Ctrl-C) before the work was done; what was saved is intact.
+    #[error("interrupted")]
+    Interrupted,
+    /// A bug: an invariant of this program broke (a poisoned lock, a value that cannot be
+    /// encoded), not anything the user did.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The loss became NaN or infinite.
     #[error(
         "training diverged at epoch {epoch}, step {step}: loss is {loss}; lower --learning-rate"

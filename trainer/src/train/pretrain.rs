@@ -101,7 +101,7 @@ pub fn pretrain(
         let mut data = varmap
             .data()
             .lock()
-            .map_err(|_| TrainError::Usage("parameter map poisoned".into()))?;
+            .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?;
         for (name, t) in &init {
             data.insert(name.clone(), Var::from_tensor(t)?);
         }
@@ -114,7 +114,7 @@ pub fn pretrain(
     let mut params: Vec<(String, Var)> = varmap
         .data()
         .lock()
-        .map_err(|_| TrainError::Usage("parameter map poisoned".into()))?
+        .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?
         .iter()
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
@@ -157,7 +157,7 @@ pub fn pretrain(
         let (mut sum, mut seen) = (0.0, 0usize);
         for chunk in order.chunks(cfg.batch_size) {
             if stop.load(Ordering::SeqCst) {
-                return Err(TrainError::Usage("pretraining interrupted".into()));
+                return Err(TrainError::Interrupted);
             }
             let x = data.batch(chunk, &device)?;
             let shards = shard_count(chunk.len(), &device);
@@ -196,7 +196,7 @@ pub fn pretrain(
         let var = params
             .iter()
             .find(|(n, _)| *n == name)
-            .ok_or_else(|| TrainError::Usage(format!("pretrained model lacks {name}")))?;
+            .ok_or_else(|| TrainError::Internal(format!("pretrained model lacks {name}")))?;
         out.insert(name, var.1.as_tensor().copy()?);
     }
     Ok(out)
@@ -212,7 +212,7 @@ pub fn save_base(
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io("create directory", dir, e))?;
     }
     let config = serde_json::to_string(model_cfg)
-        .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
+        .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?;
     let meta = HashMap::from([
         (meta_keys::FORMAT.to_string(), BASE_MODEL_FORMAT.to_string()),
         (meta_keys::MODEL_CONFIG.to_string(), config),

@@ -100,7 +100,7 @@ pub fn grid(
 ) -> Result<(u32, u32, Vec<u8>), TrainError> {
     let n = images.len();
     if n == 0 || size == 0 {
-        return Err(TrainError::Usage("no images to lay out".into()));
+        return Err(TrainError::Internal("no images to lay out".into()));
     }
     let (cols, scale, gap) = (cols.clamp(1, n), scale.max(1), GRID_GAP);
     let rows = n.div_ceil(cols);
@@ -110,7 +110,7 @@ pub fn grid(
     let mut out = vec![255u8; width * height * 3];
     for (i, img) in images.iter().enumerate() {
         if img.len() != size * size * 3 {
-            return Err(TrainError::Usage(format!(
+            return Err(TrainError::Internal(format!(
                 "image {i} has {} bytes, expected {}",
                 img.len(),
                 size * size * 3
@@ -182,7 +182,7 @@ pub fn export_merged(model: &FusedModel, out: &Path) -> Result<PathBuf, TrainErr
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let config = serde_json::to_string(&model.model_config)
-        .map_err(|e| TrainError::Usage(format!("cannot encode model config: {e}")))?;
+        .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?;
     let meta = HashMap::from([
         (meta_keys::FORMAT.to_string(), BASE_MODEL_FORMAT.to_string()),
         (meta_keys::MODEL_CONFIG.to_string(), config),

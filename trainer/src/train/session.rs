@@ -84,11 +84,8 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
                     dir.display()
                 )));
             }
-            let set = crate::data::load_folder(dir, size)?;
-            for skipped in set.skipped() {
-                eprintln!("warning: skipped {skipped}");
-            }
-            set
+            // The loader logs a warning for each file it skips.
+            crate::data::load_folder(dir, size)?
         }
         None => Dataset::trees(
             cfg.data.num_images,

@@ -107,7 +107,7 @@ impl TrainState {
             let mut data = varmap
                 .data()
                 .lock()
-                .map_err(|_| TrainError::Usage("LoRA parameter map poisoned".into()))?;
+                .map_err(|_| TrainError::Internal("LoRA parameter map poisoned".into()))?;
             for (name, tensor) in &init {
                 data.insert(name.clone(), Var::from_tensor(tensor)?);
             }
@@ -118,7 +118,7 @@ impl TrainState {
         let mut params: Vec<(String, Var)> = varmap
             .data()
             .lock()
-            .map_err(|_| TrainError::Usage("LoRA parameter map poisoned".into()))?
+            .map_err(|_| TrainError::Internal("LoRA parameter map poisoned".into()))?
             .iter()
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
@@ -173,7 +173,7 @@ impl TrainState {
     /// This state as a checkpoint of the epoch just completed.
     pub fn to_checkpoint(&self, metrics: &Metrics) -> Result<LoraCheckpoint, TrainError> {
         let json = |v: Result<Value, serde_json::Error>| {
-            v.map_err(|e| TrainError::Usage(format!("cannot encode state: {e}")))
+            v.map_err(|e| TrainError::Internal(format!("cannot encode state: {e}")))
         };
         let mut ckpt = LoraCheckpoint::new(self.epoch, self.global_step);
         ckpt.lora = self.lora_tensors()?;

@@ -18,7 +18,11 @@ demo: setup
 	./target/release/diffit-server --checkpoints $(CHECKPOINTS) --port $(PORT)
 
 ## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end).
-test: setup lint unit
+## The wasm app (its own target dir) builds while clippy checks the workspace: the two share no
+## artefacts, so running them side by side fills the cores each leaves idle.
+test: setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint app
+	$(CARGO) test --workspace
 
 setup:
 	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }
@@ -29,8 +33,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
-	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
+unit: app
 	$(CARGO) test --workspace
 
 ## Only the browser end-to-end tests (real trainer + server + headless Chromium); `test` runs them too.

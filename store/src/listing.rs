@@ -14,6 +14,7 @@ use format::{RunLayout, RunStatus};
 
 use super::error::{IoContext, Result, StoreError};
 use super::lock::writer_active;
+use super::manager::read_metadata_as;
 
 /// One run directory in a listing.
 #[derive(Debug)]
@@ -60,23 +61,7 @@ struct ListedBest {
 
 /// Reads one run's row (the API's [`RunInfo`]).
 pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
-    let path = layout.metadata();
-    let bytes = fs::read(&path).ctx("read", &path)?;
-    let m: ListedMetadata = serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
-        action: "parse",
-        path: path.clone(),
-        source,
-    })?;
-    if m.run_number != layout.run_number() {
-        return Err(StoreError::BadMetadata {
-            path,
-            reason: format!(
-                "run_number is {}, but the directory is run {}",
-                m.run_number,
-                layout.run_number()
-            ),
-        });
-    }
+    let m = read_metadata_as(layout, |m: &ListedMetadata| m.run_number)?;
     let monitor = m.monitor.unwrap_or_else(|| "val_loss".to_string());
     Ok(RunInfo {
         experiment_name: m.experiment_name,

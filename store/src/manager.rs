@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use format::layout::TENSOR_EXT;
@@ -58,19 +59,28 @@ pub(crate) fn now() -> String {
 
 /// Reads and checks a run's metadata.json.
 pub fn read_metadata(layout: &RunLayout) -> Result<Metadata> {
+    read_metadata_as(layout, |m: &Metadata| m.run_number)
+}
+
+/// Reads a run's metadata.json as `T` (all of it, or the part a reader needs) and checks that
+/// the run number it records (`run_number_of`) is the directory's.
+pub(crate) fn read_metadata_as<T: DeserializeOwned>(
+    layout: &RunLayout,
+    run_number_of: impl Fn(&T) -> u32,
+) -> Result<T> {
     let path = layout.metadata();
     let bytes = fs::read(&path).ctx("read", &path)?;
-    let metadata: Metadata = serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+    let metadata: T = serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
         action: "parse",
         path: path.clone(),
         source,
     })?;
-    if metadata.run_number != layout.run_number() {
+    let recorded = run_number_of(&metadata);
+    if recorded != layout.run_number() {
         return Err(StoreError::BadMetadata {
             path,
             reason: format!(
-                "run_number is {}, but the directory is run {}",
-                metadata.run_number,
+                "run_number is {recorded}, but the directory is run {}",
                 layout.run_number()
             ),
         });

@@ -38,16 +38,13 @@ fn tiny_base() -> &'static Path {
 
 /// A quick tiny fine-tuning config writing runs under `dir`.
 fn quick_config(dir: &Path, epochs: u32) -> TrainingConfig {
-    let mut cfg = TrainingConfig {
-        preset: Preset::Tiny,
-        epochs,
-        batch_size: 16,
-        warmup_steps: 2,
-        ..Default::default()
-    };
-    cfg.base = Some(tiny_base().to_path_buf());
+    let mut cfg = TrainingConfig::default();
+    cfg.model.preset = Preset::Tiny;
+    cfg.model.base = Some(tiny_base().to_path_buf());
     cfg.data.num_images = 80;
-    cfg.checkpoint.base_dir = dir.to_path_buf();
+    let t = &mut cfg.training;
+    (t.epochs, t.batch_size, t.warmup_steps) = (epochs, 16, 2);
+    t.checkpoint.base_dir = dir.to_path_buf();
     cfg
 }
 
@@ -309,7 +306,7 @@ fn callbacks_run_in_order_and_a_stop_ends_cleanly() {
     let base = trainer::train::pretrain::load_base(tiny_base(), &model::Config::tiny())
         .unwrap()
         .tensors;
-    let steps = Trainer::steps_per_epoch(train.len(), cfg.batch_size);
+    let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
     let mut state = TrainState::new(cfg, model::Config::tiny(), base, Device::Cpu, steps).unwrap();
     let stop = no_stop();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -339,8 +336,8 @@ fn retention_and_save_interval_follow_the_settings() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = quick_config(dir.path(), 5);
     cfg.data.num_images = 40;
-    cfg.checkpoint.save_every_n_epochs = 2;
-    cfg.checkpoint.keep_last_n = 2;
+    cfg.training.checkpoint.save_every_n_epochs = 2;
+    cfg.training.checkpoint.keep_last_n = 2;
     let report = run_training(&request(cfg, Overrides::default(), false), no_stop()).unwrap();
     let meta = metadata(dir.path(), report.run_number);
     let saved: Vec<u32> = meta.checkpoints.iter().map(|c| c.epoch).collect();
@@ -897,7 +894,7 @@ fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced
     save_base(&old, &tensors, &eps_cfg).unwrap();
 
     let mut cfg = quick_config(d, 1);
-    cfg.base = Some(old.clone());
+    cfg.model.base = Some(old.clone());
     run_training(
         &request(cfg.clone(), Overrides::default(), false),
         no_stop(),
@@ -918,7 +915,7 @@ fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced
     std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
     std::fs::copy(&old, &cached).unwrap();
     let mut cfg = quick_config(d, 1);
-    cfg.base = None;
+    cfg.model.base = None;
     let report = run_training(&request(cfg, Overrides::default(), false), no_stop()).unwrap();
     assert_eq!(report.run_number, 2);
     assert_eq!(base_model_config(&cached).unwrap(), Some(Config::tiny()));

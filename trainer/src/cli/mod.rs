@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::train::config::Overrides;
 use format::layout::DEFAULT_BASE_DIR;
-use format::Mode;
 
 /// `diffit`: train DiffiT LoRA adapters and manage their runs.
 #[derive(Debug, Parser)]
@@ -97,18 +97,9 @@ pub struct VerifyArgs {
 /// `diffit train`: the seed's flags. Unset options fall back to the config file / preset.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// Epochs to train (in total, counting resumed ones).
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
-    pub epochs: Option<u32>,
-    /// Images per batch.
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<usize>())]
-    pub batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long, allow_hyphen_values = true, value_parser = values::positive)]
-    pub learning_rate: Option<f64>,
-    /// Run to use: an existing number opens that run, a new number creates it.
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
-    pub run_number: Option<u32>,
+    /// Settings that override the config file (and, on resume, the run's stored config).
+    #[command(flatten)]
+    pub overrides: Overrides,
     /// Resume the run given by --run-number from its newest valid checkpoint.
     #[arg(long, requires = "run_number")]
     pub resume: bool,
@@ -118,36 +109,6 @@ pub struct TrainArgs {
     /// YAML config file (the seed's `lora_finetuning.yaml` keys).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Named preset (e.g. `small`).
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Seed for data order, initialisation and noise.
-    #[arg(long, allow_negative_numbers = true, value_parser = values::seed)]
-    pub seed: Option<u64>,
-    /// Directory holding the runs (default: the config's `base_dir`, else `checkpoints`).
-    #[arg(long, value_name = "DIR")]
-    pub checkpoints: Option<PathBuf>,
-    /// Experiment name recorded in a new run.
-    #[arg(long)]
-    pub experiment: Option<String>,
-    /// Keep only the newest N epoch files (the best is always kept).
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
-    pub keep_last_n: Option<u32>,
-    /// Metric that picks the best checkpoint.
-    #[arg(long)]
-    pub monitor: Option<String>,
-    /// Whether a lower (`min`) or higher (`max`) monitored metric is better.
-    #[arg(long)]
-    pub mode: Option<Mode>,
-    /// Save a checkpoint every N epochs.
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
-    pub save_every_n_epochs: Option<u32>,
-    /// Training data (dataset name or directory).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Base model to fine-tune (a safetensors file).
-    #[arg(long, value_name = "FILE")]
-    pub base: Option<PathBuf>,
 }
 
 impl Command {
@@ -165,7 +126,8 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) if args.list_runs => {
             let dir = args
-                .checkpoints
+                .overrides
+                .base_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
             runs::print_runs_table(&dir)
@@ -187,6 +149,8 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::config::{DataSource, Preset};
+    use format::Mode;
 
     #[test]
     fn parses_every_seed_flag() {
@@ -229,16 +193,30 @@ mod tests {
         let Command::Train(a) = cli.command else {
             panic!("not train")
         };
-        assert_eq!(
-            (a.epochs, a.batch_size, a.run_number, a.seed),
-            (Some(10), Some(64), Some(3), Some(7))
-        );
-        assert_eq!(a.learning_rate, Some(1e-4));
         assert!(a.resume && !a.list_runs);
-        assert_eq!(a.mode, Some(Mode::Max));
-        assert_eq!(a.checkpoints, Some(PathBuf::from("ck")));
-        assert_eq!(a.keep_last_n, Some(5));
-        assert_eq!(a.save_every_n_epochs, Some(2));
+        assert_eq!(a.config, Some(PathBuf::from("c.yaml")));
+        let expected = Overrides {
+            experiment_name: Some("e".into()),
+            preset: Some(Preset::Small),
+            base: Some(PathBuf::from("b.safetensors")),
+            epochs: Some(10),
+            batch_size: Some(64),
+            learning_rate: Some(1e-4),
+            seed: Some(7),
+            data: Some(DataSource::Trees),
+            base_dir: Some(PathBuf::from("ck")),
+            run_number: Some(3),
+            keep_last_n: Some(5),
+            monitor: Some("val_loss".into()),
+            mode: Some(Mode::Max),
+            save_every_n_epochs: Some(2),
+        };
+        assert_eq!(a.overrides, expected);
+        let cli = Cli::try_parse_from(["diffit", "train", "--data", "imgs"]).unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!("not train")
+        };
+        assert_eq!(a.overrides.data, Some(DataSource::Folder("imgs".into())));
         assert!(
             Cli::try_parse_from(["diffit", "train", "--resume"]).is_err(),
             "--resume needs --run-number"

@@ -8,15 +8,14 @@ use clap::Args;
 
 use super::values;
 use crate::train::config::Preset;
-use crate::train::error::TrainError;
-use crate::train::pretrain::{model_config, pretrain as run_pretrain, save_base, PretrainConfig};
+use crate::train::pretrain::{pretrain as run_pretrain, save_base, PretrainConfig};
 
 /// `diffit pretrain` flags.
 #[derive(Debug, Clone, Args)]
 pub struct PretrainArgs {
-    /// Model size (tiny | small).
-    #[arg(long, default_value = "small")]
-    pub preset: String,
+    /// Model size.
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
     /// Passes over the generic set (default: the preset's).
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub epochs: Option<u32>,
@@ -39,10 +38,7 @@ pub struct PretrainArgs {
 
 /// Runs `diffit pretrain`; once `stop` is set it fails with [`TrainError::Interrupted`].
 pub fn pretrain(args: &PretrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
-    let preset: Preset = args
-        .preset
-        .parse()
-        .map_err(|e| TrainError::Usage(format!("--preset: {e}")))?;
+    let preset = args.preset;
     let mut cfg = PretrainConfig::for_preset(preset);
     cfg.epochs = args.epochs.unwrap_or(cfg.epochs);
     cfg.seed = args.seed.unwrap_or(cfg.seed);
@@ -54,7 +50,7 @@ pub fn pretrain(args: &PretrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<(
         cfg.epochs, cfg.num_images, cfg.seed
     );
     let tensors = run_pretrain(&cfg, true, stop)?;
-    save_base(&args.out, &tensors, &model_config(preset))?;
+    save_base(&args.out, &tensors, &preset.model_config())?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -1,10 +1,9 @@
 //! `diffit train`: fine-tune LoRA (new run or `--resume`), stopping cleanly on request.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::train::config::{Overrides, Preset, TrainingConfig};
+use crate::train::config::{DataSource, TrainingConfig};
 use crate::train::error::TrainError;
 use crate::train::session::{run_training, TrainRequest};
 use crate::train::trainer::FitOutcome;
@@ -17,45 +16,19 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         Some(path) => TrainingConfig::from_yaml_file(path)?,
         None => TrainingConfig::default(),
     };
-    let preset = match &args.preset {
-        Some(p) => Some(
-            p.parse::<Preset>()
-                .map_err(|e| TrainError::Usage(format!("--preset: {e}")))?,
-        ),
-        None => None,
-    };
-    let data_dir = match args.data.as_deref() {
-        None | Some("trees") => None,
-        Some(dir) => {
-            let path = PathBuf::from(dir);
-            if !path.is_dir() {
-                return Err(TrainError::Usage(format!(
-                    "--data {dir}: not a directory (give a folder of PNG/JPEG images, or `trees`)"
-                ))
-                .into());
-            }
-            Some(path)
+    // Checked now, not after a base model was pretrained for minutes.
+    if let Some(DataSource::Folder(dir)) = &args.overrides.data {
+        if !dir.is_dir() {
+            return Err(TrainError::Usage(format!(
+                "--data {}: not a directory (give a folder of PNG/JPEG images, or `trees`)",
+                dir.display()
+            ))
+            .into());
         }
-    };
-    let overrides = Overrides {
-        experiment_name: args.experiment.clone(),
-        preset,
-        base: args.base.clone(),
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate,
-        seed: args.seed,
-        data_dir,
-        base_dir: args.checkpoints.clone(),
-        run_number: args.run_number,
-        keep_last_n: args.keep_last_n,
-        monitor: args.monitor.clone(),
-        mode: args.mode,
-        save_every_n_epochs: args.save_every_n_epochs,
-    };
+    }
     Ok(TrainRequest {
         config,
-        overrides,
+        overrides: args.overrides.clone(),
         resume: args.resume,
         show_progress: true,
         log_samples: true,
@@ -81,7 +54,7 @@ pub fn train(args: &TrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     if let Some((epoch, value)) = report.best {
         eprintln!(
             "best {}: {value:.5} (epoch {epoch})",
-            report.config.checkpoint.monitor
+            report.config.training.checkpoint.monitor
         );
     }
     if report.outcome == FitOutcome::Interrupted {

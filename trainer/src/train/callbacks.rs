@@ -68,7 +68,8 @@ impl DistributedCheckpointCallback {
     }
 
     fn due(&self, state: &TrainState) -> bool {
-        state.epoch.is_multiple_of(self.save_every_n_epochs) || state.epoch >= state.config.epochs
+        state.epoch.is_multiple_of(self.save_every_n_epochs)
+            || state.epoch >= state.config.training.epochs
     }
 }
 
@@ -76,7 +77,7 @@ impl Callback for DistributedCheckpointCallback {
     fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
         let mut m = self.manager.borrow_mut();
         let config = json!({
-            "training": state.config,
+            "training": state.config.to_stored(),
             "lora": state.lora_config,
             "model": state.model_config,
         });
@@ -237,7 +238,7 @@ impl Callback for TensorBoardCallback {
         if self.samples_per_epoch > 0 {
             // Sampling uses its own seed, never the training RNGs, so logging cannot change
             // what is trained.
-            let seed = mix_seed(state.config.seed, streams::SAMPLES);
+            let seed = mix_seed(state.config.training.seed, streams::SAMPLES);
             let images = ddim_sample(
                 &state.model,
                 &NoiseSchedule::default(),

@@ -1,15 +1,21 @@
-//! Training configuration: defaults, the seed's YAML (`configs/training/lora_finetuning.yaml`)
-//! and command-line overrides, in that order of precedence.
+//! Training configuration, defined once: the nested serde structs below *are* the YAML file's
+//! shape (`configs/training/lora_finetuning.yaml`), each section with its own defaults; the
+//! command line is an override layer on top ([`Overrides`], whose fields are the `diffit train`
+//! flags). Precedence: defaults, then the YAML file, then the flags.
+//!
+//! A run stores its configuration in the older flat form ([`TrainingConfig::to_stored`]), which
+//! is what the dashboard shows and what resuming reads back.
 
 use std::path::{Path, PathBuf};
 
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use format::layout::DEFAULT_BASE_DIR;
 use format::Mode;
+use model::{Config, LoraConfig};
 
-/// Default experiment name (the seed's).
-pub const DEFAULT_EXPERIMENT: &str = "diffit_lora_trees";
+use crate::cli::values;
 
 /// Metrics a run can monitor for `best`.
 pub const MONITORABLE: &[&str] = &["val_loss", "train_loss"];
@@ -25,13 +31,21 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The YAML is malformed or has an unknown key / wrong type.
+    /// The YAML is malformed or a value has the wrong type.
     #[error("invalid config {path}: {message}")]
     Yaml {
         /// The YAML file.
         path: PathBuf,
-        /// serde's message, which names the key (and its section) and the line.
+        /// The parser's message, which names the key and the line.
         message: String,
+    },
+    /// The YAML has keys no setting has (a typo must not be silently ignored).
+    #[error("invalid config {path}: unknown key {}", keys.join(", "))]
+    UnknownKeys {
+        /// The YAML file.
+        path: PathBuf,
+        /// Dotted paths of the unknown keys, e.g. `training.epoch`.
+        keys: Vec<String>,
     },
     /// A setting is out of range.
     #[error("invalid setting {key} = {value}: {reason}")]
@@ -45,8 +59,8 @@ pub enum ConfigError {
     },
 }
 
-/// The model size presets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The model size presets, as `--preset` and the YAML's `model.preset` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// For tests: trains in seconds.
@@ -56,29 +70,100 @@ pub enum Preset {
     Small,
 }
 
-impl std::fmt::Display for Preset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Preset::Tiny => "tiny",
-            Preset::Small => "small",
-        })
+impl Preset {
+    /// The model hyper-parameters of this preset.
+    pub fn model_config(self) -> Config {
+        match self {
+            Preset::Tiny => Config::tiny(),
+            Preset::Small => Config::small(),
+        }
     }
 }
 
-impl std::str::FromStr for Preset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tiny" => Ok(Preset::Tiny),
-            "small" => Ok(Preset::Small),
-            other => Err(format!("invalid preset {other:?}: expected tiny or small")),
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The YAML's `model` section: which network to fine-tune.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelSettings {
+    /// Model size.
+    pub preset: Preset,
+    /// Base model file; `None` uses the cached base of the preset (pretrained when absent).
+    pub base: Option<PathBuf>,
+}
+
+/// The YAML's `data` section: where the fine-tuning images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataSettings {
+    /// A folder of the user's images; `None` uses the procedural trees.
+    pub dir: Option<PathBuf>,
+    /// Number of procedural tree images (ignored with `dir`).
+    pub num_images: usize,
+    /// Fraction of the images held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            num_images: 1024,
+            val_fraction: 0.2,
+        }
+    }
+}
+
+/// The YAML's `training` section: optimisation and the run it is recorded in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainingSettings {
+    /// Experiment name recorded in metadata.
+    pub experiment_name: String,
+    /// Total epochs (a resumed run trains up to this).
+    pub epochs: u32,
+    /// Images per optimizer step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// Seed of data order, noise and LoRA initialisation.
+    pub seed: u64,
+    /// The seed's checkpoint section.
+    pub checkpoint: CheckpointSettings,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        Self {
+            experiment_name: store::DEFAULT_EXPERIMENT.into(),
+            epochs: 6,
+            batch_size: 16,
+            learning_rate: 2e-3,
+            min_lr: 1e-5,
+            weight_decay: 0.0,
+            warmup_steps: 4,
+            seed: 42,
+            checkpoint: CheckpointSettings::default(),
         }
     }
 }
 
 /// The seed's `training.checkpoint` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct CheckpointSettings {
     /// Whether LoRA checkpoints are written at all.
     pub enabled: bool,
@@ -116,191 +201,104 @@ impl Default for CheckpointSettings {
     }
 }
 
-/// LoRA hyper-parameters (PEFT names) as the YAML config and flags give them. The fields are
-/// [`model::LoraConfig`]'s, but unknown keys are errors here (a typo in a config file must
-/// not be silently ignored), while the model's type, read back from checkpoint files, tolerates
-/// fields a newer version may add.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoraSettings {
-    /// Rank.
-    pub r: usize,
-    /// Scale numerator: the update is `(lora_alpha / r) · B A x`.
-    pub lora_alpha: f64,
-    /// Dropout on the LoRA branch input during training.
-    pub lora_dropout: f64,
-    /// Module-name suffixes that get adapters, matched at a `.` boundary (`attn.qkv`).
-    pub target_modules: Vec<String>,
-}
-
-impl Default for LoraSettings {
-    /// The model's defaults ([`model::LoraConfig::default`]), defined there once.
-    fn default() -> Self {
-        Self::from_model(&model::LoraConfig::default())
-    }
-}
-
-impl LoraSettings {
-    /// The model's LoRA config.
-    pub fn to_model(&self) -> model::LoraConfig {
-        model::LoraConfig {
-            r: self.r,
-            lora_alpha: self.lora_alpha,
-            lora_dropout: self.lora_dropout,
-            target_modules: self.target_modules.clone(),
-        }
-    }
-
-    /// Settings of a model LoRA config.
-    pub fn from_model(c: &model::LoraConfig) -> Self {
-        Self {
-            r: c.r,
-            lora_alpha: c.lora_alpha,
-            lora_dropout: c.lora_dropout,
-            target_modules: c.target_modules.clone(),
-        }
-    }
-}
-
-/// Where the fine-tuning images come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataSettings {
-    /// A folder of the user's images; `None` uses the procedural trees.
-    pub dir: Option<PathBuf>,
-    /// Number of procedural tree images (ignored with `dir`).
-    pub num_images: usize,
-    /// Fraction of the images held out for validation.
-    pub val_fraction: f64,
-}
-
-impl Default for DataSettings {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            num_images: 1024,
-            val_fraction: 0.2,
-        }
-    }
-}
-
-/// Everything a fine-tuning run needs; stored as the run's `training_config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Everything a fine-tuning run needs, shaped as the YAML file: one field per section.
+///
+/// Unknown keys are errors when reading a YAML file ([`TrainingConfig::from_yaml_str`]) but not
+/// in the types themselves, so that the `lora` section is the model's own [`LoraConfig`] (which
+/// must tolerate fields a newer version adds to checkpoint files) and so that a run's stored
+/// config can be read back through [`TrainingConfig::from_stored`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainingConfig {
-    /// Experiment name recorded in metadata.
-    pub experiment_name: String,
-    /// Model size.
-    pub preset: Preset,
-    /// Base model file; `None` uses the cached base of the preset.
-    pub base: Option<PathBuf>,
-    /// Total epochs (a resumed run trains up to this).
-    pub epochs: u32,
-    /// Images per optimizer step.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Floor of the cosine decay.
-    pub min_lr: f64,
-    /// AdamW decoupled weight decay.
-    pub weight_decay: f64,
-    /// Linear warmup steps.
-    pub warmup_steps: u64,
-    /// Seed of data order, noise and LoRA initialisation.
-    pub seed: u64,
+    /// The network to fine-tune.
+    pub model: ModelSettings,
+    /// LoRA hyper-parameters (PEFT names).
+    pub lora: LoraConfig,
     /// Fine-tuning data.
     pub data: DataSettings,
-    /// LoRA hyper-parameters.
-    pub lora: LoraSettings,
-    /// The seed's checkpoint section.
-    pub checkpoint: CheckpointSettings,
+    /// Optimisation and checkpointing.
+    pub training: TrainingSettings,
 }
 
-impl Default for TrainingConfig {
-    fn default() -> Self {
-        Self {
-            experiment_name: DEFAULT_EXPERIMENT.into(),
-            preset: Preset::default(),
-            base: None,
-            epochs: 6,
-            batch_size: 16,
-            learning_rate: 2e-3,
-            min_lr: 1e-5,
-            weight_decay: 0.0,
-            warmup_steps: 4,
-            seed: 42,
-            data: DataSettings::default(),
-            lora: LoraSettings::default(),
-            checkpoint: CheckpointSettings::default(),
-        }
+/// How a run stores its [`TrainingConfig`] (config.json's `training`, metadata's
+/// `training_config`): the `model` and `training` sections' keys at the top level, as runs have
+/// been written since the first version.
+#[derive(Serialize, Deserialize)]
+struct StoredConfig {
+    #[serde(flatten)]
+    model: ModelSettings,
+    #[serde(default)]
+    lora: LoraConfig,
+    #[serde(default)]
+    data: DataSettings,
+    #[serde(flatten)]
+    training: TrainingSettings,
+}
+
+/// What `--data` names: the procedural trees (`trees`) or a folder of images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// The procedural tree images.
+    Trees,
+    /// A folder of PNG/JPEG images.
+    Folder(PathBuf),
+}
+
+impl DataSource {
+    /// `trees`, or any other text as a folder path.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "trees" => DataSource::Trees,
+            dir => DataSource::Folder(PathBuf::from(dir)),
+        })
     }
 }
 
-/// The YAML file's shape: the seed's sections.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct YamlFile {
-    #[serde(default)]
-    model: Option<YamlModel>,
-    #[serde(default)]
-    lora: Option<LoraSettings>,
-    #[serde(default)]
-    data: Option<DataSettings>,
-    #[serde(default)]
-    training: Option<YamlTraining>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct YamlModel {
-    preset: Option<Preset>,
-    base: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct YamlTraining {
-    experiment_name: Option<String>,
-    epochs: Option<u32>,
-    batch_size: Option<usize>,
-    learning_rate: Option<f64>,
-    min_lr: Option<f64>,
-    weight_decay: Option<f64>,
-    warmup_steps: Option<u64>,
-    seed: Option<u64>,
-    checkpoint: Option<CheckpointSettings>,
-}
-
-/// Settings given on the command line; `Some` overrides the file and the defaults.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Settings given on the command line (they are the `diffit train` flags); `Some` overrides the
+/// file and the defaults. On resume they override the run's stored config.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct Overrides {
-    /// `--experiment`.
+    /// Experiment name recorded in a new run.
+    #[arg(long = "experiment", value_name = "NAME")]
     pub experiment_name: Option<String>,
-    /// `--preset`.
+    /// Model size.
+    #[arg(long, value_enum)]
     pub preset: Option<Preset>,
-    /// `--base`.
+    /// Base model to fine-tune (a safetensors file).
+    #[arg(long, value_name = "FILE")]
     pub base: Option<PathBuf>,
-    /// `--epochs`.
+    /// Epochs to train (in total, counting resumed ones).
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub epochs: Option<u32>,
-    /// `--batch-size`.
+    /// Images per batch.
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<usize>())]
     pub batch_size: Option<usize>,
-    /// `--learning-rate`.
+    /// Peak learning rate.
+    #[arg(long, allow_hyphen_values = true, value_parser = values::positive)]
     pub learning_rate: Option<f64>,
-    /// `--seed`.
+    /// Seed for data order, initialisation and noise.
+    #[arg(long, allow_negative_numbers = true, value_parser = values::seed)]
     pub seed: Option<u64>,
-    /// `--data`.
-    pub data_dir: Option<PathBuf>,
-    /// `--checkpoints`.
+    /// Training data: `trees` (procedural) or a folder of PNG/JPEG images.
+    #[arg(long, value_name = "trees|DIR", value_parser = DataSource::parse)]
+    pub data: Option<DataSource>,
+    /// Directory holding the runs (default: the config's `base_dir`, else `checkpoints`).
+    #[arg(long = "checkpoints", value_name = "DIR")]
     pub base_dir: Option<PathBuf>,
-    /// `--run-number`.
+    /// Run to use: an existing number opens that run, a new number creates it.
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: Option<u32>,
-    /// `--keep-last-n`.
+    /// Keep only the newest N epoch files (the best is always kept).
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub keep_last_n: Option<u32>,
-    /// `--monitor`.
+    /// Metric that picks the best checkpoint.
+    #[arg(long)]
     pub monitor: Option<String>,
-    /// `--mode`.
+    /// Whether a lower (`min`) or higher (`max`) monitored metric is better.
+    #[arg(long)]
     pub mode: Option<Mode>,
-    /// `--save-every-n-epochs`.
+    /// Save a checkpoint every N epochs.
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub save_every_n_epochs: Option<u32>,
 }
 
@@ -317,74 +315,52 @@ impl TrainingConfig {
     /// Defaults overlaid with YAML text; `path` is only used in messages.
     pub fn from_yaml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
         // An empty file is a valid (all-default) config; serde_yaml_ng sees it as null.
-        let file: YamlFile = if text.trim().is_empty() {
-            YamlFile::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let mut unknown = Vec::new();
+        let cfg: Self =
+            serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), |key| {
+                unknown.push(key.to_string())
+            })
+            .map_err(|e| ConfigError::Yaml {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?
-        };
-        let mut cfg = Self::default();
-        if let Some(m) = file.model {
-            cfg.preset = m.preset.unwrap_or(cfg.preset);
-            cfg.base = m.base.or(cfg.base);
-        }
-        if let Some(l) = file.lora {
-            cfg.lora = l;
-        }
-        if let Some(d) = file.data {
-            cfg.data = d;
-        }
-        if let Some(t) = file.training {
-            cfg.experiment_name = t.experiment_name.unwrap_or(cfg.experiment_name);
-            cfg.epochs = t.epochs.unwrap_or(cfg.epochs);
-            cfg.batch_size = t.batch_size.unwrap_or(cfg.batch_size);
-            cfg.learning_rate = t.learning_rate.unwrap_or(cfg.learning_rate);
-            cfg.min_lr = t.min_lr.unwrap_or(cfg.min_lr);
-            cfg.weight_decay = t.weight_decay.unwrap_or(cfg.weight_decay);
-            cfg.warmup_steps = t.warmup_steps.unwrap_or(cfg.warmup_steps);
-            cfg.seed = t.seed.unwrap_or(cfg.seed);
-            if let Some(c) = t.checkpoint {
-                cfg.checkpoint = c;
-            }
+            })?;
+        if !unknown.is_empty() {
+            return Err(ConfigError::UnknownKeys {
+                path: path.to_path_buf(),
+                keys: unknown,
+            });
         }
         Ok(cfg)
     }
 
-    /// Applies command-line settings over this config.
-    pub fn apply(&mut self, o: &Overrides) {
-        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
-            if let Some(v) = v {
-                *slot = v.clone();
-            }
-        }
-        set(&mut self.experiment_name, &o.experiment_name);
-        set(&mut self.preset, &o.preset);
-        if o.base.is_some() {
-            self.base = o.base.clone();
-        }
-        set(&mut self.epochs, &o.epochs);
-        set(&mut self.batch_size, &o.batch_size);
-        set(&mut self.learning_rate, &o.learning_rate);
-        set(&mut self.seed, &o.seed);
-        if o.data_dir.is_some() {
-            self.data.dir = o.data_dir.clone();
-        }
-        set(&mut self.checkpoint.base_dir, &o.base_dir);
-        if o.run_number.is_some() {
-            self.checkpoint.run_number = o.run_number;
-        }
-        set(&mut self.checkpoint.keep_last_n, &o.keep_last_n);
-        set(&mut self.checkpoint.monitor, &o.monitor);
-        set(&mut self.checkpoint.mode, &o.mode);
-        set(
-            &mut self.checkpoint.save_every_n_epochs,
-            &o.save_every_n_epochs,
-        );
+    /// The form a run stores (see [`StoredConfig`]): flat, as the dashboard shows it.
+    pub fn to_stored(&self) -> serde_json::Value {
+        let stored = StoredConfig {
+            model: self.model.clone(),
+            lora: self.lora.clone(),
+            data: self.data.clone(),
+            training: self.training.clone(),
+        };
+        // Plain data with string keys: serialising it cannot fail.
+        serde_json::to_value(stored).unwrap_or_default()
     }
 
-    /// Checks every range; the error names the setting.
+    /// A config read back from its stored form ([`TrainingConfig::to_stored`]); keys it does
+    /// not know (from a newer version) are ignored.
+    pub fn from_stored(value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        let stored: StoredConfig = serde_json::from_value(value)?;
+        Ok(Self {
+            model: stored.model,
+            lora: stored.lora,
+            data: stored.data,
+            training: stored.training,
+        })
+    }
+
+    /// Checks every range; the error names the setting by its YAML path.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(
             key: &'static str,
@@ -397,63 +373,54 @@ impl TrainingConfig {
                 reason: reason.into(),
             })
         }
-        if self.experiment_name.trim().is_empty() {
+        let t = &self.training;
+        if t.experiment_name.trim().is_empty() {
             return invalid("training.experiment_name", "\"\"", "must not be empty");
         }
-        if self.epochs == 0 {
-            return invalid("training.epochs", self.epochs, "must be at least 1");
+        if t.epochs == 0 {
+            return invalid("training.epochs", t.epochs, "must be at least 1");
         }
-        if self.batch_size == 0 {
-            return invalid("training.batch_size", self.batch_size, "must be at least 1");
+        if t.batch_size == 0 {
+            return invalid("training.batch_size", t.batch_size, "must be at least 1");
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return invalid(
                 "training.learning_rate",
-                self.learning_rate,
+                t.learning_rate,
                 "must be a positive number",
             );
         }
-        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
-            return invalid("training.min_lr", self.min_lr, "must be >= 0");
+        if !(t.min_lr.is_finite() && t.min_lr >= 0.0) {
+            return invalid("training.min_lr", t.min_lr, "must be >= 0");
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return invalid("training.weight_decay", self.weight_decay, "must be >= 0");
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return invalid("training.weight_decay", t.weight_decay, "must be >= 0");
         }
-        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+        let d = &self.data;
+        if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
             return invalid(
                 "data.val_fraction",
-                self.data.val_fraction,
+                d.val_fraction,
                 "must be strictly between 0 and 1",
             );
         }
-        if self.data.dir.is_none() && self.data.num_images < 2 {
-            return invalid(
-                "data.num_images",
-                self.data.num_images,
-                "must be at least 2",
-            );
+        if d.dir.is_none() && d.num_images < 2 {
+            return invalid("data.num_images", d.num_images, "must be at least 2");
         }
-        if self.lora.r == 0 {
-            return invalid("lora.r", self.lora.r, "must be at least 1");
+        let l = &self.lora;
+        if l.r == 0 {
+            return invalid("lora.r", l.r, "must be at least 1");
         }
-        if !(self.lora.lora_alpha.is_finite() && self.lora.lora_alpha > 0.0) {
-            return invalid(
-                "lora.lora_alpha",
-                self.lora.lora_alpha,
-                "must be a positive number",
-            );
+        if !(l.lora_alpha.is_finite() && l.lora_alpha > 0.0) {
+            return invalid("lora.lora_alpha", l.lora_alpha, "must be a positive number");
         }
-        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
-            return invalid(
-                "lora.lora_dropout",
-                self.lora.lora_dropout,
-                "must be in [0, 1)",
-            );
+        if !(0.0..1.0).contains(&l.lora_dropout) {
+            return invalid("lora.lora_dropout", l.lora_dropout, "must be in [0, 1)");
         }
-        if self.lora.target_modules.is_empty() {
+        if l.target_modules.is_empty() {
             return invalid("lora.target_modules", "[]", "must name at least one module");
         }
-        let c = &self.checkpoint;
+        let c = &t.checkpoint;
         if c.save_every_n_epochs == 0 {
             return invalid(
                 "training.checkpoint.save_every_n_epochs",
@@ -498,6 +465,41 @@ impl TrainingConfig {
     }
 }
 
+impl TrainingConfig {
+    /// Applies command-line settings over this config.
+    pub fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        set(&mut self.model.preset, &o.preset);
+        if o.base.is_some() {
+            self.model.base = o.base.clone();
+        }
+        match &o.data {
+            None => {}
+            Some(DataSource::Trees) => self.data.dir = None,
+            Some(DataSource::Folder(dir)) => self.data.dir = Some(dir.clone()),
+        }
+        let t = &mut self.training;
+        set(&mut t.experiment_name, &o.experiment_name);
+        set(&mut t.epochs, &o.epochs);
+        set(&mut t.batch_size, &o.batch_size);
+        set(&mut t.learning_rate, &o.learning_rate);
+        set(&mut t.seed, &o.seed);
+        let c = &mut t.checkpoint;
+        set(&mut c.base_dir, &o.base_dir);
+        if o.run_number.is_some() {
+            c.run_number = o.run_number;
+        }
+        set(&mut c.keep_last_n, &o.keep_last_n);
+        set(&mut c.monitor, &o.monitor);
+        set(&mut c.mode, &o.mode);
+        set(&mut c.save_every_n_epochs, &o.save_every_n_epochs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,15 +512,18 @@ mod tests {
     fn the_shipped_yaml_parses_and_validates() {
         let cfg = TrainingConfig::from_yaml_file(&shipped()).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.experiment_name, DEFAULT_EXPERIMENT);
-        assert!(cfg.checkpoint.enabled);
-        assert_eq!(cfg.checkpoint.base_dir, PathBuf::from("checkpoints"));
-        assert_eq!(cfg.checkpoint.run_number, None);
-        assert_eq!(cfg.checkpoint.keep_last_n, 5);
-        assert_eq!(cfg.checkpoint.monitor, "val_loss");
-        assert_eq!(cfg.checkpoint.mode, Mode::Min);
-        assert!(cfg.checkpoint.save_base_model);
-        assert_eq!(cfg.checkpoint.resume_from_run, None);
+        assert_eq!(cfg.training.experiment_name, store::DEFAULT_EXPERIMENT);
+        let c = &cfg.training.checkpoint;
+        assert!(c.enabled);
+        assert_eq!(c.base_dir, PathBuf::from("checkpoints"));
+        assert_eq!(c.run_number, None);
+        assert_eq!(c.keep_last_n, 5);
+        assert_eq!(c.monitor, "val_loss");
+        assert_eq!(c.mode, Mode::Min);
+        assert!(c.save_base_model);
+        assert_eq!(c.resume_from_run, None);
+        // The shipped file spells out the defaults.
+        assert_eq!(cfg, TrainingConfig::default());
     }
 
     #[test]
@@ -537,8 +542,7 @@ training:
     resume_from_run: null  # Run number to resume from
 "#;
         let cfg = TrainingConfig::from_yaml_str(seed, Path::new("seed.yaml")).unwrap();
-        assert_eq!(cfg.checkpoint, CheckpointSettings::default());
-        assert_eq!(cfg.epochs, TrainingConfig::default().epochs);
+        assert_eq!(cfg, TrainingConfig::default());
     }
 
     #[test]
@@ -546,32 +550,36 @@ training:
         let text = "training:\n  epochs: 3\n  learning_rate: 1e-4\n  checkpoint:\n    keep_last_n: 2\n    mode: max\n    monitor: train_loss\ndata:\n  val_fraction: 0.25\nmodel:\n  preset: tiny\n";
         let mut cfg = TrainingConfig::from_yaml_str(text, Path::new("x.yaml")).unwrap();
         assert_eq!(
-            (cfg.epochs, cfg.learning_rate, cfg.preset),
+            (
+                cfg.training.epochs,
+                cfg.training.learning_rate,
+                cfg.model.preset
+            ),
             (3, 1e-4, Preset::Tiny)
         );
-        assert_eq!(
-            (cfg.checkpoint.keep_last_n, cfg.checkpoint.mode),
-            (2, Mode::Max)
-        );
+        let c = &cfg.training.checkpoint;
+        assert_eq!((c.keep_last_n, c.mode), (2, Mode::Max));
         // A section given in part keeps the defaults of its other keys.
-        assert!(cfg.checkpoint.save_base_model);
+        assert!(c.save_base_model);
+        assert_eq!(cfg.training.batch_size, 16);
         assert_eq!(cfg.data.val_fraction, 0.25);
+        assert_eq!(cfg.data.num_images, 1024);
         cfg.apply(&Overrides {
             epochs: Some(9),
             keep_last_n: Some(7),
             run_number: Some(4),
-            data_dir: Some("imgs".into()),
+            data: Some(DataSource::Folder("imgs".into())),
             ..Default::default()
         });
+        let c = &cfg.training.checkpoint;
         assert_eq!(
-            (
-                cfg.epochs,
-                cfg.checkpoint.keep_last_n,
-                cfg.checkpoint.run_number
-            ),
+            (cfg.training.epochs, c.keep_last_n, c.run_number),
             (9, 7, Some(4))
         );
-        assert_eq!(cfg.learning_rate, 1e-4, "not given on the command line");
+        assert_eq!(
+            cfg.training.learning_rate, 1e-4,
+            "not given on the command line"
+        );
         assert_eq!(cfg.data.dir, Some(PathBuf::from("imgs")));
         cfg.validate().unwrap();
     }
@@ -579,9 +587,13 @@ training:
     #[test]
     fn unknown_keys_name_the_key_and_the_file() {
         for (text, key) in [
-            ("training:\n  epochs: 3\n  epoch: 4\n", "epoch"),
-            ("training:\n  checkpoint:\n    keep_last: 2\n", "keep_last"),
-            ("lora:\n  rank: 4\n", "rank"),
+            ("training:\n  epochs: 3\n  epoch: 4\n", "training.epoch"),
+            (
+                "training:\n  checkpoint:\n    keep_last: 2\n",
+                "training.checkpoint.keep_last",
+            ),
+            ("lora:\n  rank: 4\n", "lora.rank"),
+            ("model:\n  preset: tiny\n  size: 3\n", "model.size"),
             ("optimizer: {}\n", "optimizer"),
         ] {
             let err = TrainingConfig::from_yaml_str(text, Path::new("configs/my.yaml"))
@@ -614,30 +626,33 @@ training:
     #[test]
     fn validation_names_the_setting() {
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|c| c.epochs = 0), "training.epochs"),
-            (Box::new(|c| c.batch_size = 0), "training.batch_size"),
+            (Box::new(|c| c.training.epochs = 0), "training.epochs"),
             (
-                Box::new(|c| c.learning_rate = -1.0),
+                Box::new(|c| c.training.batch_size = 0),
+                "training.batch_size",
+            ),
+            (
+                Box::new(|c| c.training.learning_rate = -1.0),
                 "training.learning_rate",
             ),
             (Box::new(|c| c.data.val_fraction = 1.0), "data.val_fraction"),
             (Box::new(|c| c.lora.r = 0), "lora.r"),
             (
-                Box::new(|c| c.checkpoint.monitor = "accuracy".into()),
+                Box::new(|c| c.training.checkpoint.monitor = "accuracy".into()),
                 "training.checkpoint.monitor",
             ),
             (
-                Box::new(|c| c.checkpoint.keep_last_n = 0),
+                Box::new(|c| c.training.checkpoint.keep_last_n = 0),
                 "training.checkpoint.keep_last_n",
             ),
             (
-                Box::new(|c| c.checkpoint.save_every_n_epochs = 0),
+                Box::new(|c| c.training.checkpoint.save_every_n_epochs = 0),
                 "training.checkpoint.save_every_n_epochs",
             ),
             (
                 Box::new(|c| {
-                    c.checkpoint.run_number = Some(2);
-                    c.checkpoint.resume_from_run = Some(3);
+                    c.training.checkpoint.run_number = Some(2);
+                    c.training.checkpoint.resume_from_run = Some(3);
                 }),
                 "resume_from_run",
             ),
@@ -651,14 +666,70 @@ training:
     }
 
     #[test]
-    fn config_round_trips_through_json() {
-        let cfg = TrainingConfig {
-            learning_rate: 0.000_123_456_789_012_345_67,
-            ..Default::default()
-        };
-        let back: TrainingConfig =
-            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+    fn the_stored_form_is_flat_and_round_trips() {
+        let mut cfg = TrainingConfig::default();
+        cfg.training.learning_rate = 0.000_123_456_789_012_345_67;
+        cfg.model.preset = Preset::Tiny;
+        cfg.lora.r = 4;
+        let stored = cfg.to_stored();
+        // The keys runs have always stored, at the top level.
+        assert_eq!(stored["preset"], "tiny");
+        assert_eq!(stored["epochs"], 6);
+        assert_eq!(stored["lora"]["r"], 4);
+        assert_eq!(stored["checkpoint"]["keep_last_n"], 5);
+        assert!(stored.get("model").is_none() && stored.get("training").is_none());
+        let back = TrainingConfig::from_stored(stored).unwrap();
         assert_eq!(back, cfg);
-        assert_eq!(back.learning_rate.to_bits(), cfg.learning_rate.to_bits());
+        assert_eq!(
+            back.training.learning_rate.to_bits(),
+            cfg.training.learning_rate.to_bits()
+        );
+    }
+
+    #[test]
+    fn a_stored_config_of_an_older_main_reads_back() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/main-36b41c4/checkpoints/run_001/config.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let cfg = TrainingConfig::from_stored(saved["training"].clone()).unwrap();
+        assert_eq!(cfg.model.preset, Preset::Tiny);
+        assert_eq!(cfg.model.base, Some(PathBuf::from("base_tiny.safetensors")));
+        assert_eq!(cfg.training.epochs, 3);
+        assert_eq!(cfg.training.checkpoint.keep_last_n, 2);
+        assert_eq!(cfg.lora, LoraConfig::default());
+        // And it is stored again exactly as that version stored it.
+        assert_eq!(cfg.to_stored(), saved["training"]);
+    }
+
+    #[test]
+    fn data_trees_on_the_command_line_overrides_a_folder_in_the_file() {
+        let mut cfg =
+            TrainingConfig::from_yaml_str("data:\n  dir: imgs\n", Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.data.dir, Some(PathBuf::from("imgs")));
+        let mut keep = cfg.clone();
+        keep.apply(&Overrides::default());
+        assert_eq!(keep.data.dir, Some(PathBuf::from("imgs")));
+        cfg.apply(&Overrides {
+            data: Some(DataSource::Trees),
+            ..Default::default()
+        });
+        assert_eq!(cfg.data.dir, None);
+    }
+
+    #[test]
+    fn presets_parse_and_print_by_name() {
+        for preset in Preset::value_variants() {
+            let name = preset.to_string();
+            assert_eq!(Preset::from_str(&name, false), Ok(*preset));
+            let yaml = format!("model:\n  preset: {name}\n");
+            let cfg = TrainingConfig::from_yaml_str(&yaml, Path::new("p.yaml")).unwrap();
+            assert_eq!(cfg.model.preset, *preset);
+            assert_eq!(
+                Config::preset(&name),
+                Some(preset.model_config()),
+                "the model crate knows the preset by the same name"
+            );
+        }
     }
 }

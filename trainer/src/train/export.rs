@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::train::config::LoraSettings;
 use format::tensors::{is_lora_tensor, lora_module};
+use model::LoraConfig;
 
 /// PEFT's file names inside an adapter folder.
 pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -70,7 +70,7 @@ pub struct PeftAdapterConfig {
 
 impl PeftAdapterConfig {
     /// The PEFT config of our LoRA settings.
-    pub fn new(lora: &LoraSettings, base_model: impl Into<String>) -> Self {
+    pub fn new(lora: &LoraConfig, base_model: impl Into<String>) -> Self {
         Self {
             peft_type: "LORA".into(),
             r: lora.r,
@@ -99,7 +99,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 pub fn write_peft_adapter(
     dir: &Path,
     tensors: &HashMap<String, Tensor>,
-    lora: &LoraSettings,
+    lora: &LoraConfig,
     base_model: &str,
 ) -> Result<PathBuf, ExportError> {
     let adapters: BTreeMap<String, Tensor> = tensors
@@ -163,7 +163,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("adapter");
-        let lora = LoraSettings {
+        let lora = LoraConfig {
             r: 4,
             ..Default::default()
         };
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn nothing_to_export_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_peft_adapter(dir.path(), &HashMap::new(), &LoraSettings::default(), "x")
+        let err = write_peft_adapter(dir.path(), &HashMap::new(), &LoraConfig::default(), "x")
             .unwrap_err();
         assert!(matches!(err, ExportError::NoLoraTensors));
     }

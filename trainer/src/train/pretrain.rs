@@ -72,14 +72,6 @@ impl PretrainConfig {
     }
 }
 
-/// The model hyper-parameters of a preset.
-pub fn model_config(preset: Preset) -> Config {
-    match preset {
-        Preset::Tiny => Config::tiny(),
-        Preset::Small => Config::small(),
-    }
-}
-
 /// Trains a base model from scratch; returns its weights. Same config ⇒ same bits (for the
 /// same thread count).
 pub fn pretrain(
@@ -93,7 +85,7 @@ pub fn pretrain(
         ));
     }
     let device = Device::Cpu;
-    let model_cfg = model_config(cfg.preset);
+    let model_cfg = cfg.preset.model_config();
     let mut init_rng = Rng::new(mix_seed(cfg.seed, 11));
     let init = init_base_tensors(&model_cfg, &mut init_rng, &device)?;
     let varmap = VarMap::new();

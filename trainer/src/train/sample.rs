@@ -199,8 +199,12 @@ pub fn export_peft(model: &FusedModel, out: &Path, base_name: &str) -> Result<Pa
     let lora_config = model.lora_config.as_ref().ok_or_else(|| {
         TrainError::Usage("the base checkpoint has no adapters to export as PEFT".into())
     })?;
-    let settings = super::config::LoraSettings::from_model(lora_config);
-    Ok(write_peft_adapter(out, &model.lora, &settings, base_name)?)
+    Ok(write_peft_adapter(
+        out,
+        &model.lora,
+        lora_config,
+        base_name,
+    )?)
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use super::callbacks::{
 use super::config::{Overrides, TrainingConfig};
 use super::error::TrainError;
 use super::pretrain::{
-    base_model_config, cached_base_path, load_base, model_config, pretrain, same_weights,
-    save_base, PretrainConfig, DEFAULT_PRETRAIN_SEED,
+    base_model_config, cached_base_path, load_base, pretrain, same_weights, save_base,
+    PretrainConfig, DEFAULT_PRETRAIN_SEED,
 };
 use super::state::{streams, TrainState};
 use super::tensorboard::EventWriter;
@@ -75,7 +75,7 @@ fn say(show: bool, text: &str) {
 
 /// Loads the fine-tuning images for `cfg` and splits them.
 pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError> {
-    let size = model_config(cfg.preset).image_size;
+    let size = cfg.model.preset.model_config().image_size;
     let all = match &cfg.data.dir {
         Some(dir) => {
             if !dir.is_dir() {
@@ -90,7 +90,7 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
         None => Dataset::trees(
             cfg.data.num_images,
             size,
-            mix_seed(cfg.seed, streams::TREES),
+            mix_seed(cfg.training.seed, streams::TREES),
         ),
     };
     if all.len() < 2 {
@@ -99,7 +99,10 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
             all.len()
         )));
     }
-    let (train, val) = all.split(cfg.data.val_fraction, mix_seed(cfg.seed, streams::SPLIT));
+    let (train, val) = all.split(
+        cfg.data.val_fraction,
+        mix_seed(cfg.training.seed, streams::SPLIT),
+    );
     if train.is_empty() || val.is_empty() {
         return Err(TrainError::Usage(format!(
             "val_fraction {} leaves {} training and {} validation images; both must be non-empty",
@@ -119,19 +122,24 @@ pub fn resolve_base(
     show: bool,
     stop: &Arc<AtomicBool>,
 ) -> Result<(HashMap<String, Tensor>, Config), TrainError> {
-    let expected = model_config(cfg.preset);
-    if let Some(path) = &cfg.base {
+    let preset = cfg.model.preset;
+    let expected = preset.model_config();
+    if let Some(path) = &cfg.model.base {
         let loaded = load_base(path, &expected)?;
         return Ok((loaded.tensors, loaded.model_config.unwrap_or(expected)));
     }
-    let cached = cached_base_path(&cfg.checkpoint.base_dir, cfg.preset, DEFAULT_PRETRAIN_SEED);
+    let cached = cached_base_path(
+        &cfg.training.checkpoint.base_dir,
+        preset,
+        DEFAULT_PRETRAIN_SEED,
+    );
     if cached.exists() {
         match base_model_config(&cached)? {
             Some(found) if found != expected => say(
                 show,
                 &format!(
                     "the cached {} base model {} was made for another model config ({found:?}); pretraining it again",
-                    cfg.preset,
+                    preset,
                     cached.display()
                 ),
             ),
@@ -140,7 +148,7 @@ pub fn resolve_base(
                     show,
                     &format!(
                         "using the cached {} base model {}",
-                        cfg.preset,
+                        preset,
                         cached.display()
                     ),
                 );
@@ -152,12 +160,12 @@ pub fn resolve_base(
             show,
             &format!(
                 "no base model given and none cached: pretraining the {} base on the generic set first (once; cached at {})",
-                cfg.preset,
+                preset,
                 cached.display()
             ),
         );
     }
-    let tensors = pretrain(&PretrainConfig::for_preset(cfg.preset), show, stop)?;
+    let tensors = pretrain(&PretrainConfig::for_preset(preset), show, stop)?;
     save_base(&cached, &tensors, &expected)?;
     Ok((tensors, expected))
 }
@@ -169,10 +177,10 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
         let from_flags = req
             .overrides
             .run_number
-            .or(req.config.checkpoint.run_number);
+            .or(req.config.training.checkpoint.run_number);
         Some(
             from_flags
-                .or(req.config.checkpoint.resume_from_run)
+                .or(req.config.training.checkpoint.resume_from_run)
                 .ok_or_else(|| {
                     TrainError::Usage(
                         "--resume needs --run-number N (or training.checkpoint.resume_from_run)"
@@ -181,7 +189,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 })?,
         )
     } else {
-        req.config.checkpoint.resume_from_run
+        req.config.training.checkpoint.resume_from_run
     };
 
     let (cfg, manager, base, model_cfg) = match resume_run {
@@ -190,26 +198,25 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 .overrides
                 .base_dir
                 .clone()
-                .unwrap_or_else(|| req.config.checkpoint.base_dir.clone());
+                .unwrap_or_else(|| req.config.training.checkpoint.base_dir.clone());
             let manager = CheckpointManager::open(&base_dir, run)?;
             let saved = manager.load_config()?;
-            let mut cfg: TrainingConfig = serde_json::from_value(
-                saved.get("training").cloned().unwrap_or(saved),
-            )
-            .map_err(|e| {
-                TrainError::Resume(format!(
-                    "config.json of run {run} is not a training config: {e}"
-                ))
-            })?;
+            let mut cfg =
+                TrainingConfig::from_stored(saved.get("training").cloned().unwrap_or(saved))
+                    .map_err(|e| {
+                        TrainError::Resume(format!(
+                            "config.json of run {run} is not a training config: {e}"
+                        ))
+                    })?;
             let requested_base = req.overrides.base.clone();
             let mut overrides = req.overrides.clone();
             overrides.base = None;
             cfg.apply(&overrides);
-            cfg.checkpoint.base_dir = base_dir;
-            cfg.checkpoint.run_number = Some(run);
+            cfg.training.checkpoint.base_dir = base_dir;
+            cfg.training.checkpoint.run_number = Some(run);
             cfg.validate()?;
             let stored = manager.load_base_model()?;
-            let preset = model_config(cfg.preset);
+            let preset = cfg.model.preset.model_config();
             // The run keeps the model config its base was saved with (older runs predict ε).
             let model_cfg = if stored.model_config.is_null() {
                 preset
@@ -224,7 +231,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 if saved.validate().is_err() || saved.image_size != preset.image_size {
                     return Err(TrainError::Resume(format!(
                         "run {run}'s base model was saved for {saved:?}, which does not fit the {} preset",
-                        cfg.preset
+                        cfg.model.preset
                     )));
                 }
                 saved
@@ -246,9 +253,9 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.apply(&req.overrides);
             cfg.validate()?;
             let manager = CheckpointManager::open_or_create(
-                &cfg.checkpoint.base_dir,
-                &cfg.experiment_name,
-                cfg.checkpoint.run_number,
+                &cfg.training.checkpoint.base_dir,
+                &cfg.training.experiment_name,
+                cfg.training.checkpoint.run_number,
             )?;
             if !manager.metadata().checkpoints.is_empty() {
                 return Err(TrainError::Usage(format!(
@@ -271,10 +278,10 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             run_dir.display(),
             train.len(),
             val.len(),
-            cfg.preset
+            cfg.model.preset
         ),
     );
-    let steps = Trainer::steps_per_epoch(train.len(), cfg.batch_size);
+    let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
     let mut state = TrainState::new(cfg.clone(), model_cfg, base, Device::Cpu, steps)?;
     let shared = Rc::new(RefCell::new(manager));
     let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
@@ -292,7 +299,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
     trainer = trainer
         .with_callback(DistributedCheckpointCallback::from_settings(
             shared.clone(),
-            &cfg.checkpoint,
+            &cfg.training.checkpoint,
         ))
         .with_callback(tb);
     let outcome = trainer.fit(&mut state)?;
@@ -300,7 +307,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
     let meta = m.metadata();
     let best = meta.best_checkpoint.as_ref().and_then(|b| {
         b.metrics
-            .get(&cfg.checkpoint.monitor)
+            .get(&cfg.training.checkpoint.monitor)
             .map(|v| (b.epoch, *v))
     });
     Ok(TrainReport {

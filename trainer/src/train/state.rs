@@ -97,8 +97,9 @@ impl TrainState {
         steps_per_epoch: u64,
     ) -> Result<Self, TrainError> {
         config.validate()?;
-        let lora_config = config.lora.to_model();
-        let mut init_rng = Rng::new(mix_seed(config.seed, streams::LORA_INIT));
+        let lora_config = config.lora.clone();
+        let t = &config.training;
+        let mut init_rng = Rng::new(mix_seed(t.seed, streams::LORA_INIT));
         let init = init_lora_tensors(&model_config, &lora_config, &mut init_rng, &device)?;
         validate_lora(&model_config, &base, &init, &lora_config)?;
 
@@ -125,19 +126,19 @@ impl TrainState {
         params.sort_by(|a, b| a.0.cmp(&b.0));
 
         let optimizer = AdamW::new(AdamWParams {
-            lr: config.learning_rate,
-            weight_decay: config.weight_decay,
+            lr: t.learning_rate,
+            weight_decay: t.weight_decay,
             ..Default::default()
         })?;
         let scheduler = LrScheduler::new(
-            config.learning_rate,
-            config.min_lr.min(config.learning_rate),
-            config.warmup_steps,
-            u64::from(config.epochs) * steps_per_epoch.max(1),
+            t.learning_rate,
+            t.min_lr.min(t.learning_rate),
+            t.warmup_steps,
+            u64::from(t.epochs) * steps_per_epoch.max(1),
         )?;
         Ok(Self {
-            data_rng: Rng::new(mix_seed(config.seed, streams::DATA_ORDER)),
-            noise_rng: Rng::new(mix_seed(config.seed, streams::NOISE)),
+            data_rng: Rng::new(mix_seed(t.seed, streams::DATA_ORDER)),
+            noise_rng: Rng::new(mix_seed(t.seed, streams::NOISE)),
             config,
             model_config,
             lora_config,
@@ -158,7 +159,7 @@ impl TrainState {
 
     /// Total optimizer steps the configured epochs take.
     pub fn total_steps(&self) -> u64 {
-        u64::from(self.config.epochs) * self.steps_per_epoch
+        u64::from(self.config.training.epochs) * self.steps_per_epoch
     }
 
     /// The current LoRA weights (copies, safe to keep while training goes on).
@@ -236,8 +237,8 @@ impl TrainState {
             var.set(&to_candle(tensor, &self.device)?)?;
         }
         let fresh_hp = AdamWParams {
-            lr: self.config.learning_rate,
-            weight_decay: self.config.weight_decay,
+            lr: self.config.training.learning_rate,
+            weight_decay: self.config.training.weight_decay,
             ..Default::default()
         };
         self.optimizer = if load_optimizer {
@@ -250,7 +251,7 @@ impl TrainState {
                 &map_to_candle(&ckpt.optimizer_tensors, &self.device)?,
                 &self.params,
             )?;
-            opt.set_weight_decay(self.config.weight_decay);
+            opt.set_weight_decay(self.config.training.weight_decay);
             opt
         } else {
             AdamW::new(fresh_hp)?
@@ -262,16 +263,21 @@ impl TrainState {
             })?
         } else {
             let mut s = LrScheduler::new(
-                self.config.learning_rate,
-                self.config.min_lr.min(self.config.learning_rate),
+                self.config.training.learning_rate,
+                self.config
+                    .training
+                    .min_lr
+                    .min(self.config.training.learning_rate),
                 0,
                 total.max(ckpt.global_step + 1),
             )?;
             s.step = ckpt.global_step;
             s
         };
-        self.scheduler
-            .retarget(total.max(ckpt.global_step + 1), self.config.learning_rate)?;
+        self.scheduler.retarget(
+            total.max(ckpt.global_step + 1),
+            self.config.training.learning_rate,
+        )?;
         let rng: RngStates = serde_json::from_value(ckpt.rng.clone())
             .map_err(|e| TrainError::Resume(format!("checkpoint RNG state is invalid: {e}")))?;
         self.data_rng = Rng::from_state(rng.data);

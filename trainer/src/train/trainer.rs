@@ -229,7 +229,7 @@ impl Trainer {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Trains from `state.epoch` up to `state.config.epochs`, calling the callbacks.
+    /// Trains from `state.epoch` up to `state.config.training.epochs`, calling the callbacks.
     pub fn fit(&mut self, state: &mut TrainState) -> Result<FitOutcome, TrainError> {
         let mut callbacks = std::mem::take(&mut self.callbacks);
         let result = self.fit_inner(state, &mut callbacks);
@@ -260,7 +260,7 @@ impl Trainer {
             cb.on_fit_start(state)?;
         }
         let show = self.show_progress;
-        let total_epochs = state.config.epochs;
+        let total_epochs = state.config.training.epochs;
         let progress = Progress::new(
             show,
             total_epochs,
@@ -335,8 +335,8 @@ impl Trainer {
             model,
             &self.val,
             &self.schedule,
-            state.config.batch_size,
-            state.config.seed,
+            state.config.training.batch_size,
+            state.config.training.seed,
             &state.device,
         )
     }
@@ -353,7 +353,7 @@ impl Trainer {
         state.data_rng.shuffle(&mut order);
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, state.scheduler.lr());
         let started = Instant::now();
-        for chunk in order.chunks(state.config.batch_size.max(1)) {
+        for chunk in order.chunks(state.config.training.batch_size.max(1)) {
             if self.stop_requested() {
                 return Ok(None);
             }

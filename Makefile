@@ -7,6 +7,9 @@ CHECKPOINTS ?= checkpoints
 PORT ?= 8080
 DEMO_EPOCHS ?= 12
 
+# Run a cargo without make's jobserver, so that it uses every core itself.
+NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
+
 .PHONY: demo test lint unit e2e app serve bench setup
 
 ## Set up what is missing, train the demo run (small preset), serve the dashboard on :$(PORT).
@@ -19,7 +22,8 @@ demo: setup
 
 ## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end).
 ## The wasm app (its own target dir) builds while clippy checks the workspace: the two share no
-## artefacts, so running them side by side fills the cores each leaves idle.
+## artefacts, so running them side by side fills the cores each leaves idle. Each cargo gets its
+## own job slots (NO_JOBSERVER): sharing make's two would leave the builds half as wide.
 test: setup
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint app
 	$(CARGO) test --workspace
@@ -31,7 +35,7 @@ setup:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(NO_JOBSERVER) $(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: app
 	$(CARGO) test --workspace
@@ -48,7 +52,7 @@ bench:
 
 ## Build the browser app into target/site (served by diffit-server by default).
 app:
-	scripts/build-app.sh
+	$(NO_JOBSERVER) scripts/build-app.sh
 
 serve:
 	$(CARGO) run --release -p server --bin diffit-server -- --checkpoints $(CHECKPOINTS) --port $(PORT)

@@ -8,12 +8,15 @@ pub fn time(stamp: &str) -> String {
     }
 }
 
-/// A metric value with enough digits to compare losses; `—` when absent.
+/// A metric value with enough digits to compare losses; `NaN`, `∞`, `−∞` for a diverged run;
+/// `—` when absent.
 pub fn metric(value: Option<f64>) -> String {
     match value {
-        Some(v) if v.is_finite() && v != 0.0 && v.abs() < 1e-3 => format!("{v:.3e}"),
-        Some(v) if v.is_finite() => format!("{v:.4}"),
-        Some(v) => v.to_string(),
+        Some(v) if v.is_nan() => "NaN".to_string(),
+        Some(v) if v == f64::INFINITY => "∞".to_string(),
+        Some(v) if v == f64::NEG_INFINITY => "−∞".to_string(),
+        Some(v) if v != 0.0 && v.abs() < 1e-3 => format!("{v:.3e}"),
+        Some(v) => format!("{v:.4}"),
         None => "—".to_string(),
     }
 }
@@ -42,6 +45,9 @@ mod tests {
         assert_eq!(metric(Some(0.23456)), "0.2346");
         assert_eq!(metric(Some(0.00012)), "1.200e-4");
         assert_eq!(metric(None), "—");
+        assert_eq!(metric(Some(f64::NAN)), "NaN");
+        assert_eq!(metric(Some(f64::INFINITY)), "∞");
+        assert_eq!(metric(Some(f64::NEG_INFINITY)), "−∞");
         assert_eq!(bytes(2048), "2.0 KiB");
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
     }

@@ -169,6 +169,7 @@ pub struct RunMetrics {
     /// Whether lower or higher is better.
     pub mode: Mode,
     /// The base model's own metrics.
+    #[serde(with = "crate::metadata::metric_values")]
     pub base_metrics: Metrics,
     /// The best epoch, once one exists.
     pub best_epoch: Option<u32>,

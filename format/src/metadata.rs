@@ -12,6 +12,110 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Metric name → value (`val_loss`, `train_loss`, `lr`, ...).
 pub type Metrics = BTreeMap<String, f64>;
 
+/// How [`Metrics`] are written in JSON, where non-finite numbers do not exist: finite values as
+/// numbers, NaN and ±∞ as the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (JavaScript's
+/// spellings). Reading also takes `null` as NaN, which is how older versions wrote it, so their
+/// runs are readable again. Use with `#[serde(with = "metric_values")]`.
+pub mod metric_values {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Metrics;
+
+    /// `"NaN"` in JSON.
+    pub const NAN: &str = "NaN";
+    /// `"Infinity"` in JSON.
+    pub const INFINITY: &str = "Infinity";
+    /// `"-Infinity"` in JSON.
+    pub const NEG_INFINITY: &str = "-Infinity";
+
+    /// Writes `metrics`, non-finite values by name.
+    pub fn serialize<S: Serializer>(metrics: &Metrics, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(metrics.len()))?;
+        for (name, &value) in metrics {
+            if value.is_finite() {
+                map.serialize_entry(name, &value)?;
+            } else if value.is_nan() {
+                map.serialize_entry(name, NAN)?;
+            } else if value > 0.0 {
+                map.serialize_entry(name, INFINITY)?;
+            } else {
+                map.serialize_entry(name, NEG_INFINITY)?;
+            }
+        }
+        map.end()
+    }
+
+    /// Reads metrics written by [`serialize`] (or by older versions, `null` for NaN).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Metrics, D::Error> {
+        deserializer.deserialize_map(MetricsVisitor)
+    }
+
+    struct MetricsVisitor;
+
+    impl<'de> Visitor<'de> for MetricsVisitor {
+        type Value = Metrics;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of metric names to numbers")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Metrics, A::Error> {
+            let mut metrics = BTreeMap::new();
+            while let Some((name, value)) = access.next_entry::<String, MetricValue>()? {
+                metrics.insert(name, value.0);
+            }
+            Ok(metrics)
+        }
+    }
+
+    /// One value: a number, a non-finite value's name, or `null` (NaN).
+    struct MetricValue(f64);
+
+    impl<'de> Deserialize<'de> for MetricValue {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(ValueVisitor).map(MetricValue)
+        }
+    }
+
+    struct ValueVisitor;
+
+    impl Visitor<'_> for ValueVisitor {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, \"NaN\", \"Infinity\", \"-Infinity\" or null")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                NAN => Ok(f64::NAN),
+                INFINITY => Ok(f64::INFINITY),
+                NEG_INFINITY => Ok(f64::NEG_INFINITY),
+                other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+            }
+        }
+    }
+}
+
 /// Whether a lower or a higher monitored metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +187,7 @@ pub struct CheckpointRecord {
     /// `run_001/lora_weights/epoch_001.safetensors`.
     pub path: String,
     /// Metrics at the end of this epoch.
+    #[serde(with = "metric_values")]
     pub metrics: Metrics,
     /// Local time, `2025-01-15T11:00:00`.
     pub saved_at: String,
@@ -111,6 +216,7 @@ pub struct BestCheckpoint {
     /// `run_001/lora_weights/best.safetensors`.
     pub path: String,
     /// Metrics of that epoch.
+    #[serde(with = "metric_values")]
     pub metrics: Metrics,
     /// Fields unknown to this version.
     #[serde(flatten)]
@@ -123,6 +229,7 @@ pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: u32,
     /// Metrics at the end of this epoch.
+    #[serde(with = "metric_values")]
     pub metrics: Metrics,
 }
 
@@ -162,7 +269,11 @@ pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<FileRecord>,
     /// Metrics of the base model alone on the validation set (`val_loss`), before any LoRA.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "metric_values"
+    )]
     pub base_metrics: Metrics,
     /// Every epoch's validation metrics, saved or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,6 +344,40 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_metrics_round_trip_and_older_nulls_read_as_nan() {
+        let mut record = EpochMetrics {
+            epoch: 1,
+            metrics: Metrics::new(),
+        };
+        for (name, value) in [
+            ("a", f64::NAN),
+            ("b", f64::INFINITY),
+            ("c", f64::NEG_INFINITY),
+            ("d", 0.5),
+        ] {
+            record.metrics.insert(name.into(), value);
+        }
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            json,
+            r#"{"epoch":1,"metrics":{"a":"NaN","b":"Infinity","c":"-Infinity","d":0.5}}"#
+        );
+        let back: EpochMetrics = serde_json::from_str(&json).unwrap();
+        assert!(back.metrics["a"].is_nan());
+        assert_eq!(back.metrics["b"], f64::INFINITY);
+        assert_eq!(back.metrics["c"], f64::NEG_INFINITY);
+        assert_eq!(back.metrics["d"], 0.5);
+        // What older versions wrote for NaN, and integers.
+        let old: EpochMetrics =
+            serde_json::from_str(r#"{"epoch":2,"metrics":{"val_loss":null,"n":3}}"#).unwrap();
+        assert!(old.metrics["val_loss"].is_nan());
+        assert_eq!(old.metrics["n"], 3.0);
+        let err = serde_json::from_str::<EpochMetrics>(r#"{"epoch":2,"metrics":{"x":"big"}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("big"), "{err}");
+    }
 
     const SEED_EXAMPLE: &str = r#"{
       "run_number": 1,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use format::metadata::{Metrics, FORMAT_VERSION};
+use format::metadata::{metric_values, Metrics, FORMAT_VERSION};
 use format::tensors::{
     meta_keys, EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX, LORA_CHECKPOINT_FORMAT, OPTIMIZER_PREFIX,
 };
@@ -119,7 +119,9 @@ impl LoraCheckpoint {
         meta.insert(meta_keys::GLOBAL_STEP.into(), self.global_step.to_string());
         meta.insert(
             meta_keys::METRICS.into(),
-            serde_json::to_string(&self.metrics).unwrap_or_else(|_| "{}".into()),
+            metric_values::serialize(&self.metrics, serde_json::value::Serializer)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| "{}".into()),
         );
         meta.insert(meta_keys::OPTIMIZER.into(), json(&self.optimizer));
         meta.insert(meta_keys::SCHEDULER.into(), json(&self.scheduler));
@@ -164,7 +166,7 @@ impl LoraCheckpoint {
             .map_err(|e| bad(format!("global_step: {e}")))?;
         let metrics: Metrics = match json(meta_keys::METRICS)? {
             Value::Null => Metrics::new(),
-            v => serde_json::from_value(v).map_err(|e| bad(format!("metrics: {e}")))?,
+            v => metric_values::deserialize(v).map_err(|e| bad(format!("metrics: {e}")))?,
         };
         let (optimizer_tensors, lora): (TensorMap, TensorMap) = file
             .tensors

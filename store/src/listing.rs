@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use format::api::{BestSummary, RunInfo};
 use format::layout::parse_run_dir_name;
-use format::metadata::Metrics;
+use format::metadata::{metric_values, Metrics};
 use format::{RunLayout, RunStatus};
 
 use super::error::{IoContext, Result, StoreError};
@@ -42,7 +42,7 @@ struct ListedMetadata {
     monitor: Option<String>,
     #[serde(default)]
     updated_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metric_values::deserialize")]
     base_metrics: Metrics,
 }
 
@@ -56,6 +56,7 @@ struct ListedCheckpoint {
 #[derive(Deserialize)]
 struct ListedBest {
     epoch: u32,
+    #[serde(deserialize_with = "metric_values::deserialize")]
     metrics: Metrics,
 }
 

@@ -592,3 +592,42 @@ print("ok", len(files))
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 5");
 }
+
+/// NaN and ±∞ metrics (a diverged epoch) keep the run readable everywhere and never become best.
+#[test]
+fn non_finite_metrics_keep_the_run_readable_and_never_become_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = CheckpointManager::create(dir.path(), "e").unwrap();
+    run.set_base_metrics([("val_loss".to_string(), f64::INFINITY)].into())
+        .unwrap();
+    for (epoch, loss) in [
+        (1, 0.5),
+        (2, f64::NAN),
+        (3, f64::INFINITY),
+        (4, f64::NEG_INFINITY),
+    ] {
+        let saved = run
+            .save_lora_weights(&checkpoint(epoch, loss), "val_loss", Mode::Min)
+            .unwrap();
+        assert_eq!(saved.is_best, epoch == 1, "epoch {epoch}");
+    }
+    drop(run);
+    // Reopened as writer and read-only, listed, loaded: nothing fails, the values survive.
+    let run = CheckpointManager::open(dir.path(), 1).unwrap();
+    assert_eq!(run.get_best_checkpoint_info().map(|b| b.epoch), Some(1));
+    assert!(run.metadata().checkpoint(2).unwrap().metrics["val_loss"].is_nan());
+    assert_eq!(run.metadata().base_metrics["val_loss"], f64::INFINITY);
+    let epoch3 = run.load_lora_weights(Which::Epoch(3)).unwrap();
+    assert_eq!(epoch3.metrics["val_loss"], f64::INFINITY);
+    assert!(run.load_lora_weights(Which::Epoch(2)).unwrap().metrics["val_loss"].is_nan());
+    assert_eq!(
+        run.load_for_resume().unwrap().unwrap().checkpoint.metrics["val_loss"],
+        f64::NEG_INFINITY
+    );
+    assert!(run.verify().is_ok());
+    assert!(run.get_run_summary().contains("val_loss=NaN"));
+    drop(run);
+    let listed = list_all_runs(dir.path()).unwrap().remove(0).info.unwrap();
+    assert_eq!(listed.best.and_then(|b| b.value), Some(0.5));
+    assert_eq!(listed.base_val_loss, Some(f64::INFINITY));
+}

@@ -314,26 +314,37 @@ impl TrainingConfig {
 
     /// Defaults overlaid with YAML text; `path` is only used in messages.
     pub fn from_yaml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        // An empty file is a valid (all-default) config; serde_yaml_ng sees it as null.
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
         let mut unknown = Vec::new();
-        let cfg: Self =
-            serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), |key| {
-                unknown.push(key.to_string())
+        let mut failed_at = None;
+        let cfg = serde_saphyr::with_deserializer_from_str(text, |de| {
+            let mut note_unknown = |key: serde_ignored::Path| unknown.push(dotted_key(&key));
+            let de = serde_ignored::Deserializer::new(de, &mut note_unknown);
+            // An empty document (no keys, only comments) is a valid, all-default config.
+            serde_path_to_error::deserialize::<_, Option<Self>>(de).map_err(|e| {
+                failed_at = Some(e.path().to_string());
+                e.into_inner()
             })
-            .map_err(|e| ConfigError::Yaml {
+        })
+        .map_err(|e| {
+            // One line: the key path, then the parser's message with its line and column.
+            let message = e.render_with_options(serde_saphyr::render_options! {
+                snippets: serde_saphyr::SnippetMode::Off,
+            });
+            ConfigError::Yaml {
                 path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+                message: match failed_at.filter(|key| key != ".") {
+                    Some(key) => format!("{key}: {message}"),
+                    None => message,
+                },
+            }
+        })?;
         if !unknown.is_empty() {
             return Err(ConfigError::UnknownKeys {
                 path: path.to_path_buf(),
                 keys: unknown,
             });
         }
-        Ok(cfg)
+        Ok(cfg.unwrap_or_default())
     }
 
     /// The form a run stores (see [`StoredConfig`]): flat, as the dashboard shows it.
@@ -465,6 +476,32 @@ impl TrainingConfig {
     }
 }
 
+/// `training.epoch` for a key serde ignored: the YAML keys from the top, without serde's
+/// markers for the `Option` layers on the way.
+fn dotted_key(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    let mut keys = Vec::new();
+    let mut at = path;
+    loop {
+        match at {
+            Path::Root => break,
+            Path::Map { parent, key } => {
+                keys.push(key.clone());
+                at = parent;
+            }
+            Path::Seq { parent, index } => {
+                keys.push(index.to_string());
+                at = parent;
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => at = parent,
+        }
+    }
+    keys.reverse();
+    keys.join(".")
+}
+
 impl TrainingConfig {
     /// Applies command-line settings over this config.
     pub fn apply(&mut self, o: &Overrides) {
@@ -543,6 +580,10 @@ training:
 "#;
         let cfg = TrainingConfig::from_yaml_str(seed, Path::new("seed.yaml")).unwrap();
         assert_eq!(cfg, TrainingConfig::default());
+        for empty in ["", "\n", "# only comments\n", "---\n"] {
+            let cfg = TrainingConfig::from_yaml_str(empty, Path::new("empty.yaml")).unwrap();
+            assert_eq!(cfg, TrainingConfig::default(), "{empty:?}");
+        }
     }
 
     #[test]
@@ -604,13 +645,30 @@ training:
                 "{err}"
             );
         }
+        let err = TrainingConfig::from_yaml_str(
+            "training:\n  epoch: 3\nlora:\n  rank: 4\n",
+            Path::new("my.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid config my.yaml: unknown key training.epoch, lora.rank"
+        );
     }
 
     #[test]
     fn wrong_types_and_missing_files_are_clear() {
         let err = TrainingConfig::from_yaml_str("training:\n  epochs: many\n", Path::new("a.yaml"))
-            .unwrap_err();
-        assert!(err.to_string().contains("epochs"), "{err}");
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.yaml") && err.contains("training.epochs") && err.contains("line 2"),
+            "{err}"
+        );
+        let err = TrainingConfig::from_yaml_str("lora: [\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.yaml") && err.contains("line 1"), "{err}");
         let err = TrainingConfig::from_yaml_str(
             "training:\n  checkpoint:\n    mode: lowest\n",
             Path::new("a.yaml"),

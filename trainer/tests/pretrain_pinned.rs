@@ -1,8 +1,9 @@
-//! Pretraining's weights for a fixed seed, pinned by a checksum recorded before pretraining
-//! moved onto `Trainer`'s epoch loop (at c38908f): the loop may change shape, never its numbers.
+//! Pretraining's weights for a fixed seed, pinned by checksums recorded before pretraining moved
+//! onto the epoch loop it shares with fine-tuning: the loop may change shape, never its numbers.
 //!
-//! Like `runs_from_older_main.rs`, the numbers hold for one shard (so `diffit` runs on one
-//! core) and for the CPU kernels of the machine kind this project runs on (x86-64 with AVX-512).
+//! Like `runs_from_older_main.rs`, the numbers hold for a given shard count (so `diffit` is
+//! pinned to one or two cores) and for the CPU kernels of the machine kind this project runs on
+//! (x86-64 with AVX-512).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
 
 use std::collections::HashMap;
@@ -12,8 +13,11 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 
 /// [`weights_checksum`] of `diffit pretrain --preset tiny --epochs 2 --num-images 80 --seed 3`
-/// on one core, as c38908f computed it.
+/// on one core (one shard), computed before the epoch loops were unified.
 const TINY_CHECKSUM: &str = "fe45fc07a2e6fa19565ab6effc649a2d65ef0f63dd368857238c8d3573da2c4c";
+/// The same on two cores (two shards per batch), computed then too.
+const TINY_CHECKSUM_TWO_SHARDS: &str =
+    "e462be7a0fa746f8d2c2b9a7e6519928187cfcecc9d4ea828de5ee222c0cc7c4";
 
 /// blake3 over every tensor, in name order: name, shape and little-endian f32 bits.
 fn weights_checksum(tensors: &HashMap<String, Tensor>) -> String {
@@ -40,9 +44,10 @@ fn weights_checksum(tensors: &HashMap<String, Tensor>) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-fn pretrain_on_one_core(out: &Path) {
+/// Pretrains into `out` with `diffit` pinned to `cores` (`taskset -c` syntax).
+fn pretrain_on(cores: &str, out: &Path) {
     let result = Command::new("taskset")
-        .args(["-c", "0"])
+        .args(["-c", cores])
         .arg(env!("CARGO_BIN_EXE_diffit"))
         .args(["pretrain", "--preset", "tiny", "--epochs", "2"])
         .args(["--num-images", "80", "--seed", "3", "--out"])
@@ -61,8 +66,14 @@ fn pretrain_on_one_core(out: &Path) {
 #[test]
 fn tiny_pretraining_gives_the_pinned_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("base.safetensors");
-    pretrain_on_one_core(&out);
-    let tensors = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    assert_eq!(weights_checksum(&tensors), TINY_CHECKSUM);
+    let mut cases = vec![("0", TINY_CHECKSUM)];
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        cases.push(("0,1", TINY_CHECKSUM_TWO_SHARDS));
+    }
+    for (cores, expected) in cases {
+        let out = dir.path().join(format!("base_{cores}.safetensors"));
+        pretrain_on(cores, &out);
+        let tensors = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(weights_checksum(&tensors), expected, "on cores {cores}");
+    }
 }

@@ -2,6 +2,7 @@
 //! pretraining of base models, and sampling/export of trained runs.
 //!
 //! - [`trainer`]: [`Trainer`], the [`Callback`] trait and validation.
+//! - [`epoch`]: the epoch loop itself, shared by fine-tuning and pretraining.
 //! - [`callbacks`]: the seed's checkpoint and resume callbacks on the run store, TensorBoard.
 //! - [`state`]: [`TrainState`] and its checkpoint round trip.
 //! - [`session`]: one `diffit train` end to end (new run or resume).
@@ -12,6 +13,7 @@
 
 pub mod callbacks;
 pub mod config;
+pub mod epoch;
 pub mod error;
 pub mod export;
 pub mod optim;

@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::train::parallel::{loss_and_grads, shard_count};
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
 use model::data::Dataset;
 use model::diffusion::NoiseSchedule;
@@ -19,6 +18,7 @@ use model::rng::{mix_seed, Rng};
 use model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
 
 use super::config::Preset;
+use super::epoch::{train_epoch, Learner};
 use super::error::TrainError;
 use super::export::write_safetensors;
 use super::optim::{AdamW, AdamWParams};
@@ -143,42 +143,40 @@ pub fn pretrain(
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    let mut global_step = 0;
+    let mut learner = Learner {
+        model: &model,
+        params: &params,
+        optimizer: &mut opt,
+        scheduler: &mut sched,
+        data_rng: &mut data_rng,
+        noise_rng: &mut noise_rng,
+        global_step: &mut global_step,
+        device: &device,
+    };
     for epoch in 1..=cfg.epochs {
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        data_rng.shuffle(&mut order);
-        let (mut sum, mut seen) = (0.0, 0usize);
-        for chunk in order.chunks(cfg.batch_size) {
-            if stop.load(Ordering::SeqCst) {
-                return Err(TrainError::Interrupted);
-            }
-            let x = data.batch(chunk, &device)?;
-            let shards = shard_count(chunk.len(), &device);
-            let (value, grads) =
-                loss_and_grads(&model, &x, &schedule, &mut noise_rng, shards, &params)?;
-            if !value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: sched.step,
-                    loss: value,
-                });
-            }
-            opt.set_lr(sched.lr());
-            opt.step(&params, &grads)?;
-            sched.advance();
-            sum += value * chunk.len() as f64;
-            seen += chunk.len();
-            bar.inc(1);
-            bar.set_message(format!(
-                "epoch {epoch}/{} loss {:.4}",
-                cfg.epochs,
-                sum / seen as f64
-            ));
-        }
+        let done = train_epoch(
+            &mut learner,
+            &data,
+            cfg.batch_size,
+            &schedule,
+            epoch,
+            stop,
+            |progress| {
+                bar.inc(1);
+                bar.set_message(format!(
+                    "epoch {epoch}/{} loss {:.4}",
+                    cfg.epochs, progress.mean_loss
+                ));
+            },
+        )?;
+        let Some(loss) = done else {
+            return Err(TrainError::Interrupted);
+        };
         if show_progress && !std::io::stderr().is_terminal() {
             eprintln!(
                 "pretrain epoch {epoch}/{}: loss={:.5}",
-                cfg.epochs,
-                sum / seen.max(1) as f64
+                cfg.epochs, loss.mean
             );
         }
     }

@@ -6,17 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::train::parallel::{loss_and_grads, shard_count};
 use format::metadata::Metrics;
 use model::data::Dataset;
 use model::diffusion::{ddpm_eval_loss, NoiseSchedule};
 use model::rng::{mix_seed, Rng};
 use model::DiffiT;
 
+use super::epoch::{train_epoch, Learner};
 use super::error::TrainError;
 use super::state::{streams, TrainState};
 
@@ -349,45 +349,30 @@ impl Trainer {
         epoch: u32,
         bar: &ProgressBar,
     ) -> Result<Option<(f64, f64)>, TrainError> {
-        let mut order: Vec<usize> = (0..self.train.len()).collect();
-        state.data_rng.shuffle(&mut order);
-        let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, state.scheduler.lr());
+        let mut learner = Learner {
+            model: &state.model,
+            params: &state.params,
+            optimizer: &mut state.optimizer,
+            scheduler: &mut state.scheduler,
+            data_rng: &mut state.data_rng,
+            noise_rng: &mut state.noise_rng,
+            global_step: &mut state.global_step,
+            device: &state.device,
+        };
         let started = Instant::now();
-        for chunk in order.chunks(state.config.training.batch_size.max(1)) {
-            if self.stop_requested() {
-                return Ok(None);
-            }
-            let x: Tensor = self.train.batch(chunk, &state.device)?;
-            let shards = shard_count(chunk.len(), &state.device);
-            let (value, grads) = loss_and_grads(
-                &state.model,
-                &x,
-                &self.schedule,
-                &mut state.noise_rng,
-                shards,
-                &state.params,
-            )?;
-            if !value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: state.global_step,
-                    loss: value,
-                });
-            }
-            lr = state.scheduler.lr();
-            state.optimizer.set_lr(lr);
-            state.optimizer.step(&state.params, &grads)?;
-            state.scheduler.advance();
-            state.global_step += 1;
-            loss_sum += value * chunk.len() as f64;
-            seen += chunk.len();
-            let ips = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            bar.inc(1);
-            bar.set_message(format!(
-                "loss {:.4} | {ips:.1} img/s",
-                loss_sum / seen as f64
-            ));
-        }
-        Ok(Some((loss_sum / seen.max(1) as f64, lr)))
+        let done = train_epoch(
+            &mut learner,
+            &self.train,
+            state.config.training.batch_size,
+            &self.schedule,
+            epoch,
+            &self.stop,
+            |progress| {
+                let ips = progress.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.inc(1);
+                bar.set_message(format!("loss {:.4} | {ips:.1} img/s", progress.mean_loss));
+            },
+        )?;
+        Ok(done.map(|loss| (loss.mean, loss.last_lr)))
     }
 }

@@ -1,0 +1,111 @@
+//! One training epoch, the loop both LoRA fine-tuning ([`super::Trainer`]) and pretraining
+//! ([`super::pretrain`]) run: shuffle the images, then for each batch the data-parallel loss and
+//! gradients and one AdamW step at the scheduled learning rate. What is trained (adapters or a
+//! whole base model) is only which parameters the [`Learner`] names.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Var};
+
+use model::data::Dataset;
+use model::diffusion::NoiseSchedule;
+use model::rng::Rng;
+use model::DiffiT;
+
+use super::error::TrainError;
+use super::optim::AdamW;
+use super::parallel::{loss_and_grads, shard_count};
+use super::scheduler::LrScheduler;
+
+/// The model being trained and everything a training step reads or advances.
+#[derive(Debug)]
+pub struct Learner<'a> {
+    /// The network (its trainable tensors are `params`).
+    pub model: &'a DiffiT,
+    /// The tensors the optimizer updates, in a fixed (sorted) order.
+    pub params: &'a [(String, Var)],
+    /// AdamW and its moments.
+    pub optimizer: &'a mut AdamW,
+    /// The learning-rate schedule, advanced once per step.
+    pub scheduler: &'a mut LrScheduler,
+    /// Shuffles the images at the start of each epoch.
+    pub data_rng: &'a mut Rng,
+    /// Timesteps and noise of each step (forked per shard).
+    pub noise_rng: &'a mut Rng,
+    /// Optimizer steps taken so far; one is added per step.
+    pub global_step: &'a mut u64,
+    /// Where the batches are built.
+    pub device: &'a Device,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochLoss {
+    /// Mean training loss over the epoch's images.
+    pub mean: f64,
+    /// The learning rate of the epoch's last step.
+    pub last_lr: f64,
+}
+
+/// Progress of an epoch after each step, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// Mean loss of the epoch so far.
+    pub mean_loss: f64,
+    /// Images trained on so far in this epoch.
+    pub images: usize,
+}
+
+/// Trains one epoch (`epoch`, 1-based, for messages) over `data` in batches of `batch_size`.
+/// `None` when `stop` was set before the epoch ended: its updates so far stay in memory only.
+pub fn train_epoch(
+    learner: &mut Learner<'_>,
+    data: &Dataset,
+    batch_size: usize,
+    schedule: &NoiseSchedule,
+    epoch: u32,
+    stop: &AtomicBool,
+    mut on_step: impl FnMut(StepProgress),
+) -> Result<Option<EpochLoss>, TrainError> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    learner.data_rng.shuffle(&mut order);
+    let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+    let mut lr = learner.scheduler.lr();
+    for chunk in order.chunks(batch_size.max(1)) {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let x = data.batch(chunk, learner.device)?;
+        let shards = shard_count(chunk.len(), learner.device);
+        let (value, grads) = loss_and_grads(
+            learner.model,
+            &x,
+            schedule,
+            learner.noise_rng,
+            shards,
+            learner.params,
+        )?;
+        if !value.is_finite() {
+            return Err(TrainError::Diverged {
+                epoch,
+                step: *learner.global_step,
+                loss: value,
+            });
+        }
+        lr = learner.scheduler.lr();
+        learner.optimizer.set_lr(lr);
+        learner.optimizer.step(learner.params, &grads)?;
+        learner.scheduler.advance();
+        *learner.global_step += 1;
+        loss_sum += value * chunk.len() as f64;
+        seen += chunk.len();
+        on_step(StepProgress {
+            mean_loss: loss_sum / seen as f64,
+            images: seen,
+        });
+    }
+    Ok(Some(EpochLoss {
+        mean: loss_sum / seen.max(1) as f64,
+        last_lr: lr,
+    }))
+}

@@ -30,17 +30,14 @@ fn train_tiny(dir: &std::path::Path, epochs: u32) -> Metadata {
     };
     let tensors = pretrain(&pre, false, &stop).expect("pretrain");
     save_base(&base, &tensors, &model::Config::tiny()).expect("save base");
-    let mut cfg = TrainingConfig {
-        preset: Preset::Tiny,
-        epochs,
-        batch_size: 16,
-        warmup_steps: 2,
-        ..Default::default()
-    };
-    cfg.base = Some(base);
+    let mut cfg = TrainingConfig::default();
+    cfg.model.preset = Preset::Tiny;
+    cfg.model.base = Some(base);
     cfg.data.num_images = 64;
-    cfg.checkpoint.base_dir = dir.join("checkpoints");
-    cfg.checkpoint.keep_last_n = 2;
+    let t = &mut cfg.training;
+    (t.epochs, t.batch_size, t.warmup_steps) = (epochs, 16, 2);
+    t.checkpoint.base_dir = dir.join("checkpoints");
+    t.checkpoint.keep_last_n = 2;
     let report = run_training(
         &TrainRequest {
             config: cfg,

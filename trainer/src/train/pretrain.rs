@@ -232,9 +232,6 @@ pub struct LoadedBase {
     pub model_config: Option<Config>,
 }
 
-/// Largest safetensors header [`base_model_config`] reads (the format's own limit).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
-
 fn bad_file(path: &Path, reason: String) -> TrainError {
     TrainError::BadFile {
         path: path.to_path_buf(),
@@ -262,40 +259,17 @@ fn header_model_config(path: &Path, bytes: &[u8]) -> Result<Option<Config>, Trai
 /// The model config a base model file was saved with (`None` when its header has none).
 /// Reads only the file's header, not its weights.
 pub fn base_model_config(path: &Path) -> Result<Option<Config>, TrainError> {
-    use std::io::{ErrorKind, Read};
-    let mut file =
-        std::fs::File::open(path).map_err(|e| TrainError::io("read base model", path, e))?;
-    let read = |file: &mut std::fs::File, buf: &mut [u8], what: &str| {
-        file.read_exact(buf).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => bad_file(path, format!("not a safetensors file: {what}")),
-            _ => TrainError::io("read base model", path, e),
-        })
-    };
-    let mut len = [0u8; 8];
-    read(&mut file, &mut len, "shorter than its header length")?;
-    let len = u64::from_le_bytes(len);
-    if len > MAX_HEADER_BYTES {
-        return Err(bad_file(
-            path,
-            format!("not a safetensors file: header length {len} exceeds {MAX_HEADER_BYTES} bytes"),
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    read(&mut file, &mut header, "header cut short")?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| bad_file(path, format!("not a safetensors file: header: {e}")))?;
-    match header
-        .get("__metadata__")
-        .and_then(|m| m.get(meta_keys::MODEL_CONFIG))
-    {
-        None => Ok(None),
-        Some(value) => {
-            let text = value.as_str().ok_or_else(|| {
-                bad_file(path, "model_config in the header is not a string".into())
-            })?;
-            parse_model_config(path, text).map(Some)
-        }
-    }
+    let io = |e| TrainError::io("read base model", path, e);
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let header = store::read_header(file, size).map_err(|e| match e {
+        store::HeaderError::Io(e) => io(e),
+        other => bad_file(path, format!("not a safetensors file: {other}")),
+    })?;
+    header
+        .metadata_value(meta_keys::MODEL_CONFIG)
+        .map(|text| parse_model_config(path, text))
+        .transpose()
 }
 
 /// Reads a base model file; errors name the file and the offending tensor.
@@ -385,12 +359,17 @@ mod tests {
         let path = dir.path().join("base.safetensors");
         save_base(&path, &tensors, &cfg).unwrap();
         assert_eq!(base_model_config(&path).unwrap(), Some(cfg.clone()));
-        // The header alone suffices: the weights after it are never read.
+        // Only the header is read, but the file's size must match what it describes: a base
+        // cut short after its header is named as truncated, not taken for a model.
         let bytes = std::fs::read(&path).unwrap();
         let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let cut = dir.path().join("cut.safetensors");
         std::fs::write(&cut, &bytes[..header_end]).unwrap();
-        assert_eq!(base_model_config(&cut).unwrap(), Some(cfg));
+        let err = base_model_config(&cut).unwrap_err().to_string();
+        assert!(
+            err.contains("cut.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
 
         let no_config = dir.path().join("plain.safetensors");
         write_safetensors(&no_config, &tensors.into_iter().collect(), None).unwrap();

@@ -93,7 +93,10 @@ rustup_has_wasm_std() {
     compgen -G "$libdir/libstd-*" >/dev/null
 }
 
-WASM_TARGET_DIR=$ROOT/target
+# The native build's target dir (./target, or the one CARGO_TARGET_DIR names, e.g. CI's build
+# cache); the site itself always goes to $SITE.
+NATIVE_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+WASM_TARGET_DIR=$NATIVE_TARGET_DIR
 BUILD_ARGS=(--target "$TARGET" -p app)
 if [ "$PROFILE" = release ]; then BUILD_ARGS+=(--release); else BUILD_ARGS+=(--profile "$PROFILE"); fi
 if rustup_has_wasm_std; then
@@ -105,7 +108,7 @@ else
     WASM_CARGO=/usr/bin/cargo
     export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
     # A separate target dir: two compilers sharing one would rebuild each other's artefacts.
-    WASM_TARGET_DIR=$ROOT/target/wasm
+    WASM_TARGET_DIR=$NATIVE_TARGET_DIR/wasm
     # shellcheck disable=SC2054 # one flag: the commas are cargo's
     BUILD_ARGS+=(-Zbuild-std=std,panic_abort)
 fi

@@ -75,7 +75,9 @@ pub enum TrainError {
     Internal(String),
     /// The loss became NaN or infinite.
     #[error(
-        "training diverged at epoch {epoch}, step {step}: loss is {loss}; lower --learning-rate"
+        "training diverged at epoch {epoch}, step {step}: loss is {loss}; the epoch was not \
+         saved and every earlier checkpoint is kept: resume with --resume and a lower \
+         --learning-rate"
     )]
     Diverged {
         /// The epoch (1-based).

@@ -300,6 +300,17 @@ impl Trainer {
             let secs = started.elapsed().as_secs_f64();
             progress.steps.set_message("validating");
             let val_loss = self.validate(&state.model, state)?;
+            // A diverged epoch is neither recorded nor saved: resuming must start from the last
+            // finite state, not from weights that are already NaN.
+            if !val_loss.is_finite() {
+                progress.steps.finish_and_clear();
+                progress.epochs.finish_and_clear();
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: state.global_step,
+                    loss: val_loss,
+                });
+            }
             state.epoch = epoch;
             let metrics = Metrics::from([
                 ("train_loss".to_string(), train_loss),

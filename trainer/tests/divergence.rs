@@ -1,0 +1,81 @@
+//! A run whose loss becomes NaN or ∞ stops with a clear "diverged" error naming what to do;
+//! every checkpoint saved before it is kept and valid, and resuming with a lower learning
+//! rate continues the run. Uses a copy of the older-main fixture run (tiny preset, 3 epochs).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use format::{Metadata, RunStatus};
+
+fn diffit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn metadata(checkpoints: &Path) -> Metadata {
+    let text = std::fs::read_to_string(checkpoints.join("run_001/metadata.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_diverged_run_keeps_its_checkpoints_and_resumes_with_a_lower_learning_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/main-36b41c4");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(fixture.join("checkpoints"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let checkpoints = dir.path().join("checkpoints");
+    let c = checkpoints.to_str().unwrap();
+    let before = metadata(&checkpoints);
+
+    let resume = |lr: &str| {
+        diffit(&[
+            "train",
+            "--run-number",
+            "1",
+            "--resume",
+            "--epochs",
+            "4",
+            "--learning-rate",
+            lr,
+            "--checkpoints",
+            c,
+        ])
+    };
+    // An absurd learning rate blows the weights up within a few steps.
+    let out = resume("1e6");
+    let message = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(message.contains("diverged at epoch 4"), "{message}");
+    assert!(message.contains("lower --learning-rate"), "{message}");
+    let after = metadata(&checkpoints);
+    assert_eq!(
+        after.checkpoints, before.checkpoints,
+        "nothing saved or lost"
+    );
+    assert_eq!(after.status, RunStatus::Failed);
+    let verify = diffit(&["verify", "--run-number", "1", "--checkpoints", c]);
+    assert!(verify.status.success(), "{}", text(&verify));
+
+    let out = resume("1e-3");
+    assert!(out.status.success(), "{}", text(&out));
+    let resumed = metadata(&checkpoints);
+    let epoch4 = resumed.checkpoint(4).expect("epoch 4 saved");
+    assert!(epoch4.metrics["val_loss"].is_finite());
+    assert_eq!(resumed.status, RunStatus::Finished);
+}

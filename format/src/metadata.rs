@@ -203,9 +203,20 @@ pub struct CheckpointRecord {
     /// The file was deleted by retention; the entry stays for the metric history.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Why the file failed to load when a resume passed over it; a damaged epoch is kept on
+    /// disk for inspection but is never resumed from, pruned, `best` or `last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
     /// Fields unknown to this version.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl CheckpointRecord {
+    /// Its file is on disk and usable: neither removed by retention nor found damaged.
+    pub fn is_live(&self) -> bool {
+        !self.removed && self.damaged.is_none()
+    }
 }
 
 /// The seed's `best_checkpoint`.
@@ -317,7 +328,7 @@ impl Metadata {
 
     /// Saved epochs whose files still exist (not removed by retention), oldest first.
     pub fn live_checkpoints(&self) -> impl Iterator<Item = &CheckpointRecord> {
-        self.checkpoints.iter().filter(|c| !c.removed)
+        self.checkpoints.iter().filter(|c| c.is_live())
     }
 
     /// The newest saved epoch, removed or not.

@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
                 size: None,
                 global_step: Some(epoch as u64 * 100),
                 removed: epoch <= 5,
+                damaged: None,
                 extra: Default::default(),
             });
         }

@@ -58,6 +58,7 @@ async fn streaming_a_large_file_keeps_memory_flat() {
         size: None,
         global_step: None,
         removed: false,
+        damaged: None,
         extra: Default::default(),
     });
     write_meta(&layout, &meta);

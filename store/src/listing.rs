@@ -51,6 +51,8 @@ struct ListedCheckpoint {
     epoch: u32,
     #[serde(default)]
     removed: bool,
+    #[serde(default)]
+    damaged: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,7 +71,11 @@ pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
         created_at: m.created_at,
         updated_at: m.updated_at,
         recorded_status: m.status,
-        checkpoints_count: m.checkpoints.iter().filter(|c| !c.removed).count(),
+        checkpoints_count: m
+            .checkpoints
+            .iter()
+            .filter(|c| !c.removed && c.damaged.is_none())
+            .count(),
         last_epoch: m.checkpoints.iter().map(|c| c.epoch).max(),
         best: m.best_checkpoint.map(|b| BestSummary {
             epoch: b.epoch,

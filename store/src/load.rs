@@ -4,7 +4,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use format::{CheckpointName, CheckpointRecord};
+use format::{BestCheckpoint, CheckpointName, CheckpointRecord};
+use serde_json::Map;
+
+use super::atomic::remove_if_exists;
+use super::best::BestPolicy;
 
 use super::checkpoint::LoraCheckpoint;
 use super::checksum::record_digest;
@@ -48,6 +52,8 @@ pub struct Resume {
     pub path: PathBuf,
     /// Newer checkpoints that failed to load, newest first.
     pub skipped: Vec<StoreError>,
+    /// Their epochs, in the same order.
+    pub skipped_epochs: Vec<u32>,
 }
 
 impl CheckpointManager {
@@ -60,7 +66,11 @@ impl CheckpointManager {
         };
         match which {
             Which::Epoch(n) => match self.metadata.checkpoint(n) {
-                Some(r) if !r.removed => Ok((self.layout.checkpoint(CheckpointName::Epoch(n)), r)),
+                Some(r) if r.is_live() => Ok((self.layout.checkpoint(CheckpointName::Epoch(n)), r)),
+                Some(CheckpointRecord {
+                    damaged: Some(reason),
+                    ..
+                }) => Err(missing(format!("epoch {n} is damaged: {reason}"))),
                 Some(_) => Err(missing(format!("epoch {n} was removed by retention"))),
                 None => Err(missing(format!("epoch {n} was never saved"))),
             },
@@ -124,7 +134,7 @@ impl CheckpointManager {
             return Ok(None);
         }
         live.sort_by_key(|c| std::cmp::Reverse(c.epoch));
-        let mut skipped = Vec::new();
+        let (mut skipped, mut skipped_epochs) = (Vec::new(), Vec::new());
         for record in live {
             let path = self.layout.checkpoint(CheckpointName::Epoch(record.epoch));
             match Self::load_checkpoint_file(&path, record) {
@@ -133,11 +143,13 @@ impl CheckpointManager {
                         checkpoint,
                         path,
                         skipped,
+                        skipped_epochs,
                     }))
                 }
                 Err(e) => {
                     tracing::warn!(file = %path.display(), "skipping damaged checkpoint: {e}");
                     skipped.push(e);
+                    skipped_epochs.push(record.epoch);
                 }
             }
         }
@@ -145,5 +157,61 @@ impl CheckpointManager {
             run_dir: self.layout.root(),
             damaged: skipped.iter().map(ToString::to_string).collect(),
         })
+    }
+
+    /// [`load_for_resume`](Self::load_for_resume) for the run's writer, which also records each
+    /// damaged epoch it passed over (`damaged`, with the reason) in one metadata commit: from then
+    /// on they are never resumed from, pruned by retention, `best` or `last`. When the best epoch
+    /// was damaged, the best of the remaining epochs takes its place; the links follow.
+    pub fn resume(&mut self) -> Result<Option<Resume>> {
+        self.require_writer("resume")?;
+        let Some(resume) = self.load_for_resume()? else {
+            return Ok(None);
+        };
+        if resume.skipped_epochs.is_empty() {
+            return Ok(Some(resume));
+        }
+        let mut next = self.metadata.clone();
+        for (epoch, error) in resume.skipped_epochs.iter().zip(&resume.skipped) {
+            if let Some(record) = next.checkpoints.iter_mut().find(|c| c.epoch == *epoch) {
+                record.damaged = Some(error.to_string());
+            }
+        }
+        let best_damaged = next
+            .best_checkpoint
+            .as_ref()
+            .is_some_and(|b| resume.skipped_epochs.contains(&b.epoch));
+        if best_damaged {
+            let policy = BestPolicy::new(
+                next.monitor
+                    .clone()
+                    .unwrap_or_else(|| "val_loss".to_string()),
+                next.mode.unwrap_or_default(),
+            );
+            let mut best: Option<BestCheckpoint> = None;
+            for record in next.live_checkpoints() {
+                if policy.is_new_best(best.as_ref(), record.epoch, &record.metrics) {
+                    best = Some(BestCheckpoint {
+                        epoch: record.epoch,
+                        path: CheckpointName::Best.relative_path(self.run_number()),
+                        metrics: record.metrics.clone(),
+                        extra: Map::new(),
+                    });
+                }
+            }
+            next.best_checkpoint = best;
+        }
+        self.commit(next)?;
+        if let Some(last) = self.newest_live() {
+            self.ensure_link(CheckpointName::Epoch(last.epoch), CheckpointName::Last)?;
+        }
+        match self.metadata.best_checkpoint.as_ref().map(|b| b.epoch) {
+            Some(epoch) => self.ensure_link(CheckpointName::Epoch(epoch), CheckpointName::Best)?,
+            None if best_damaged => {
+                remove_if_exists(&self.layout.checkpoint(CheckpointName::Best))?;
+            }
+            None => {}
+        }
+        Ok(Some(resume))
     }
 }

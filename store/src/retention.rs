@@ -49,7 +49,7 @@ impl RetentionPolicy {
     pub fn apply_to_history(&self, history: &[CheckpointRecord], best: Option<u32>) -> Vec<u32> {
         let live: Vec<u32> = history
             .iter()
-            .filter(|c| !c.removed)
+            .filter(|c| c.is_live())
             .map(|c| c.epoch)
             .collect();
         self.epochs_to_delete(&live, best)
@@ -71,6 +71,7 @@ mod tests {
             size: None,
             global_step: None,
             removed,
+            damaged: None,
             extra: Default::default(),
         }
     }

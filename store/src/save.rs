@@ -46,6 +46,7 @@ impl CheckpointManager {
             size: Some(digest.size),
             global_step: Some(checkpoint.global_step),
             removed: false,
+            damaged: None,
             extra: Map::new(),
         };
         let mut next = self.metadata.clone();

@@ -73,7 +73,11 @@ impl CheckpointManager {
         if !m.checkpoints.is_empty() {
             let _ = writeln!(s, "  {:<7} {:<20} Metrics", "Epoch", "Saved at");
             for c in &m.checkpoints {
-                let removed = if c.removed { "  (removed)" } else { "" };
+                let removed = match (&c.damaged, c.removed) {
+                    (Some(reason), _) => format!("  (damaged: {reason})"),
+                    (None, true) => "  (removed)".to_string(),
+                    (None, false) => String::new(),
+                };
                 let _ = writeln!(
                     s,
                     "  {:<7} {:<20} {}{removed}",

@@ -631,3 +631,70 @@ fn non_finite_metrics_keep_the_run_readable_and_never_become_best() {
     assert_eq!(listed.best.and_then(|b| b.value), Some(0.5));
     assert_eq!(listed.base_val_loss, Some(f64::INFINITY));
 }
+
+/// Resuming past damaged newer epochs records them as damaged: retention, `best` and `last`
+/// then go by the valid epochs only, so the epoch saved next is never pruned in favour of a
+/// damaged one.
+#[test]
+fn damaged_epochs_passed_over_by_resume_leave_retention_best_and_last() {
+    for keep_last_n in [1usize, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = CheckpointManager::create(dir.path(), "e").unwrap();
+        // Epoch 4 is the best and the newest; 3 and 4 get damaged.
+        for (epoch, loss) in [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.1)] {
+            run.save_lora_weights(&checkpoint(epoch, loss), "val_loss", Mode::Min)
+                .unwrap();
+        }
+        drop(run);
+        for epoch in [3, 4] {
+            let path = dir
+                .path()
+                .join(format!("run_001/lora_weights/epoch_{epoch:03}.safetensors"));
+            let mut bytes = fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x5a;
+            fs::write(&path, bytes).unwrap();
+        }
+        let mut run = CheckpointManager::open(dir.path(), 1).unwrap();
+        let resume = run.resume().unwrap().unwrap();
+        assert_eq!(resume.checkpoint.epoch, 2);
+        assert_eq!(resume.skipped_epochs, [4, 3]);
+        let meta = run.metadata();
+        for epoch in [3, 4] {
+            let reason = meta.checkpoint(epoch).unwrap().damaged.clone().unwrap();
+            assert!(reason.contains(&format!("epoch_{epoch:03}")), "{reason}");
+        }
+        assert_eq!(run.get_best_checkpoint_info().map(|b| b.epoch), Some(2));
+        let link = |name: &str| {
+            dir.path()
+                .join(format!("run_001/lora_weights/{name}.safetensors"))
+        };
+        assert_eq!(inode(&link("last")), inode(&link("epoch_002")));
+        assert_eq!(inode(&link("best")), inode(&link("epoch_002")));
+        assert!(run.verify().is_ok(), "damaged epochs are known, not live");
+
+        // Training goes on from epoch 2: epoch 3 is saved again, then retention runs.
+        run.save_lora_weights(&checkpoint(3, 0.6), "val_loss", Mode::Min)
+            .unwrap();
+        let deleted = run.cleanup_old_checkpoints(keep_last_n, true).unwrap();
+        let live: Vec<u32> = run.list_checkpoints().iter().map(|c| c.epoch).collect();
+        assert!(
+            live.contains(&3),
+            "keep {keep_last_n}: the new epoch 3 stays: {live:?}"
+        );
+        assert!(
+            !deleted.contains(&4),
+            "the damaged epoch is not retention's to delete"
+        );
+        assert!(link("epoch_004").exists(), "kept for inspection");
+        assert_eq!(run.load_lora_weights(Which::Last).unwrap().epoch, 3);
+        assert_eq!(run.get_best_checkpoint_info().map(|b| b.epoch), Some(3));
+        let err = run.load_lora_weights(Which::Epoch(4)).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(run.get_run_summary().contains("(damaged:"));
+        drop(run);
+        // The listing counts only usable epochs.
+        let info = list_all_runs(dir.path()).unwrap().remove(0).info.unwrap();
+        assert_eq!(info.checkpoints_count, live.len());
+    }
+}

@@ -187,6 +187,7 @@ pub fn add_epoch(layout: &RunLayout, meta: &mut Metadata, epoch: u32) {
         size: Some(bytes.len() as u64),
         global_step: Some(epoch as u64 * 10),
         removed: false,
+        damaged: None,
         extra: Default::default(),
     });
 }

@@ -174,11 +174,13 @@ impl ResumeFromCheckpointCallback {
 
 impl Callback for ResumeFromCheckpointCallback {
     fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
-        let m = self.manager.borrow();
+        let mut m = self.manager.borrow_mut();
         if state.base_checksum.is_none() {
             state.base_checksum = m.metadata().base_model.as_ref().map(|r| r.checksum.clone());
         }
-        let Some(resume) = m.load_for_resume()? else {
+        // As the writer: damaged epochs passed over are recorded as such, out of retention,
+        // `best` and `last`.
+        let Some(resume) = m.resume()? else {
             return Ok(());
         };
         // The store has logged a warning for each of these.

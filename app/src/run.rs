@@ -250,7 +250,7 @@ fn CheckpointList(meta: Metadata) -> impl IntoView {
         .map(|c| {
             let is_best = best == Some(c.epoch);
             let epoch_name = format!("epoch_{:03}", c.epoch);
-            let sample_link = (!c.removed).then(|| {
+            let sample_link = c.is_live().then(|| {
                 let href = Route::Sample { run, checkpoint: Some(epoch_name.clone()) }.to_hash();
                 view! { <a href=href>"sample"</a> }
             });
@@ -264,6 +264,7 @@ fn CheckpointList(meta: Metadata) -> impl IntoView {
                     <td>
                         {is_best.then(|| view! { <span class="badge best-badge" data-best="">"★ best"</span> })}
                         {c.removed.then(|| view! { <span class="badge">"removed"</span> })}
+                        {c.damaged.clone().map(|reason| view! { <span class="badge damaged" title=reason>"damaged"</span> })}
                     </td>
                     <td>{sample_link}</td>
                 </tr>

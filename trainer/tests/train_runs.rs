@@ -920,4 +920,19 @@ fn an_older_base_trains_and_resumes_as_it_was_made_and_a_stale_cache_is_replaced
     assert_eq!(report.run_number, 2);
     assert_eq!(base_model_config(&cached).unwrap(), Some(Config::tiny()));
     assert_eq!(checkpoint_model_config(d, 2), Config::tiny());
+
+    // A torn cache (a write cut short) is pretrained again instead of failing the run.
+    let bytes = std::fs::read(&cached).unwrap();
+    std::fs::write(&cached, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(base_model_config(&cached).is_err());
+    let mut cfg = quick_config(d, 1);
+    cfg.model.base = None;
+    let report = run_training(&request(cfg, Overrides::default(), false), no_stop()).unwrap();
+    assert_eq!(report.run_number, 3);
+    assert_eq!(base_model_config(&cached).unwrap(), Some(Config::tiny()));
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        bytes,
+        "the same base, rebuilt whole"
+    );
 }

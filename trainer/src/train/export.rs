@@ -39,6 +39,9 @@ pub enum ExportError {
     /// The checkpoint holds no LoRA tensors to export.
     #[error("no LoRA tensors to export")]
     NoLoraTensors,
+    /// The atomic write (temp file, fsync, rename, directory fsync) failed.
+    #[error(transparent)]
+    Write(#[from] store::StoreError),
 }
 
 /// `adapter_config.json` as PEFT writes it for LoRA.
@@ -122,11 +125,12 @@ pub fn write_peft_adapter(
                 source: std::io::Error::other(e),
             }
         })?;
-    std::fs::write(&config, json + "\n").map_err(io_err(&config))?;
+    store::atomic::write_bytes_atomic(&config, (json + "\n").as_bytes())?;
     Ok(dir.to_path_buf())
 }
 
-/// Writes tensors (sorted by name) with optional `__metadata__`.
+/// Writes tensors (sorted by name) with optional `__metadata__`, atomically (temp file, fsync,
+/// rename, directory fsync): a crash leaves the old file or the new one, never a torn one.
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
@@ -137,7 +141,7 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         source: candle_core::Error::wrap(e),
     })?;
-    std::fs::write(path, bytes).map_err(io_err(path))
+    Ok(store::atomic::write_bytes_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

@@ -207,17 +207,12 @@ pub fn save_base(
         (meta_keys::FORMAT.to_string(), BASE_MODEL_FORMAT.to_string()),
         (meta_keys::MODEL_CONFIG.to_string(), config),
     ]);
-    let tmp = path.with_extension(format!(
-        "safetensors{}{}",
-        format::layout::TEMP_MARKER,
-        std::process::id()
-    ));
     let sorted = tensors
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    write_safetensors(&tmp, &sorted, Some(meta))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io("rename into place", path, e))?;
+    // Atomic and durable: a torn cached base would otherwise be found on the next run.
+    write_safetensors(path, &sorted, Some(meta))?;
     Ok(())
 }
 

@@ -134,8 +134,19 @@ pub fn resolve_base(
         DEFAULT_PRETRAIN_SEED,
     );
     if cached.exists() {
-        match base_model_config(&cached)? {
-            Some(found) if found != expected => say(
+        // A cached base that does not read back (torn, damaged, another format) is pretrained
+        // again rather than failing the run; the cache is ours to rebuild.
+        let usable = base_model_config(&cached).and_then(|found| match found {
+            Some(found) if found != expected => Ok(Err(found)),
+            _ => load_base(&cached, &expected).map(|loaded| Ok(loaded.tensors)),
+        });
+        match usable {
+            Err(TrainError::BadFile { path, reason }) => tracing::warn!(
+                "the cached {preset} base model {} is unusable ({reason}); pretraining it again",
+                path.display()
+            ),
+            Err(e) => return Err(e),
+            Ok(Err(found)) => say(
                 show,
                 &format!(
                     "the cached {} base model {} was made for another model config ({found:?}); pretraining it again",
@@ -143,7 +154,7 @@ pub fn resolve_base(
                     cached.display()
                 ),
             ),
-            _ => {
+            Ok(Ok(tensors)) => {
                 say(
                     show,
                     &format!(
@@ -152,7 +163,7 @@ pub fn resolve_base(
                         cached.display()
                     ),
                 );
-                return Ok((load_base(&cached, &expected)?.tensors, expected));
+                return Ok((tensors, expected));
             }
         }
     } else {

@@ -5,11 +5,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod support;
 
 use format::Mode;
 use serde_json::json;
 use store::{CheckpointManager, LoraCheckpoint, StoreError, StoredTensor, TensorMap, Which};
+use support::{diffit, text};
 
 fn checkpoint(epoch: u32, val_loss: f64) -> LoraCheckpoint {
     let mut c = LoraCheckpoint::new(epoch, u64::from(epoch));
@@ -41,21 +43,6 @@ fn flip_byte(path: &Path, at_end: usize) {
     let i = bytes.len() - 1 - at_end;
     bytes[i] ^= 0x01;
     fs::write(path, bytes).unwrap();
-}
-
-fn diffit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -2,15 +2,9 @@
 //! exit code (2), before anything is read or trained.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
 
-use std::process::{Command, Output, Stdio};
+mod support;
 
-fn diffit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use support::diffit;
 
 /// Runs `args`, expects a usage error whose message contains every one of `expected`.
 fn assert_usage_error(args: &[&str], expected: &[&str]) {

@@ -3,25 +3,12 @@
 //! rate continues the run. Uses a copy of the older-main fixture run (tiny preset, 3 epochs).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use format::{Metadata, RunStatus};
-
-fn diffit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use support::{diffit, older_main_checkpoints_copy, text};
 
 fn metadata(checkpoints: &Path) -> Metadata {
     let text = std::fs::read_to_string(checkpoints.join("run_001/metadata.json")).unwrap();
@@ -31,15 +18,7 @@ fn metadata(checkpoints: &Path) -> Metadata {
 #[test]
 fn a_diverged_run_keeps_its_checkpoints_and_resumes_with_a_lower_learning_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/main-36b41c4");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(fixture.join("checkpoints"))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let checkpoints = dir.path().join("checkpoints");
+    let checkpoints = older_main_checkpoints_copy(dir.path());
     let c = checkpoints.to_str().unwrap();
     let before = metadata(&checkpoints);
 

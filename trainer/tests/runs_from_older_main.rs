@@ -3,31 +3,17 @@
 //! resumes it bit for bit to the epoch that version wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use format::Metadata;
+use support::{older_main_checkpoints_copy, older_main_fixture, text};
 
 /// The checksum of epoch 4 as 36b41c4 wrote it when resuming the fixture run.
 const EPOCH_4_CHECKSUM: &str =
     "blake3:5cd1485885cfe3ad5651eb81ad26c9ecc52496c641c256a277937b8c66b98718";
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/main-36b41c4")
-}
-
-/// A writable copy of the fixture's checkpoints dir (tests must not touch the repository).
-fn checkpoints_copy(into: &Path) -> PathBuf {
-    let copy = into.join("checkpoints");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(fixture().join("checkpoints"))
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    copy
-}
 
 /// `diffit` on one core, so training runs as one shard on any machine (the shard count is part
 /// of the recipe of a bit-identical resume), as 36b41c4 did when it resumed the run.
@@ -43,11 +29,7 @@ fn diffit(args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     text
 }
@@ -59,7 +41,7 @@ fn pixels(path: &Path) -> Vec<u8> {
 #[test]
 fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
-    let checkpoints = checkpoints_copy(dir.path());
+    let checkpoints = older_main_checkpoints_copy(dir.path());
     let c = checkpoints.to_str().unwrap();
     let table = ok(diffit(&["train", "--list-runs", "--checkpoints", c]));
     assert!(table.contains("diffit_lora_trees"), "{table}");
@@ -83,7 +65,8 @@ fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
             "--checkpoints",
             c,
         ]));
-        let expected = fixture().join(format!("sample_{checkpoint}_seed3_steps8_n4.png"));
+        let expected =
+            older_main_fixture().join(format!("sample_{checkpoint}_seed3_steps8_n4.png"));
         assert!(
             pixels(&out) == pixels(&expected),
             "{checkpoint}: today's samples differ from 36b41c4's"
@@ -94,7 +77,7 @@ fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
 #[test]
 fn resumes_bit_for_bit_as_the_version_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
-    let checkpoints = checkpoints_copy(dir.path());
+    let checkpoints = older_main_checkpoints_copy(dir.path());
     let c = checkpoints.to_str().unwrap();
     ok(diffit(&[
         "train",

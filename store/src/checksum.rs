@@ -104,17 +104,12 @@ pub fn digest_file(path: &Path) -> Result<FileDigest> {
     })
 }
 
-/// A digest from a recorded checksum and size, when both are recorded.
-pub(crate) fn digest_of(checksum: &Option<String>, size: Option<u64>) -> Option<FileDigest> {
-    Some(FileDigest {
-        checksum: checksum.clone()?,
-        size: size?,
-    })
-}
-
-/// The digest metadata records for a checkpoint, when it records one.
+/// The digest metadata records for a checkpoint, when it records both checksum and size.
 pub(crate) fn record_digest(record: &CheckpointRecord) -> Option<FileDigest> {
-    digest_of(&record.checksum, record.size)
+    Some(FileDigest {
+        checksum: record.checksum.clone()?,
+        size: record.size?,
+    })
 }
 
 #[cfg(test)]

@@ -50,11 +50,6 @@ impl StoredTensor {
     pub fn values(&self) -> &[f32] {
         &self.values
     }
-
-    /// The shape and the values.
-    pub fn into_parts(self) -> (Vec<usize>, Vec<f32>) {
-        (self.shape, self.values)
-    }
 }
 
 /// A tensor file read back from disk.

@@ -102,6 +102,9 @@ pub struct RunInfo {
     pub updated_at: Option<String>,
     /// Status as the writer last recorded it.
     pub recorded_status: RunStatus,
+    /// Why the writer stopped, when it recorded a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// Saved epochs whose files still exist.
     pub checkpoints_count: usize,
     /// Newest saved epoch.
@@ -248,6 +251,7 @@ mod tests {
                 created_at: "2025-01-15T10:30:00".into(),
                 updated_at: None,
                 recorded_status: RunStatus::Finished,
+                status_reason: None,
                 checkpoints_count: 3,
                 last_epoch: Some(3),
                 best: Some(BestSummary {

@@ -267,6 +267,9 @@ pub struct Metadata {
     /// Lifecycle as last recorded by the writer.
     #[serde(default)]
     pub status: RunStatus,
+    /// Why the writer stopped, when it stopped on an error (`status: failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// Monitored metric for `best`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<String>,
@@ -311,6 +314,7 @@ impl Metadata {
             lora_config: Value::Object(Map::new()),
             format_version: FORMAT_VERSION,
             status: RunStatus::Created,
+            status_reason: None,
             monitor: None,
             mode: None,
             updated_at: None,

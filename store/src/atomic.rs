@@ -63,13 +63,14 @@ pub fn write_atomic<R>(
         .write(true)
         .create_new(true)
         .open(&temp)
-        .ctx("create temporary file", &temp)?;
+        .ctx("create a temporary file for", path)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
+    // Failures name the file being written, not its temporary name, which is gone afterwards.
     let outcome = write(&mut writer).and_then(|value| {
         let file = writer
             .into_inner()
-            .map_err(|e| StoreError::io("write", &temp, e.into_error()))?;
-        file.sync_all().ctx("fsync", &temp)?;
+            .map_err(|e| StoreError::io("write", path, e.into_error()))?;
+        file.sync_all().ctx("fsync", path)?;
         drop(file);
         fs::rename(&temp, path).ctx("rename into place", path)?;
         Ok(value)

@@ -39,6 +39,8 @@ struct ListedMetadata {
     #[serde(default)]
     status: RunStatus,
     #[serde(default)]
+    status_reason: Option<String>,
+    #[serde(default)]
     monitor: Option<String>,
     #[serde(default)]
     updated_at: Option<String>,
@@ -71,6 +73,7 @@ pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
         created_at: m.created_at,
         updated_at: m.updated_at,
         recorded_status: m.status,
+        status_reason: m.status_reason,
         checkpoints_count: m
             .checkpoints
             .iter()

@@ -306,9 +306,16 @@ impl CheckpointManager {
 
     /// Records the run's lifecycle status.
     pub fn set_status(&mut self, status: RunStatus) -> Result<()> {
+        self.set_status_because(status, None)
+    }
+
+    /// Records the run's status with why it is so (a failure's message); a status without a
+    /// reason clears the previous one.
+    pub fn set_status_because(&mut self, status: RunStatus, reason: Option<String>) -> Result<()> {
         self.require_writer("set the run status")?;
         let mut next = self.metadata.clone();
         next.status = status;
+        next.status_reason = reason;
         self.commit(next)
     }
 

@@ -1,6 +1,9 @@
 //! The human-readable summary of a run (`diffit runs show`).
 
 use format::metadata::Metrics;
+use format::RunStatus;
+
+use super::lock::writer_active;
 
 use super::manager::CheckpointManager;
 
@@ -25,7 +28,26 @@ impl CheckpointManager {
             "  Updated:      {}",
             m.updated_at.as_deref().unwrap_or("-")
         );
-        let _ = writeln!(s, "  Status:       {:?}", m.status);
+        // The writer's own handle shows what it recorded; anyone else sees whether a writer
+        // is still there.
+        let active = !self.is_writer() && writer_active(&self.layout);
+        let status = match (m.status, active) {
+            (_, true) => "running",
+            (RunStatus::Created, false) if self.is_writer() => "created",
+            (RunStatus::Running, false) if self.is_writer() => "running",
+            (RunStatus::Finished, false) => "finished",
+            (RunStatus::Interrupted, false) => "interrupted (resumable)",
+            (RunStatus::Failed, false) => {
+                "interrupted (by an error; resumable from its last valid checkpoint)"
+            }
+            (RunStatus::Created | RunStatus::Running, false) => {
+                "interrupted (its writer stopped without recording why; resumable)"
+            }
+        };
+        let _ = writeln!(s, "  Status:       {status}");
+        if let (Some(reason), false) = (&m.status_reason, active) {
+            let _ = writeln!(s, "  Stopped by:   {reason}");
+        }
         if let Some(monitor) = &m.monitor {
             let _ = writeln!(
                 s,

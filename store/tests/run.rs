@@ -267,7 +267,7 @@ fn reopened_run_resumes_with_status_and_summary() {
     for needle in [
         "Run 1",
         "Experiment:   e",
-        "Interrupted",
+        "Status:       interrupted",
         "epoch 3",
         "val_loss=0.9",
         "3 saved, 3 on disk",
@@ -285,6 +285,48 @@ fn reopened_run_resumes_with_status_and_summary() {
 }
 
 #[cfg(unix)]
+#[test]
+fn a_failure_is_recorded_with_its_reason_and_cleared_by_the_next_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = CheckpointManager::open_or_create(dir.path(), "e", None).unwrap();
+    run.set_status_because(
+        RunStatus::Failed,
+        Some("cannot write run_001/metadata.json: No space left on device".into()),
+    )
+    .unwrap();
+    drop(run);
+    let info = list_all_runs(dir.path()).unwrap().remove(0).info.unwrap();
+    assert_eq!(info.recorded_status, RunStatus::Failed);
+    assert_eq!(
+        info.status_reason.as_deref(),
+        Some("cannot write run_001/metadata.json: No space left on device")
+    );
+    let shown = CheckpointManager::open_read_only(dir.path(), 1)
+        .unwrap()
+        .get_run_summary();
+    assert!(
+        shown.contains("Status:       interrupted (by an error"),
+        "{shown}"
+    );
+    assert!(shown.contains("Stopped by:   cannot write"), "{shown}");
+
+    let mut run = CheckpointManager::open(dir.path(), 1).unwrap();
+    run.set_status(RunStatus::Running).unwrap();
+    drop(run);
+    let info = list_all_runs(dir.path()).unwrap().remove(0).info.unwrap();
+    assert_eq!(
+        info.status_reason, None,
+        "a new status clears the old reason"
+    );
+    let shown = CheckpointManager::open_read_only(dir.path(), 1)
+        .unwrap()
+        .get_run_summary();
+    assert!(
+        shown.contains("Status:       interrupted (its writer stopped"),
+        "recorded running, no writer: {shown}"
+    );
+}
+
 #[test]
 fn best_and_last_are_hard_links_to_the_epoch_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use trainer::cli::exit::{exit_code, INTERRUPTED};
+use trainer::cli::exit::{error_text, exit_code, INTERRUPTED};
 use trainer::cli::{run_cli, Cli};
 
 fn main() -> ExitCode {
@@ -39,10 +39,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = exit_code(&e);
+            let text = error_text(&e);
             if code == INTERRUPTED {
-                eprintln!("{e:#}");
+                eprintln!("{text}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {text}");
             }
             ExitCode::from(code)
         }

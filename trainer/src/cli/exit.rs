@@ -36,6 +36,23 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     FAILURE
 }
 
+/// The message `diffit` prints for `error`: each cause in the chain once. Many errors already
+/// quote their cause in their own message (`cannot write F: No space left on device`), so a
+/// cause whose text the message so far already ends with is not repeated.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !part.is_empty() && !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -45,6 +62,22 @@ mod tests {
 
     use super::*;
     use crate::cli::Cli;
+
+    #[test]
+    fn a_cause_quoted_by_its_error_is_printed_once() {
+        let full = TrainError::from(store::StoreError::io(
+            "write",
+            "run_001/metadata.json",
+            std::io::Error::from_raw_os_error(28),
+        ));
+        let text = error_text(&anyhow::Error::from(full).context("saving epoch 6"));
+        assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+        assert!(text.starts_with("saving epoch 6: "), "{text}");
+        assert!(text.contains("run_001/metadata.json"), "{text}");
+        // Causes a message does not quote are kept.
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
+    }
 
     #[test]
     fn each_kind_of_failure_has_its_exit_code() {

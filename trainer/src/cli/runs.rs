@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use format::api::RunState;
 use store::{list_all_runs, CheckpointManager, RunListing};
 
 /// A rule line of the seed's table.
@@ -28,8 +29,13 @@ pub fn format_runs_table(runs: &[RunListing]) -> String {
             Ok(info) => {
                 // `2025-01-15T10:30:00` is shown as `2025-01-15 10:30:00`, as in the seed.
                 let created = info.created_at.replacen('T', " ", 1);
+                // Finished runs read as in the seed; any other state follows the count.
+                let state = match RunState::of(info.recorded_status, info.writer_active) {
+                    RunState::Finished => String::new(),
+                    other => format!("  ({})", other.as_str()),
+                };
                 format!(
-                    "{:<8} {:<25} {:<20} {}",
+                    "{:<8} {:<25} {:<20} {}{state}",
                     run.run_number, info.experiment_name, created, info.checkpoints_count
                 )
             }

@@ -38,6 +38,8 @@ pub struct DistributedCheckpointCallback {
     pub save_base_model: bool,
     /// Write LoRA checkpoints at all (`training.checkpoint.enabled`).
     pub enabled: bool,
+    /// The error that stopped the fit, recorded with the `failed` status.
+    failure: Option<String>,
 }
 
 impl DistributedCheckpointCallback {
@@ -51,6 +53,7 @@ impl DistributedCheckpointCallback {
             keep_last_n: 5,
             save_base_model: true,
             enabled: true,
+            failure: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl DistributedCheckpointCallback {
             keep_last_n: s.keep_last_n.max(1),
             save_base_model: s.save_base_model,
             enabled: s.enabled,
+            failure: None,
         }
     }
 
@@ -132,6 +136,10 @@ impl Callback for DistributedCheckpointCallback {
         Ok(())
     }
 
+    fn on_fit_error(&mut self, _state: &mut TrainState, error: &TrainError) {
+        self.failure = Some(error.to_string());
+    }
+
     fn on_fit_end(
         &mut self,
         _state: &mut TrainState,
@@ -142,7 +150,12 @@ impl Callback for DistributedCheckpointCallback {
             FitOutcome::Interrupted => RunStatus::Interrupted,
             FitOutcome::Failed => RunStatus::Failed,
         };
-        self.manager.borrow_mut().set_status(status)?;
+        // Best effort: when the disk is full this write fails too, and the run then reads as
+        // interrupted (no writer holds its lock) rather than failed.
+        let reason = self.failure.take().filter(|_| status == RunStatus::Failed);
+        self.manager
+            .borrow_mut()
+            .set_status_because(status, reason)?;
         Ok(())
     }
 }

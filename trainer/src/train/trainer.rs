@@ -61,6 +61,8 @@ pub trait Callback {
     ) -> Result<(), TrainError> {
         Ok(())
     }
+    /// When an error stopped the fit, with that error, just before [`Callback::on_fit_end`].
+    fn on_fit_error(&mut self, _state: &mut TrainState, _error: &TrainError) {}
     /// Once, however the fit ended (also after an error, with [`FitOutcome::Failed`]).
     fn on_fit_end(
         &mut self,
@@ -235,7 +237,12 @@ impl Trainer {
         let result = self.fit_inner(state, &mut callbacks);
         let outcome = match &result {
             Ok(outcome) => *outcome,
-            Err(_) => FitOutcome::Failed,
+            Err(e) => {
+                for cb in callbacks.iter_mut() {
+                    cb.on_fit_error(state, e);
+                }
+                FitOutcome::Failed
+            }
         };
         let mut end_error = None;
         for cb in callbacks.iter_mut() {

@@ -59,24 +59,46 @@ pub fn load_folder(dir: &Path, size: usize) -> Result<Dataset, DataError> {
     Ok(Dataset::new(images, 3, size)?.with_skipped(skipped))
 }
 
-/// Decodes one file; the error string says why it is unusable.
+/// Most bytes an image may decode to: a 24-megapixel 16-bit RGBA photo (192 MiB) fits, a file
+/// whose header claims a picture far beyond that is refused before any pixel is allocated (a
+/// few hundred KB of PNG can claim gigabytes).
+pub const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads and decodes one file; the error string says why it is unusable.
 fn load_image(path: &Path, size: usize) -> Result<Vec<f32>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| format!("cannot open: {e}"))?
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    decode_image(&bytes, size)
+}
+
+/// Decodes a PNG or JPEG file's bytes (format taken from the content, not a name) into CHW RGB
+/// in `[-1, 1]`, centre-cropped and resized to `size × size`, as [`load_folder`] does for each
+/// file. The error string says why the bytes are unusable; decoding never allocates more than
+/// [`MAX_DECODED_BYTES`] for the picture.
+pub fn decode_image(bytes: &[u8], size: usize) -> Result<Vec<f32>, String> {
+    let side_out = u32::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("cannot resize to {size}x{size}"))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    // `into_rgb8` converts in place of the decoded picture rather than beside a kept copy.
+    let img = reader
         .decode()
         .map_err(|e| format!("cannot decode: {e}"))?
-        .to_rgb8();
+        .into_rgb8();
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err("image is empty".into());
     }
     let side = w.min(h);
-    let cropped =
-        image::imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    // A view, not a copy: resize reads the square straight from the decoded picture.
+    let cropped = image::imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side);
     // Triangle widens with the scale factor, so large photos are properly low-pass filtered.
-    let resized = image::imageops::resize(&cropped, size as u32, size as u32, FilterType::Triangle);
+    let resized = image::imageops::resize(&*cropped, side_out, side_out, FilterType::Triangle);
     let n = size * size;
     let mut out = vec![0f32; 3 * n];
     for (i, px) in resized.pixels().enumerate() {

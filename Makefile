@@ -10,7 +10,7 @@ DEMO_EPOCHS ?= 12
 # Run a cargo without make's jobserver, so that it uses every core itself.
 NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
 
-.PHONY: demo test lint unit e2e app serve bench setup
+.PHONY: demo test lint unit e2e app serve bench setup fuzz
 
 ## Set up what is missing, train the demo run (small preset), serve the dashboard on :$(PORT).
 demo: setup
@@ -27,6 +27,7 @@ demo: setup
 test: setup
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint app
 	$(CARGO) test --workspace
+	$(NO_JOBSERVER) scripts/fuzz.sh smoke
 
 setup:
 	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }
@@ -45,6 +46,11 @@ unit: app
 e2e: setup
 	scripts/build-app.sh
 	$(CARGO) test --workspace -- runs_table errors_are_shown browser_sample
+
+## A fuzzing campaign over every parser of user or network bytes (scripts/fuzz.sh; `test` runs
+## its short smoke mode). FUZZ_SECONDS per target (default 600), caps FUZZ_RSS_MB/FUZZ_MALLOC_MB.
+fuzz:
+	$(NO_JOBSERVER) scripts/fuzz.sh campaign
 
 ## Side-by-side benchmarks (not part of `test`): writes bench/RESULTS.md, linked from the README.
 bench:

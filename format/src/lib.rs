@@ -9,4 +9,6 @@ pub mod metadata;
 pub mod tensors;
 
 pub use layout::{CheckpointName, RunLayout};
-pub use metadata::{BestCheckpoint, CheckpointRecord, FileRecord, Metadata, Mode, RunStatus};
+pub use metadata::{
+    BaseIdentity, BestCheckpoint, CheckpointRecord, FileRecord, Metadata, Mode, RunStatus,
+};

@@ -165,6 +165,15 @@ pub enum RunStatus {
     Failed,
 }
 
+/// What a base model file is known by: its checksum and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseIdentity {
+    /// `blake3:<hex>` of the whole base model file as the store writes it.
+    pub checksum: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// A tensor file with its integrity data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -282,6 +291,11 @@ pub struct Metadata {
     /// The frozen base model file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<FileRecord>,
+    /// The checksum and size the run's base model file has, or would have: recorded even when
+    /// the weights are not stored in the run (`save_base_model: false`), so that a resume can
+    /// find them elsewhere and know them by their checksum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_identity: Option<BaseIdentity>,
     /// Metrics of the base model alone on the validation set (`val_loss`), before any LoRA.
     #[serde(
         default,
@@ -319,6 +333,7 @@ impl Metadata {
             mode: None,
             updated_at: None,
             base_model: None,
+            base_identity: None,
             base_metrics: Metrics::new(),
             metric_history: Vec::new(),
             extra: Map::new(),

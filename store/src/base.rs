@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use format::layout::parse_run_dir_name;
 use format::metadata::FORMAT_VERSION;
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
-use format::{CheckpointName, FileRecord, RunLayout};
+use format::{BaseIdentity, CheckpointName, FileRecord, RunLayout};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -19,6 +19,15 @@ use super::saved::SavedBase;
 use super::tensor_file::{
     digest_tensor_file, read_tensor_file, write_tensor_file, HeaderMetadata, TensorMap,
 };
+
+/// The header of a base model file: its format, version and model configuration.
+fn base_header(model_config: &Value) -> HeaderMetadata {
+    let mut header = HeaderMetadata::new();
+    header.insert(meta_keys::FORMAT.into(), BASE_MODEL_FORMAT.into());
+    header.insert(meta_keys::FORMAT_VERSION.into(), FORMAT_VERSION.to_string());
+    header.insert(meta_keys::MODEL_CONFIG.into(), model_config.to_string());
+    header
+}
 
 /// A base model read back.
 #[derive(Debug)]
@@ -46,13 +55,10 @@ impl CheckpointManager {
     ) -> Result<SavedBase> {
         self.require_writer("save the base model")?;
         let path = self.layout.checkpoint(CheckpointName::Base);
-        let mut header = HeaderMetadata::new();
-        header.insert(meta_keys::FORMAT.into(), BASE_MODEL_FORMAT.into());
-        header.insert(meta_keys::FORMAT_VERSION.into(), FORMAT_VERSION.to_string());
-        header.insert(meta_keys::MODEL_CONFIG.into(), model_config.to_string());
+        let header = base_header(model_config);
         let named = || tensors.iter().map(|(k, v)| (k.as_str(), v));
         let expected = digest_tensor_file(&path, named(), &header)?;
-        let (digest, linked_from) = match self.find_identical_base(&expected) {
+        let (digest, linked_from) = match self.find_base_file(&expected) {
             Some(source) => {
                 link_or_copy_atomic(&source, &path)?;
                 (expected, Some(source))
@@ -66,6 +72,10 @@ impl CheckpointManager {
             size: digest.size,
             extra: Map::new(),
         });
+        next.base_identity = Some(BaseIdentity {
+            checksum: digest.checksum.clone(),
+            size: digest.size,
+        });
         self.commit(next)?;
         Ok(SavedBase {
             path,
@@ -74,8 +84,67 @@ impl CheckpointManager {
         })
     }
 
+    /// The digest `tensors` would have as this run's base model file, without writing it: how
+    /// weights found elsewhere are recognised as the run's base ([`Self::required_base`]).
+    pub fn base_digest(&self, tensors: &TensorMap, model_config: &Value) -> Result<FileDigest> {
+        let path = self.layout.checkpoint(CheckpointName::Base);
+        let named = tensors.iter().map(|(k, v)| (k.as_str(), v));
+        digest_tensor_file(&path, named, &base_header(model_config))
+    }
+
+    /// Records which base model the run trains on without storing its weights
+    /// (`save_base_model: false`): a resume then accepts only weights with this digest.
+    pub fn record_base_identity(
+        &mut self,
+        tensors: &TensorMap,
+        model_config: &Value,
+    ) -> Result<FileDigest> {
+        self.require_writer("record the base model")?;
+        let digest = self.base_digest(tensors, model_config)?;
+        let mut next = self.metadata.clone();
+        next.base_identity = Some(BaseIdentity {
+            checksum: digest.checksum.clone(),
+            size: digest.size,
+        });
+        self.commit(next)?;
+        Ok(digest)
+    }
+
+    /// The digest of the base model the run was trained on: recorded for every run since
+    /// `base_identity` exists, and known from the stored base's record for older runs.
+    pub fn required_base(&self) -> Option<FileDigest> {
+        let m = &self.metadata;
+        m.base_identity
+            .as_ref()
+            .map(|b| FileDigest {
+                checksum: b.checksum.clone(),
+                size: b.size,
+            })
+            .or_else(|| {
+                m.base_model.as_ref().map(|r| FileDigest {
+                    checksum: r.checksum.clone(),
+                    size: r.size,
+                })
+            })
+    }
+
+    /// Whether the run's own base model file exists and matches its record (hashing it).
+    pub fn own_base_intact(&self) -> bool {
+        let Some(record) = &self.metadata.base_model else {
+            return false;
+        };
+        let path = self.layout.checkpoint(CheckpointName::Base);
+        digest_file(&path).is_ok_and(|d| d.checksum == record.checksum && d.size == record.size)
+    }
+
+    /// Another run of this checkpoints dir whose base model file is exactly the one this run
+    /// needs ([`Self::required_base`]), checked by hashing it.
+    pub fn find_base_in_other_runs(&self) -> Option<PathBuf> {
+        self.find_base_file(&self.required_base()?)
+    }
+
     /// Another run's base model file with exactly these bytes (checked by hashing it).
-    fn find_identical_base(&self, expected: &FileDigest) -> Option<PathBuf> {
+    fn find_base_file(&self, expected: &FileDigest) -> Option<PathBuf> {
         let base_dir = self.layout.base_dir();
         let entries = fs::read_dir(base_dir).ok()?;
         for entry in entries.flatten() {
@@ -107,7 +176,7 @@ impl CheckpointManager {
         None
     }
 
-    /// True once a base model is recorded.
+    /// True once a base model file is recorded (see [`Self::own_base_intact`]).
     pub fn has_base_model(&self) -> bool {
         self.metadata.base_model.is_some()
     }

@@ -188,6 +188,8 @@ mod tests {
             "trees",
             "--base",
             "b.safetensors",
+            "--save-base-model",
+            "false",
         ])
         .unwrap();
         let Command::Train(a) = cli.command else {
@@ -210,6 +212,7 @@ mod tests {
             monitor: Some("val_loss".into()),
             mode: Some(Mode::Max),
             save_every_n_epochs: Some(2),
+            save_base_model: Some(false),
         };
         assert_eq!(a.overrides, expected);
         let cli = Cli::try_parse_from(["diffit", "train", "--data", "imgs"]).unwrap();

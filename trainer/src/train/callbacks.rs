@@ -86,15 +86,20 @@ impl Callback for DistributedCheckpointCallback {
             "model": state.model_config,
         });
         m.save_config(&config)?;
-        if self.save_base_model && !m.has_base_model() {
+        // A run that lacks its base (never stored, or lost and found elsewhere on resume)
+        // stores it now when asked; otherwise it records at least which base it trains on.
+        let wants_base = self.save_base_model && !m.own_base_intact();
+        if wants_base || m.required_base().is_none() {
             let tensors = crate::tensors::map_to_stored(&state.base)?;
             let model_config = serde_json::to_value(&state.model_config)
                 .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?;
-            m.save_base_model(&tensors, &model_config)?;
+            if wants_base {
+                m.save_base_model(&tensors, &model_config)?;
+            } else {
+                m.record_base_identity(&tensors, &model_config)?;
+            }
         }
-        if let Some(record) = &m.metadata().base_model {
-            state.base_checksum = Some(record.checksum.clone());
-        }
+        state.base_checksum = m.required_base().map(|d| d.checksum);
         m.set_status(RunStatus::Running)?;
         Ok(())
     }
@@ -189,7 +194,7 @@ impl Callback for ResumeFromCheckpointCallback {
     fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
         let mut m = self.manager.borrow_mut();
         if state.base_checksum.is_none() {
-            state.base_checksum = m.metadata().base_model.as_ref().map(|r| r.checksum.clone());
+            state.base_checksum = m.required_base().map(|d| d.checksum);
         }
         // As the writer: damaged epochs passed over are recorded as such, out of retention,
         // `best` and `last`.

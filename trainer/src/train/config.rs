@@ -300,6 +300,10 @@ pub struct Overrides {
     /// Save a checkpoint every N epochs.
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub save_every_n_epochs: Option<u32>,
+    /// Store the frozen base model in the run (`true`/`false`); on resume, `true` stores it
+    /// into a run that lacks it.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub save_base_model: Option<bool>,
 }
 
 impl TrainingConfig {
@@ -534,6 +538,7 @@ impl TrainingConfig {
         set(&mut c.monitor, &o.monitor);
         set(&mut c.mode, &o.mode);
         set(&mut c.save_every_n_epochs, &o.save_every_n_epochs);
+        set(&mut c.save_base_model, &o.save_base_model);
     }
 }
 

@@ -181,6 +181,141 @@ pub fn resolve_base(
     Ok((tensors, expected))
 }
 
+/// The model config a resumed run keeps: the one its base was saved with (older runs predict
+/// ε), which must fit the run's preset.
+fn resumed_model_config(
+    run: u32,
+    cfg: &TrainingConfig,
+    recorded: &serde_json::Value,
+) -> Result<Config, TrainError> {
+    let preset = cfg.model.preset.model_config();
+    if recorded.is_null() {
+        return Ok(preset);
+    }
+    let saved: Config = serde_json::from_value(recorded.clone()).map_err(|e| {
+        TrainError::Resume(format!(
+            "the model_config of run {run}'s base model is not a model config: {e}"
+        ))
+    })?;
+    // Older runs may lack newer model features; they resume as they were made.
+    if saved.validate().is_err() || saved.image_size != preset.image_size {
+        return Err(TrainError::Resume(format!(
+            "run {run}'s base model was saved for {saved:?}, which does not fit the {} preset",
+            cfg.model.preset
+        )));
+    }
+    Ok(saved)
+}
+
+/// The base model a resumed run continues on. Its own stored base when intact (a `--base`
+/// must then hold the same weights); otherwise the first of `--base`, the preset's pretrain
+/// cache and another run's stored base whose weights have the checksum the run records, so a
+/// run saved without its base (or whose base was lost) resumes on exactly the weights it was
+/// trained on.
+fn resume_base(
+    manager: &CheckpointManager,
+    cfg: &TrainingConfig,
+    saved_config: &serde_json::Value,
+    requested: Option<PathBuf>,
+    show: bool,
+) -> Result<(HashMap<String, Tensor>, Config), TrainError> {
+    let run = manager.run_number();
+    let own_error = match manager.load_base_model() {
+        Ok(stored) => {
+            let model_cfg = resumed_model_config(run, cfg, &stored.model_config)?;
+            let base = map_to_candle(&stored.tensors, &Device::Cpu)?;
+            if let Some(path) = requested {
+                let given = load_base(&path, &model_cfg)?.tensors;
+                if !same_weights(&given, &base)? {
+                    return Err(TrainError::Usage(format!(
+                        "--base {} differs from the base model run {run} was trained on; drop --base to resume",
+                        path.display()
+                    )));
+                }
+            }
+            return Ok((base, model_cfg));
+        }
+        // A run saved without its base is not damaged; say which case it is.
+        Err(_) if !manager.has_base_model() => {
+            format!("run {run} was saved without its base model (save_base_model: false)")
+        }
+        Err(e) => format!("run {run}'s stored base model is unusable ({e})"),
+    };
+    let Some(needed) = manager.required_base() else {
+        return Err(TrainError::Resume(format!(
+            "{own_error}, and the run records no base model checksum to find its weights by"
+        )));
+    };
+    // config.json records the model config the run trained with, exactly as the base file's
+    // header would hold it.
+    let recorded_model = saved_config
+        .get("model")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let model_cfg = resumed_model_config(run, cfg, &recorded_model)?;
+    let model_value = if recorded_model.is_null() {
+        serde_json::to_value(&model_cfg)
+            .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?
+    } else {
+        recorded_model
+    };
+    let mut candidates: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(path) = requested {
+        candidates.push(("--base".into(), path));
+    }
+    candidates.push((
+        "the pretrain cache".into(),
+        cached_base_path(
+            &cfg.training.checkpoint.base_dir,
+            cfg.model.preset,
+            DEFAULT_PRETRAIN_SEED,
+        ),
+    ));
+    if let Some(path) = manager.find_base_in_other_runs() {
+        candidates.push(("another run's base model".into(), path));
+    }
+    let mut tried = Vec::new();
+    for (what, path) in candidates {
+        if !path.exists() {
+            tried.push(format!("{what} {} (absent)", path.display()));
+            continue;
+        }
+        let loaded = match load_base(&path, &model_cfg) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tried.push(format!("{what} {} ({e})", path.display()));
+                continue;
+            }
+        };
+        let digest = manager.base_digest(
+            &crate::tensors::map_to_stored(&loaded.tensors)?,
+            &model_value,
+        )?;
+        if digest.checksum == needed.checksum {
+            say(
+                show,
+                &format!(
+                    "{own_error}; resuming on {what} {}, whose weights are the run's base ({})",
+                    path.display(),
+                    needed.checksum
+                ),
+            );
+            return Ok((loaded.tensors, model_cfg));
+        }
+        tried.push(format!(
+            "{what} {} (other weights: {})",
+            path.display(),
+            digest.checksum
+        ));
+    }
+    Err(TrainError::Resume(format!(
+        "{own_error}; it needs the base model with checksum {} ({} bytes) and none was found (tried {}). Pass --base FILE with the weights the run was trained on",
+        needed.checksum,
+        needed.size,
+        tried.join("; ")
+    )))
+}
+
 /// Runs a training request to its end (or to a requested stop).
 pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainReport, TrainError> {
     let show = req.show_progress;
@@ -212,13 +347,17 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 .unwrap_or_else(|| req.config.training.checkpoint.base_dir.clone());
             let manager = CheckpointManager::open(&base_dir, run)?;
             let saved = manager.load_config()?;
-            let mut cfg =
-                TrainingConfig::from_stored(saved.get("training").cloned().unwrap_or(saved))
-                    .map_err(|e| {
-                        TrainError::Resume(format!(
-                            "config.json of run {run} is not a training config: {e}"
-                        ))
-                    })?;
+            let mut cfg = TrainingConfig::from_stored(
+                saved
+                    .get("training")
+                    .cloned()
+                    .unwrap_or_else(|| saved.clone()),
+            )
+            .map_err(|e| {
+                TrainError::Resume(format!(
+                    "config.json of run {run} is not a training config: {e}"
+                ))
+            })?;
             let requested_base = req.overrides.base.clone();
             let mut overrides = req.overrides.clone();
             overrides.base = None;
@@ -226,37 +365,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.training.checkpoint.base_dir = base_dir;
             cfg.training.checkpoint.run_number = Some(run);
             cfg.validate()?;
-            let stored = manager.load_base_model()?;
-            let preset = cfg.model.preset.model_config();
-            // The run keeps the model config its base was saved with (older runs predict ε).
-            let model_cfg = if stored.model_config.is_null() {
-                preset
-            } else {
-                let saved: Config =
-                    serde_json::from_value(stored.model_config.clone()).map_err(|e| {
-                        TrainError::Resume(format!(
-                            "the model_config of run {run}'s base model is not a model config: {e}"
-                        ))
-                    })?;
-                // Older runs may lack newer model features; they resume as they were made.
-                if saved.validate().is_err() || saved.image_size != preset.image_size {
-                    return Err(TrainError::Resume(format!(
-                        "run {run}'s base model was saved for {saved:?}, which does not fit the {} preset",
-                        cfg.model.preset
-                    )));
-                }
-                saved
-            };
-            let base: HashMap<String, Tensor> = map_to_candle(&stored.tensors, &Device::Cpu)?;
-            if let Some(path) = requested_base {
-                let given = load_base(&path, &model_cfg)?.tensors;
-                if !same_weights(&given, &base)? {
-                    return Err(TrainError::Usage(format!(
-                        "--base {} differs from the base model run {run} was trained on; drop --base to resume",
-                        path.display()
-                    )));
-                }
-            }
+            let (base, model_cfg) = resume_base(&manager, &cfg, &saved, requested_base, show)?;
             (cfg, manager, base, model_cfg)
         }
         None => {

@@ -12,6 +12,9 @@ pub enum ApiError {
     /// The request itself is malformed (bad run number, checkpoint name, query).
     #[error("{0}")]
     BadRequest(String),
+    /// The server requires its access token and the request did not carry it.
+    #[error("this server needs its access token: send `Authorization: Bearer <token>`, or open the dashboard with `?token=<token>` once")]
+    Unauthorized,
     /// No such run.
     #[error("run {0} not found")]
     RunNotFound(u32),
@@ -72,6 +75,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RunNotFound(_)
             | ApiError::CheckpointNotFound { .. }
             | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,

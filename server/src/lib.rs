@@ -3,8 +3,10 @@
 //!
 //! - `api`: JSON handlers; `tensor_file`: streamed checkpoint files and the LoRA-only view;
 //! - `catalog`: reading runs; `root`: confinement to the checkpoints dir;
-//! - `watch`: change polling and events; `static_app`: the dashboard; `error`: `ApiError`.
+//! - `watch`: change polling and events; `static_app`: the dashboard; `error`: `ApiError`;
+//! - `access`: the access token checked on every request when one is set.
 
+pub mod access;
 pub mod api;
 pub mod catalog;
 pub mod error;
@@ -16,6 +18,7 @@ pub mod watch;
 
 use std::future::Future;
 
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -24,7 +27,8 @@ use tower_http::compression::CompressionLayer;
 pub use error::ApiError;
 pub use state::{AppState, ServerConfig};
 
-/// The whole application: `/api/...` and the dashboard's static files.
+/// The whole application: `/api/...` and the dashboard's static files, behind the access
+/// token when the state has one.
 pub fn router(state: AppState) -> Router {
     let json_api = Router::new()
         .route("/runs", get(api::list_runs))
@@ -38,7 +42,15 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(api::events))
         .fallback(api::not_found);
     let app = static_app::router(&state.shared().app_dir);
-    Router::new().nest("/api", api).with_state(state).merge(app)
+    let token = state.shared().token.clone();
+    let everything = Router::new().nest("/api", api).with_state(state).merge(app);
+    match token {
+        // Outermost, so no route, fallback or asset is reachable without it.
+        Some(token) => {
+            everything.layer(middleware::from_fn_with_state(token, access::require_token))
+        }
+        None => everything,
+    }
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then ends open event

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use format::layout::DEFAULT_BASE_DIR;
+use server::access::{self, AccessToken};
 use server::{static_app, AppState, ServerConfig};
 
 /// Serve training runs (JSON API, checkpoint files, live events) and the dashboard.
@@ -15,7 +16,8 @@ struct Args {
     /// Checkpoints dir holding run_NNN folders.
     #[arg(long, default_value = DEFAULT_BASE_DIR)]
     checkpoints: PathBuf,
-    /// Address to listen on; loopback unless asked otherwise.
+    /// Address to listen on; loopback unless asked otherwise. Any other address requires an
+    /// access token.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Port to listen on (0 picks a free one).
@@ -24,6 +26,11 @@ struct Args {
     /// The built dashboard [default: target/site, from the current dir or beside the binary].
     #[arg(long)]
     app_dir: Option<PathBuf>,
+    /// Access token every request must carry (at least 16 of `A-Za-z0-9-._~`); beyond
+    /// loopback one is generated and printed when none is given. Prefer the environment
+    /// variable: other users can read command lines.
+    #[arg(long, env = access::TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
+    token: Option<AccessToken>,
 }
 
 #[tokio::main]
@@ -48,11 +55,34 @@ async fn main() -> anyhow::Result<()> {
     let local = listener
         .local_addr()
         .with_context(|| format!("reading the address bound for {addr}"))?;
-    let state = AppState::start(ServerConfig::new(&args.checkpoints, app_dir)).await;
+    let given = args.token.is_some();
+    let token = access::token_for(args.host, args.token)?;
+    let mut config = ServerConfig::new(&args.checkpoints, app_dir);
+    config.token = token.clone();
+    let state = AppState::start(config).await;
     println!(
         "diffit-server listening on http://{local}/ (checkpoints: {})",
         args.checkpoints.display()
     );
+    match &token {
+        None => {}
+        Some(_) if given => println!(
+            "access token required: open http://{local}/?{}=<your token> (the one in --token or {}), or send `Authorization: Bearer <your token>`",
+            access::TOKEN_QUERY,
+            access::TOKEN_ENV,
+        ),
+        Some(token) => {
+            println!("access token required; open the dashboard at:");
+            for host in display_hosts(local.ip()) {
+                println!(
+                    "    http://{host}:{}/?{}={}",
+                    local.port(),
+                    access::TOKEN_QUERY,
+                    token.reveal()
+                );
+            }
+        }
+    }
     server::serve(listener, state, async {
         // If the signal handler cannot be installed, run until killed.
         if tokio::signal::ctrl_c().await.is_err() {
@@ -61,4 +91,25 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("serving")
+}
+
+/// Names a browser can use for `ip`: for the wildcard address, this machine's name and
+/// loopback; otherwise `ip` itself (bracketed when IPv6).
+fn display_hosts(ip: IpAddr) -> Vec<String> {
+    if !ip.is_unspecified() {
+        return vec![SocketAddr::new(ip, 0)
+            .to_string()
+            .trim_end_matches(":0")
+            .to_string()];
+    }
+    let mut hosts = vec![];
+    // Linux's hostname; elsewhere only loopback is printed.
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name = name.trim();
+        if !name.is_empty() {
+            hosts.push(name.to_string());
+        }
+    }
+    hosts.push(if ip.is_ipv4() { "127.0.0.1" } else { "[::1]" }.to_string());
+    hosts
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessToken;
 use crate::root::CheckpointsRoot;
 use crate::tensor_file::FileFactsCache;
 use crate::watch::{self, RunChange, RunsSnapshot};
@@ -24,6 +25,9 @@ pub struct ServerConfig {
     pub app_dir: PathBuf,
     /// Interval between scans for changes.
     pub poll_interval: Duration,
+    /// The token every request must carry; `None` serves anyone who can connect (loopback
+    /// only: see `access::token_for`).
+    pub token: Option<AccessToken>,
 }
 
 impl ServerConfig {
@@ -33,6 +37,7 @@ impl ServerConfig {
             checkpoints_dir: checkpoints_dir.into(),
             app_dir: app_dir.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            token: None,
         }
     }
 }
@@ -50,6 +55,8 @@ pub struct Shared {
     pub root: CheckpointsRoot,
     /// The built dashboard.
     pub app_dir: PathBuf,
+    /// The access token required, if any.
+    pub token: Option<AccessToken>,
     /// Header and checksum cache of tensor files.
     pub files: FileFactsCache,
     runs: RwLock<Arc<RunsSnapshot>>,
@@ -84,6 +91,7 @@ impl AppState {
         let shared = Arc::new(Shared {
             root: CheckpointsRoot::new(config.checkpoints_dir),
             app_dir: config.app_dir,
+            token: config.token,
             files: FileFactsCache::default(),
             runs: RwLock::new(Arc::new(RunsSnapshot::empty())),
             events,

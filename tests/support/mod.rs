@@ -118,6 +118,18 @@ impl ProcessGuard {
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         ProcessGuard { child, name }
     }
+
+    /// The process id (of the group's leader).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("wait for {}: {e}", self.name))
+    }
 }
 
 impl Drop for ProcessGuard {
@@ -139,12 +151,34 @@ impl Drop for ProcessGuard {
 pub struct Server {
     /// Base URL, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
     _process: ProcessGuard,
 }
 
 impl Server {
     /// Serves `checkpoints` and the built site.
     pub fn start(server_bin: &Path, checkpoints: &Path) -> Server {
+        Self::start_with_args(server_bin, checkpoints, &[])
+    }
+
+    /// Serves `checkpoints` and the built site with `extra` arguments (`--host 0.0.0.0`: still
+    /// reached through 127.0.0.1).
+    pub fn start_with_args(server_bin: &Path, checkpoints: &Path, extra: &[&str]) -> Server {
+        Self::spawn(server_bin, checkpoints, &site_dir(), extra)
+    }
+
+    /// Serves `checkpoints` with no dashboard (for tests of the API alone).
+    pub fn start_api_only(server_bin: &Path, checkpoints: &Path) -> Server {
+        Self::spawn(server_bin, checkpoints, &checkpoints.join("no-app"), &[])
+    }
+
+    /// The server's process id, to read its memory use.
+    pub fn pid(&self) -> u32 {
+        self._process.pid()
+    }
+
+    fn spawn(server_bin: &Path, checkpoints: &Path, app_dir: &Path, extra: &[&str]) -> Server {
         let port = free_port();
         let log = artifacts_dir().join(format!("server-{port}.log"));
         let log_file =
@@ -155,14 +189,37 @@ impl Server {
             .arg(checkpoints)
             .args(["--port", &port.to_string()])
             .arg("--app-dir")
-            .arg(site_dir())
+            .arg(app_dir)
+            .args(extra)
+            .env_remove("DIFFIT_SERVER_TOKEN")
             .stdout(Stdio::from(log_file.try_clone().expect("dup log")))
             .stderr(Stdio::from(log_file));
         let mut process = ProcessGuard::spawn("diffit-server", command);
         wait_for_port(port, "diffit-server", &mut process.child);
         Server {
             url: format!("http://127.0.0.1:{port}"),
+            log,
             _process: process,
+        }
+    }
+
+    /// The access token the server printed at start (it prints it just after it binds).
+    pub fn printed_token(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let printed = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let token = printed
+                .split("?token=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next());
+            if let Some(token) = token {
+                return token.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "diffit-server printed no token within 30 s: {printed}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -215,7 +215,11 @@ pub struct TestServer {
 
 /// Starts the real router on 127.0.0.1:0 with a short poll interval.
 pub async fn start(checkpoints: &Path, app_dir: &Path) -> TestServer {
-    let mut config = ServerConfig::new(checkpoints, app_dir);
+    start_with(ServerConfig::new(checkpoints, app_dir)).await
+}
+
+/// Starts the real router on 127.0.0.1:0 with `config`, its poll interval shortened.
+pub async fn start_with(mut config: ServerConfig) -> TestServer {
     config.poll_interval = Duration::from_millis(50);
     let state = AppState::start(config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

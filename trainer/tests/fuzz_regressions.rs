@@ -71,9 +71,9 @@ fn the_png_builder_makes_files_the_decoder_reads() {
     assert_eq!(pixels, vec![-1.0; 3 * 2 * 2]);
 }
 
-/// A few hundred bytes claiming a 12000 × 12000 picture (432 MB of RGB): the decoder's default
-/// limit (512 MiB) let it allocate that, and the RGB conversion a second copy, so one small file
-/// in `--data` took close to 1 GB. It is refused from its header now.
+/// A PNG claiming a 12000 × 12000 picture (432 MB of RGB): the decoder's default limit
+/// (512 MiB) let it allocate that, and the RGB conversion and the crop a copy each, so a 420 KB
+/// file of black rows in `--data` took 1.27 GB. It is refused from its header now.
 #[test]
 fn a_png_claiming_a_huge_picture_is_refused_from_its_header() {
     let side = 12_000;
@@ -93,6 +93,16 @@ fn a_large_but_allowed_picture_is_not_refused_for_its_size() {
     let png = png_claiming(w, h, &zlib_black_rows(w, 2));
     let err = decode_image(&png, 16).unwrap_err();
     assert!(!err.to_lowercase().contains("limit"), "{err}");
+}
+
+/// 672 bytes of JPEG (a real 8 × 6 file with its frame header patched) claiming 12000 × 12000:
+/// before the cap, decoding it took 3 s and 1.27 GB (the picture, then its RGB copy).
+#[test]
+fn a_jpeg_claiming_a_huge_picture_is_refused_from_its_header() {
+    let jpeg = include_bytes!("fuzz_cases/jpeg_claims_12000x12000.jpg");
+    let err = decode_image(jpeg, 16).unwrap_err();
+    assert!(err.contains("cannot decode"), "{err}");
+    assert!(err.to_lowercase().contains("limit"), "{err}");
 }
 
 #[test]

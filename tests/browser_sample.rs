@@ -2,6 +2,11 @@
 //! trainer, sampled by `diffit sample --n 1` and by the dashboard (LoRA fused in wasm) with the
 //! same checkpoint, seed and steps; the pixels agree within 1/255 on average and 8/255 at most.
 //! Also prints the browser's time per step next to the native one.
+//!
+//! The same page then checks the base model cache: a reload takes the base from Cache Storage,
+//! and a cached copy damaged in place (same size, valid header, garbage weights) is rejected by
+//! its checksum, downloaded again and replaced, with the same image and a notice in the page;
+//! and when the server's file is damaged as well, the page names it and samples nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 mod support;
@@ -11,13 +16,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
-use serde_json::Value;
+use format::layout::RunLayout;
+use serde_json::{json, Value};
 use support::{Browser, Server};
 use trainer::train::sample::GRID_GAP;
 
 const SEED: u64 = 7;
 const STEPS: usize = 12;
 const CHECKPOINT: &str = "best";
+/// The app's Cache Storage bucket for base models (app/src/base_cache.rs).
+const BASE_CACHE: &str = "diffit-base-models";
 
 fn run(command: &mut Command, what: &str) {
     let status = command
@@ -34,8 +42,9 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
     (image.width(), image.height(), image.into_raw())
 }
 
-/// Clicks Sample and waits for the LoRA canvas to finish; returns its RGBA pixels and size.
-async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
+/// Clicks Sample and waits for the LoRA canvas to finish (`Ok`) or the page to show an error
+/// (`Err` with its text).
+async fn click_sample(browser: &Browser) -> Result<(), String> {
     let button = browser
         .client
         .find(Locator::Css(r#"button[data-action="sample"]"#))
@@ -49,16 +58,23 @@ async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
             Duration::from_secs(300),
         )
         .await;
-    if browser.count("[data-error]").await > 0 {
+    if browser.count("[data-error]").await == 0 {
+        return Ok(());
+    }
+    Err(browser
+        .client
+        .find(Locator::Css("[data-error]"))
+        .await
+        .expect("error")
+        .text()
+        .await
+        .expect("text"))
+}
+
+/// Clicks Sample and waits for the LoRA canvas to finish; returns its RGBA pixels and size.
+async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
+    if let Err(text) = click_sample(browser).await {
         let shot = browser.screenshot("sample-error").await;
-        let text = browser
-            .client
-            .find(Locator::Css("[data-error]"))
-            .await
-            .expect("error")
-            .text()
-            .await
-            .expect("text");
         panic!(
             "sampling failed in the page: {text} (screenshot {})",
             shot.display()
@@ -88,19 +104,85 @@ async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
     (width, height, data)
 }
 
-async fn stats(browser: &Browser) -> (f64, f64, String) {
+/// Every entry of the base model cache: (URL path, bytes).
+async fn cached_bases(browser: &Browser) -> Vec<(String, Vec<u8>)> {
+    let answer = browser
+        .client
+        .execute_async(
+            r#"const [name, done] = arguments;
+               (async () => {
+                   const cache = await caches.open(name);
+                   const entries = [];
+                   for (const request of await cache.keys()) {
+                       const body = await (await cache.match(request)).arrayBuffer();
+                       entries.push([new URL(request.url).pathname, Array.from(new Uint8Array(body))]);
+                   }
+                   return entries;
+               })().then(done, e => done(String(e)));"#,
+            vec![json!(BASE_CACHE)],
+        )
+        .await
+        .expect("read the base model cache");
+    let Value::Array(entries) = answer else {
+        panic!("reading the base model cache failed in the page: {answer}")
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let key = entry[0].as_str().expect("key").to_string();
+            let bytes = entry[1]
+                .as_array()
+                .expect("bytes")
+                .iter()
+                .map(|v| v.as_u64().expect("byte") as u8)
+                .collect();
+            (key, bytes)
+        })
+        .collect()
+}
+
+/// Overwrites the tensor data of the cached entry `key` with garbage in place: same size and a
+/// valid safetensors header, so only a checksum can tell. Returns the entry's new size.
+async fn damage_cached_base(browser: &Browser, key: &str) -> u64 {
+    let answer = browser
+        .client
+        .execute_async(
+            r#"const [name, key, done] = arguments;
+               (async () => {
+                   const cache = await caches.open(name);
+                   const found = await cache.match(key);
+                   if (!found) return 'no cache entry ' + key;
+                   const bytes = new Uint8Array(await found.arrayBuffer());
+                   const data = 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true));
+                   for (let i = data; i < bytes.length; i++) bytes[i] = (i * 131 + 17) & 255;
+                   await cache.put(key, new Response(bytes));
+                   return (await (await cache.match(key)).arrayBuffer()).byteLength;
+               })().then(done, e => done(String(e)));"#,
+            vec![json!(BASE_CACHE), json!(key)],
+        )
+        .await
+        .expect("damage the cached base");
+    answer
+        .as_u64()
+        .unwrap_or_else(|| panic!("damaging the cached base failed in the page: {answer}"))
+}
+
+/// The last run's figures: (ms from click to image, ms per step, where the base came from,
+/// ms spent checking the base's checksum).
+async fn stats(browser: &Browser) -> (f64, f64, String, f64) {
     let el = browser
         .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
         .await;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
     let total = number(el.attr("data-total-ms").await.expect("attr"));
     let step = number(el.attr("data-step-ms").await.expect("attr"));
+    let verify = number(el.attr("data-verify-ms").await.expect("attr"));
     let source = el
         .attr("data-base-source")
         .await
         .expect("attr")
         .unwrap_or_default();
-    (total, step, source)
+    (total, step, source, verify)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,7 +252,7 @@ async fn browser_sample_matches_native_sampler() {
     browser.set_field("count", "1").await;
 
     let (width, height, rgba) = sample_in_browser(&browser).await;
-    let (total_ms, step_ms, source) = stats(&browser).await;
+    let (total_ms, step_ms, source, _) = stats(&browser).await;
     println!("browser: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step (base and LoRA), base from {source}");
     assert_eq!(source, "network", "a fresh profile downloads the base");
     browser.screenshot("sample-browser").await;
@@ -212,12 +294,107 @@ async fn browser_sample_matches_native_sampler() {
     browser.set_field("seed", &SEED.to_string()).await;
     browser.set_field("steps", &STEPS.to_string()).await;
     let (_, _, again) = sample_in_browser(&browser).await;
-    let (total_ms, step_ms, source) = stats(&browser).await;
-    println!("browser after reload: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step, base from {source}");
+    let (total_ms, step_ms, source, verify_ms) = stats(&browser).await;
+    println!("browser after reload: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step, base from {source}, its checksum checked in {verify_ms:.1} ms");
     assert_eq!(
         source, "cache",
         "the base model is cached by checksum across reloads"
     );
     assert_eq!(again, rgba, "same seed, same image");
     browser.screenshot("sample-browser-cached").await;
+
+    // A cached copy damaged in place is rejected by its checksum, downloaded again and replaced.
+    let meta = support::read_metadata(checkpoints.path(), 1);
+    let record = meta.base_model.as_ref().expect("metadata records the base");
+    let base_file = RunLayout::new(checkpoints.path(), 1).resolve(&record.path);
+    let served =
+        std::fs::read(&base_file).unwrap_or_else(|e| panic!("read {}: {e}", base_file.display()));
+    assert_eq!(
+        format!("blake3:{}", blake3::hash(&served).to_hex()),
+        record.checksum,
+        "the metadata records the base file's checksum"
+    );
+    let key = format!("/__cache/base-model/{}", record.checksum.replace(':', "-"));
+    let entries = cached_bases(&browser).await;
+    assert_eq!(
+        entries.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [key.as_str()],
+        "one cache entry, named by the base's checksum"
+    );
+    assert_eq!(entries[0].1, served, "the cache holds the served base");
+    let damaged_size = damage_cached_base(&browser, &key).await;
+    assert_eq!(damaged_size, record.size, "the damage keeps the size");
+    let entries = cached_bases(&browser).await;
+    assert_ne!(entries[0].1, served, "the cached copy is damaged");
+
+    browser.client.refresh().await.expect("reload");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
+        .await;
+    browser.set_field("seed", &SEED.to_string()).await;
+    browser.set_field("steps", &STEPS.to_string()).await;
+    let (_, _, refetched) = sample_in_browser(&browser).await;
+    let (total_ms, _, source, verify_ms) = stats(&browser).await;
+    let line = browser
+        .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
+        .await
+        .text()
+        .await
+        .expect("stats text");
+    println!(
+        "browser with a damaged cache: {total_ms:.0} ms from click to image, base from {source}, \
+         the download ({} bytes) checked in {verify_ms:.1} ms",
+        record.size
+    );
+    browser.screenshot("sample-browser-refetched").await;
+    assert_eq!(
+        source, "refetched",
+        "a cached base that fails its checksum is downloaded again (stats: {line})"
+    );
+    assert!(line.contains("refetched"), "the stats line says so: {line}");
+    let notice = browser
+        .wait_for(r#"[data-field="base-refetched"]"#, Duration::from_secs(10))
+        .await
+        .text()
+        .await
+        .expect("notice text");
+    assert!(
+        notice.contains("failed its checksum"),
+        "the page explains the refetch: {notice}"
+    );
+    assert_eq!(refetched, rgba, "the refetched base gives the same image");
+    let entries = cached_bases(&browser).await;
+    assert_eq!(entries.len(), 1, "still one cache entry");
+    assert_eq!(entries[0].0, key);
+    assert_eq!(
+        entries[0].1, served,
+        "the damaged cache entry was replaced by the served base"
+    );
+
+    // When the server's own file is damaged too, the fresh download fails its checksum: the page
+    // names the file and samples nothing.
+    let data_start = 8 + u64::from_le_bytes(served[..8].try_into().unwrap()) as usize;
+    let mut garbage = served.clone();
+    for (i, byte) in garbage.iter_mut().enumerate().skip(data_start) {
+        *byte = (i * 131 + 17) as u8;
+    }
+    std::fs::write(&base_file, &garbage)
+        .unwrap_or_else(|e| panic!("write {}: {e}", base_file.display()));
+    damage_cached_base(&browser, &key).await;
+    browser.client.refresh().await.expect("reload");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
+        .await;
+    let error = click_sample(&browser)
+        .await
+        .expect_err("a base that fails its checksum after a fresh download is not sampled");
+    browser.screenshot("sample-browser-damaged-base").await;
+    assert!(
+        error.contains(&record.path) && error.contains("does not match the run's metadata"),
+        "the error names the file: {error}"
+    );
+    assert!(
+        cached_bases(&browser).await.is_empty(),
+        "a damaged base is not cached"
+    );
 }

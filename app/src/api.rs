@@ -2,8 +2,9 @@
 //! are `format::api`'s types, the very ones the server serializes.
 
 use format::api::{run_path, ErrorBody, RunDetail, RunList, RunSummary, RUNS_PATH};
-use gloo_net::http::{Request, Response};
+use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
+use web_sys::RequestCache;
 
 /// Why a request to the server failed; shown to the user as is.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,7 +49,17 @@ pub async fn fetch_run(run_number: u32) -> Result<RunDetail, ApiError> {
 
 /// The raw bytes at `url` (checkpoint files).
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, ApiError> {
-    let response = get_ok(url).await?;
+    binary(url, get_ok(Request::get(url), url).await?).await
+}
+
+/// The raw bytes at `url` from the server itself, never the browser's HTTP cache (which is
+/// refreshed with them): for a file whose earlier copy turned out damaged.
+pub async fn fetch_bytes_fresh(url: &str) -> Result<Vec<u8>, ApiError> {
+    let request = Request::get(url).cache(RequestCache::Reload);
+    binary(url, get_ok(request, url).await?).await
+}
+
+async fn binary(url: &str, response: Response) -> Result<Vec<u8>, ApiError> {
     response.binary().await.map_err(|e| ApiError::Network {
         url: url.to_string(),
         message: e.to_string(),
@@ -56,7 +67,7 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, ApiError> {
-    let response = get_ok(url).await?;
+    let response = get_ok(Request::get(url), url).await?;
     let text = response.text().await.map_err(|e| ApiError::Network {
         url: url.to_string(),
         message: e.to_string(),
@@ -67,14 +78,11 @@ async fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, ApiError> {
     })
 }
 
-async fn get_ok(url: &str) -> Result<Response, ApiError> {
-    let response = Request::get(url)
-        .send()
-        .await
-        .map_err(|e| ApiError::Network {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
+async fn get_ok(request: RequestBuilder, url: &str) -> Result<Response, ApiError> {
+    let response = request.send().await.map_err(|e| ApiError::Network {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
     if response.ok() {
         return Ok(response);
     }

@@ -22,6 +22,14 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use crate::live::{Connection, LiveUpdates};
 use crate::route::{use_route, Route};
 
+/// Milliseconds on the page's monotonic clock (`performance.now()`); 0 where there is none.
+pub fn now_ms() -> f64 {
+    web_sys::window()
+        .and_then(|w| w.performance())
+        .map(|p| p.now())
+        .unwrap_or(0.0)
+}
+
 /// Entry point called by the wasm-bindgen glue when the module loads.
 #[wasm_bindgen(start)]
 pub fn start() {

@@ -12,7 +12,9 @@ use leptos::task::spawn_local;
 use wasm_bindgen::{Clamped, JsCast};
 
 use crate::api::fetch_run;
+use crate::base_cache::BaseSource;
 use crate::error::ErrorBox;
+use crate::now_ms;
 use crate::route::Route;
 use crate::sampler::{load_models, Models, Sampling};
 
@@ -146,7 +148,10 @@ struct Stats {
     total_ms: f64,
     step_ms: f64,
     steps: usize,
-    base_source: &'static str,
+    /// Where the base came from; `None` when it was already in memory.
+    base_source: Option<BaseSource>,
+    /// Time spent checking the base against its recorded checksum (none when it was in memory).
+    base_verify_ms: Option<f64>,
     downloaded: u64,
 }
 
@@ -176,13 +181,6 @@ pub fn SampleView(
             </Suspense>
         </section>
     }
-}
-
-fn now_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map(|p| p.now())
-        .unwrap_or(0.0)
 }
 
 fn draw(canvas: &NodeRef<Canvas>, images: &[Vec<u8>], size: usize) -> Result<(), String> {
@@ -225,6 +223,30 @@ fn download_png(canvas: &NodeRef<Canvas>, name: &str) {
         anchor.set_download(name);
         anchor.click();
     }
+}
+
+/// `data-base-source`: `memory`, `cache`, `network` or `refetched`.
+fn source_name(source: Option<BaseSource>) -> &'static str {
+    source.map_or("memory", BaseSource::as_str)
+}
+
+/// The line under the progress bar after a run.
+fn stats_line(s: &Stats) -> String {
+    let checked = s
+        .base_verify_ms
+        .map(|ms| format!(" (checksum checked in {ms:.1} ms)"))
+        .unwrap_or_default();
+    let source = match s.base_source {
+        Some(BaseSource::Refetched) => "network, refetched: a cached copy was damaged",
+        other => source_name(other),
+    };
+    format!(
+        "{:.0} ms from click to image · {:.1} ms per step ({} steps, both models) · base from {source}{checked} · {} downloaded",
+        s.total_ms,
+        s.step_ms,
+        s.steps,
+        crate::display::bytes(s.downloaded)
+    )
 }
 
 #[component]
@@ -283,8 +305,8 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                         .filter(|(c, _)| *c == request.checkpoint)
                         .map(|(_, m)| m.clone())
                 });
-                let (models, source, downloaded) = match cached {
-                    Some(models) => (models, "memory", 0),
+                let (models, source, verify_ms, downloaded) = match cached {
+                    Some(models) => (models, None, None, 0),
                     None => {
                         let models = Rc::new(
                             load_models(&meta, request.checkpoint, |s| status.set(s.to_string()))
@@ -294,7 +316,8 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                         loaded.set_value(Some((request.checkpoint, models.clone())));
                         (
                             models.clone(),
-                            models.base_source.as_str(),
+                            Some(models.base_source),
+                            models.base_verify_ms,
                             models.downloaded_bytes,
                         )
                     }
@@ -337,6 +360,7 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                     step_ms: (finished - steps_started) / steps_done.max(1) as f64,
                     steps: steps_done,
                     base_source: source,
+                    base_verify_ms: verify_ms,
                     downloaded,
                 })
             }
@@ -412,12 +436,14 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
             ></progress>
             <span class="sub" data-field="status">{move || status.get()}</span>
             {move || stats.get().map(|s| view! {
-                <span class="sample-stats" data-field="stats" data-total-ms=s.total_ms data-step-ms=s.step_ms data-base-source=s.base_source>
-                    {format!(
-                        "{:.0} ms from click to image · {:.1} ms per step ({} steps, both models) · base from {} · {} downloaded",
-                        s.total_ms, s.step_ms, s.steps, s.base_source, crate::display::bytes(s.downloaded)
-                    )}
+                <span class="sample-stats" data-field="stats" data-total-ms=s.total_ms data-step-ms=s.step_ms data-base-source=source_name(s.base_source) data-verify-ms=s.base_verify_ms>
+                    {stats_line(&s)}
                 </span>
+                {(s.base_source == Some(BaseSource::Refetched)).then(|| view! {
+                    <span class="sub" data-field="base-refetched">
+                        "A cached copy of the base model failed its checksum against the run's metadata: it was dropped and downloaded again."
+                    </span>
+                })}
             })}
         </div>
         <div class="samples">
@@ -474,6 +500,29 @@ mod tests {
         assert_eq!((w, h), (4, 2));
         assert_eq!(&rgba[0..4], &[255, 0, 0, 255]);
         assert_eq!(&rgba[8..12], &[0, 0, 255, 255]);
+    }
+
+    #[test]
+    fn the_stats_line_says_where_the_base_came_from() {
+        let mut stats = Stats {
+            total_ms: 120.4,
+            step_ms: 3.25,
+            steps: 12,
+            base_source: Some(BaseSource::Cache),
+            base_verify_ms: Some(0.3),
+            downloaded: 2048,
+        };
+        assert_eq!(
+            stats_line(&stats),
+            "120 ms from click to image · 3.2 ms per step (12 steps, both models) · base from cache (checksum checked in 0.3 ms) · 2.0 KiB downloaded"
+        );
+        stats.base_source = Some(BaseSource::Refetched);
+        assert!(
+            stats_line(&stats).contains("base from network, refetched: a cached copy was damaged")
+        );
+        stats.base_source = None;
+        stats.base_verify_ms = None;
+        assert!(stats_line(&stats).contains("base from memory · "));
     }
 
     #[test]

@@ -16,15 +16,17 @@ use serde_json::Value;
 use format::api::checkpoint_path;
 
 use crate::api::{fetch_bytes, ApiError};
-use crate::base_cache::{load_base, BaseSource};
+use crate::base_cache::{load_base, BaseError, BaseSource, LoadedBase};
 
 /// Why sampling could not run; shown in the page.
 #[derive(Debug, thiserror::Error)]
-
 pub enum SampleError {
     /// A download failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The base model could not be had intact.
+    #[error(transparent)]
+    Base(#[from] BaseError),
     /// A downloaded file is not a readable safetensors file.
     #[error("{what} is damaged: {message}")]
     Damaged {
@@ -54,6 +56,8 @@ pub struct Models {
     pub fused: DiffiT,
     /// Where the base bytes came from.
     pub base_source: BaseSource,
+    /// Milliseconds spent checking the base against its recorded checksum, if it has one.
+    pub base_verify_ms: Option<f64>,
     /// Bytes downloaded for this sample (0 for a cached base means only the LoRA file).
     pub downloaded_bytes: u64,
 }
@@ -109,18 +113,20 @@ pub async fn load_models(
     on_phase: impl Fn(&str),
 ) -> Result<Models, SampleError> {
     let run = meta.run_number;
-    on_phase("downloading the base model");
-    let record = meta.base_model.as_ref();
-    let (base_bytes, base_source) = load_base(
+    let LoadedBase {
+        bytes: base_bytes,
+        source: base_source,
+        verify_ms: base_verify_ms,
+    } = load_base(
         &checkpoint_path(run, CheckpointName::Base, false),
-        record.map(|r| r.checksum.as_str()),
-        record.map(|r| r.size),
+        meta.base_model.as_ref(),
+        &on_phase,
     )
     .await?;
     on_phase("downloading the LoRA weights");
     let lora_bytes = fetch_bytes(&checkpoint_path(run, checkpoint, true)).await?;
     let downloaded_bytes = lora_bytes.len() as u64
-        + if base_source == BaseSource::Network {
+        + if base_source.downloaded() {
             base_bytes.len() as u64
         } else {
             0
@@ -153,6 +159,7 @@ pub async fn load_models(
         base: base_model,
         fused,
         base_source,
+        base_verify_ms,
         downloaded_bytes,
     })
 }

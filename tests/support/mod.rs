@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use format::{Metadata, RunLayout};
 use serde_json::{json, Value};
 
 /// Chromium and its driver as Debian installs them (scripts/browser-env.sh).
@@ -79,6 +80,14 @@ pub fn workspace_binaries() -> (PathBuf, PathBuf) {
         assert!(bin.is_file(), "{} was not built", bin.display());
     }
     binaries
+}
+
+/// The metadata of run `run` under `checkpoints`, as the trainer wrote it.
+pub fn read_metadata(checkpoints: &Path, run: u32) -> Metadata {
+    let path = RunLayout::new(checkpoints, run).metadata();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
 /// A TCP port nobody listens on right now.

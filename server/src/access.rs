@@ -4,9 +4,10 @@
 //! A client presents the token as `Authorization: Bearer <token>`, or a browser opens
 //! `/?token=<token>` once: the server answers with a cookie holding it and a redirect to the
 //! same address without the token, so it stays out of the address bar, the history and every
-//! link the page renders; `fetch` and `EventSource` then carry the cookie. Tokens are compared
-//! by their BLAKE3 digests, whose equality is constant-time, so timing reveals nothing of the
-//! token.
+//! link the page renders; `fetch` and `EventSource` then carry the cookie. (A page opened from
+//! another site gets a page that moves on by itself instead of the redirect: see
+//! `exchange_for_cookie`.) Tokens are compared by their BLAKE3 digests, whose equality is
+//! constant-time, so timing reveals nothing of the token.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::static_app::html_escape;
 
 /// Environment variable that gives the token (preferred to `--token`, which `ps` shows).
 pub const TOKEN_ENV: &str = "DIFFIT_SERVER_TOKEN";
@@ -134,7 +136,8 @@ pub async fn require_token(
     if let Some(candidate) = from_query {
         // An address carrying the token decides by itself (a stale link fails loudly).
         return if token.matches(candidate) {
-            exchange_for_cookie(&token, &cookie, &path, &rest_of_query)
+            let elsewhere = from_another_site(request.headers());
+            exchange_for_cookie(&token, &cookie, &path, &rest_of_query, elsewhere)
         } else {
             unauthorized(&path)
         };
@@ -186,8 +189,17 @@ fn split_token_query(query: Option<&str>) -> (Option<&str>, Vec<&str>) {
     (token, rest)
 }
 
-/// `303 See Other` to `path?rest` with the token in an HttpOnly, same-site cookie.
-fn exchange_for_cookie(token: &AccessToken, cookie: &str, path: &str, rest: &[&str]) -> Response {
+/// The token in an HttpOnly, same-site cookie and the way on to `path?rest`: a `303 See
+/// Other`, or, for a page opened from another site, a page that moves on by itself. A browser
+/// withholds a `SameSite=Strict` cookie from every request of a navigation another site
+/// started, redirects included (and reloads of it); one this origin's page starts carries it.
+fn exchange_for_cookie(
+    token: &AccessToken,
+    cookie: &str,
+    path: &str,
+    rest: &[&str],
+    from_another_site: bool,
+) -> Response {
     // `//host/...` (or `/\\host`, which browsers read alike) would leave this server: always
     // point at a path of this origin.
     let mut location = format!("/{}", path.trim_start_matches(['/', '\\']));
@@ -199,16 +211,29 @@ fn exchange_for_cookie(token: &AccessToken, cookie: &str, path: &str, rest: &[&s
         "{cookie}={}; HttpOnly; SameSite=Strict; Path=/",
         token.reveal()
     );
-    let (Ok(location), Ok(set_cookie)) = (
+    let (Ok(location_value), Ok(set_cookie)) = (
         HeaderValue::from_str(&location),
         HeaderValue::from_str(&set_cookie),
     ) else {
         // Both come from a parsed URI and a checked token; refuse rather than guess.
         return unauthorized(path);
     };
-    let mut response = StatusCode::SEE_OTHER.into_response();
+    let mut response = if from_another_site {
+        let target = html_escape(&location);
+        let page = format!(
+            "<!doctype html><meta charset=utf-8><title>diffit-server</title>\
+             <meta http-equiv=refresh content=\"0; url={target}\">\
+             <p><a href=\"{target}\">Continue to the dashboard</a></p>"
+        );
+        (StatusCode::OK, Html(page)).into_response()
+    } else {
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        response
+            .headers_mut()
+            .insert(header::LOCATION, location_value);
+        response
+    };
     let headers = response.headers_mut();
-    headers.insert(header::LOCATION, location);
     headers.insert(header::SET_COOKIE, set_cookie);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -216,6 +241,13 @@ fn exchange_for_cookie(token: &AccessToken, cookie: &str, path: &str, rest: &[&s
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+/// Whether the browser says another site started this request (`Sec-Fetch-Site: cross-site`).
+fn from_another_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() == b"cross-site")
 }
 
 /// `Authorization: Bearer <token>`.

@@ -102,7 +102,8 @@ fn is_content_hashed(path: &str) -> bool {
             .any(|part| part.len() >= 16 && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn html_escape(text: &str) -> String {
+/// `text` made safe inside HTML text and double-quoted attributes.
+pub(crate) fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

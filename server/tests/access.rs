@@ -258,6 +258,38 @@ async fn a_token_in_the_address_becomes_a_cookie() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_opened_from_another_site_moves_on_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    write_app(&app);
+    let mut config = ServerConfig::new(dir.path().join("checkpoints"), &app);
+    config.token = Some(TOKEN.parse::<AccessToken>().unwrap());
+    let server = start_with(config).await;
+    let addr = server.addr;
+
+    blocking(move || {
+        let target = format!("/index.html?a=1&token={TOKEN}&b='2'");
+        let response = get(addr, &target, &[("Sec-Fetch-Site", "cross-site")]);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("location"), None);
+        let cookie = response.header("set-cookie").unwrap();
+        assert!(cookie.starts_with(&format!("diffit_token_{}={TOKEN};", addr.port())));
+        assert!(cookie.contains("SameSite=Strict") && cookie.contains("HttpOnly"));
+        assert_eq!(response.header("referrer-policy"), Some("no-referrer"));
+        let page = String::from_utf8_lossy(&response.body).into_owned();
+        assert!(!page.contains(TOKEN), "{page}");
+        assert!(
+            page.contains(r#"content="0; url=/index.html?a=1&amp;b='2'""#),
+            "{page}"
+        );
+        // From this site (or with no word on it) it is the plain redirect.
+        let same = get(addr, &target, &[("Sec-Fetch-Site", "same-origin")]);
+        assert_eq!(same.status, 303);
+    })
+    .await;
+}
+
 /// `diffit-server` with `args` (and `env`), its stdout read until the line with `until`.
 struct RunningBinary {
     child: Child,

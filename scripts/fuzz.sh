@@ -21,8 +21,8 @@
 #
 # Stable Rust works: cargo-fuzz needs nightly-only flags, which RUSTC_BOOTSTRAP=1 unlocks, and
 # targets are built without a sanitizer (-s none), so no nightly standard library is needed.
-# Exits non-zero when a target finds a crash, a leak of the caps or a hang; the input that did
-# it is kept in fuzz/artifacts/<target>/ and replayed with `<binary> <file>`.
+# Exits non-zero when a target finds a panic, an input that goes over a cap, or a hang; the input
+# is kept in fuzz/artifacts/<target>/; replay it with `fuzz/target/<host>/release/<target> FILE`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -10,5 +10,6 @@ pub mod tensors;
 
 pub use layout::{CheckpointName, RunLayout};
 pub use metadata::{
-    BaseIdentity, BestCheckpoint, CheckpointRecord, FileRecord, Metadata, Mode, RunStatus,
+    BaseIdentity, BestCheckpoint, CheckpointRecord, FileRecord, Metadata, MlflowLink, Mode,
+    RunStatus,
 };

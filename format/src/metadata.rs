@@ -165,6 +165,17 @@ pub enum RunStatus {
     Failed,
 }
 
+/// An MLflow tracking run a run is logged to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlflowLink {
+    /// The tracking server (without credentials).
+    pub tracking_uri: String,
+    /// The MLflow experiment's id.
+    pub experiment_id: String,
+    /// The MLflow run's id.
+    pub run_id: String,
+}
+
 /// What a base model file is known by: its checksum and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseIdentity {
@@ -296,6 +307,9 @@ pub struct Metadata {
     /// find them elsewhere and know them by their checksum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_identity: Option<BaseIdentity>,
+    /// The MLflow run this run is also logged to, so that a resume continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowLink>,
     /// Metrics of the base model alone on the validation set (`val_loss`), before any LoRA.
     #[serde(
         default,
@@ -334,6 +348,7 @@ impl Metadata {
             updated_at: None,
             base_model: None,
             base_identity: None,
+            mlflow: None,
             base_metrics: Metrics::new(),
             metric_history: Vec::new(),
             extra: Map::new(),

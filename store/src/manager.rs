@@ -20,7 +20,9 @@ use serde_json::Value;
 
 use format::layout::TENSOR_EXT;
 use format::metadata::{EpochMetrics, Metrics, FORMAT_VERSION};
-use format::{BestCheckpoint, CheckpointName, CheckpointRecord, Metadata, RunLayout, RunStatus};
+use format::{
+    BestCheckpoint, CheckpointName, CheckpointRecord, Metadata, MlflowLink, RunLayout, RunStatus,
+};
 
 use super::atomic::{
     link_or_copy_atomic, remove_if_exists, remove_temp_leftovers, same_file, write_bytes_atomic,
@@ -301,6 +303,14 @@ impl CheckpointManager {
         self.require_writer("record base metrics")?;
         let mut next = self.metadata.clone();
         next.base_metrics = metrics;
+        self.commit(next)
+    }
+
+    /// Records the MLflow run this run is logged to.
+    pub fn set_mlflow_link(&mut self, link: MlflowLink) -> Result<()> {
+        self.require_writer("record the MLflow run")?;
+        let mut next = self.metadata.clone();
+        next.mlflow = Some(link);
         self.commit(next)
     }
 

@@ -213,6 +213,8 @@ mod tests {
             mode: Some(Mode::Max),
             save_every_n_epochs: Some(2),
             save_base_model: Some(false),
+            mlflow_uri: None,
+            mlflow_experiment: None,
         };
         assert_eq!(a.overrides, expected);
         let cli = Cli::try_parse_from(["diffit", "train", "--data", "imgs"]).unwrap();

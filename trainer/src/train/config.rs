@@ -141,8 +141,34 @@ pub struct TrainingSettings {
     pub warmup_steps: u64,
     /// Seed of data order, noise and LoRA initialisation.
     pub seed: u64,
+    /// Per-step metrics (the step's loss and learning rate) are logged every N optimizer steps.
+    pub log_every_n_steps: u64,
     /// The seed's checkpoint section.
     pub checkpoint: CheckpointSettings,
+    /// MLflow tracking (off unless a tracking URI is given).
+    #[serde(skip_serializing_if = "MlflowSettings::is_off")]
+    pub mlflow: MlflowSettings,
+}
+
+/// The `training.mlflow` section.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MlflowSettings {
+    /// The tracking server, `http(s)://host:port` (`--mlflow-uri`; `MLFLOW_TRACKING_URI` when
+    /// unset). Credentials come from `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME` and
+    /// `MLFLOW_TRACKING_PASSWORD`, never from the URI, so they are never stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_uri: Option<String>,
+    /// The MLflow experiment; the run's `experiment_name` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment_name: Option<String>,
+}
+
+impl MlflowSettings {
+    /// True when nothing is set (it is then left out of stored configs).
+    pub fn is_off(&self) -> bool {
+        self.tracking_uri.is_none() && self.experiment_name.is_none()
+    }
 }
 
 impl Default for TrainingSettings {
@@ -156,7 +182,9 @@ impl Default for TrainingSettings {
             weight_decay: 0.0,
             warmup_steps: 4,
             seed: 42,
+            log_every_n_steps: 10,
             checkpoint: CheckpointSettings::default(),
+            mlflow: MlflowSettings::default(),
         }
     }
 }
@@ -304,6 +332,12 @@ pub struct Overrides {
     /// into a run that lacks it.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub save_base_model: Option<bool>,
+    /// Log the run to this MLflow tracking server (`http://HOST:PORT`).
+    #[arg(long, value_name = "URI")]
+    pub mlflow_uri: Option<String>,
+    /// The MLflow experiment to log into (default: the run's experiment name).
+    #[arg(long, value_name = "NAME")]
+    pub mlflow_experiment: Option<String>,
 }
 
 impl TrainingConfig {
@@ -397,6 +431,19 @@ impl TrainingConfig {
         }
         if t.batch_size == 0 {
             return invalid("training.batch_size", t.batch_size, "must be at least 1");
+        }
+        if t.log_every_n_steps == 0 {
+            return invalid(
+                "training.log_every_n_steps",
+                t.log_every_n_steps,
+                "must be at least 1",
+            );
+        }
+        if let Some(uri) = &t.mlflow.tracking_uri {
+            if let Err(reason) = super::mlflow::check_tracking_uri(uri) {
+                // The URI is not echoed: it may hold credentials.
+                return invalid("training.mlflow.tracking_uri", "(given)", &reason);
+            }
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return invalid(
@@ -539,6 +586,12 @@ impl TrainingConfig {
         set(&mut c.mode, &o.mode);
         set(&mut c.save_every_n_epochs, &o.save_every_n_epochs);
         set(&mut c.save_base_model, &o.save_base_model);
+        if o.mlflow_uri.is_some() {
+            t.mlflow.tracking_uri = o.mlflow_uri.clone();
+        }
+        if o.mlflow_experiment.is_some() {
+            t.mlflow.experiment_name = o.mlflow_experiment.clone();
+        }
     }
 }
 
@@ -761,8 +814,14 @@ training:
         assert_eq!(cfg.training.epochs, 3);
         assert_eq!(cfg.training.checkpoint.keep_last_n, 2);
         assert_eq!(cfg.lora, LoraConfig::default());
-        // And it is stored again exactly as that version stored it.
-        assert_eq!(cfg.to_stored(), saved["training"]);
+        // And it is stored again as that version stored it, plus the settings added since,
+        // at their defaults.
+        let mut again = cfg.to_stored();
+        let added = again
+            .as_object_mut()
+            .and_then(|m| m.remove("log_every_n_steps"));
+        assert_eq!(added, Some(serde_json::json!(10)));
+        assert_eq!(again, saved["training"]);
     }
 
     #[test]

@@ -47,13 +47,19 @@ pub struct EpochLoss {
     pub last_lr: f64,
 }
 
-/// Progress of an epoch after each step, for progress bars.
+/// Progress of an epoch after each step, for progress bars and per-step logging.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepProgress {
     /// Mean loss of the epoch so far.
     pub mean_loss: f64,
     /// Images trained on so far in this epoch.
     pub images: usize,
+    /// This step's loss.
+    pub loss: f64,
+    /// This step's learning rate.
+    pub lr: f64,
+    /// Optimizer steps taken, this one included.
+    pub global_step: u64,
 }
 
 /// Trains one epoch (`epoch`, 1-based, for messages) over `data` in batches of `batch_size`.
@@ -102,6 +108,9 @@ pub fn train_epoch(
         on_step(StepProgress {
             mean_loss: loss_sum / seen as f64,
             images: seen,
+            loss: value,
+            lr,
+            global_step: *learner.global_step,
         });
     }
     Ok(Some(EpochLoss {

@@ -9,6 +9,7 @@
 //! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
 //! - [`parallel`]: data-parallel loss and gradients over the CPU cores.
 //! - [`config`]: defaults, the seed's YAML, command-line overrides.
+//! - [`mlflow`]: MLflow tracking over its REST API, off the training thread.
 //! - [`pretrain`], [`sample`], [`export`], [`tensorboard`].
 
 pub mod callbacks;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod epoch;
 pub mod error;
 pub mod export;
+pub mod mlflow;
 pub mod optim;
 pub mod parallel;
 pub mod pretrain;

@@ -422,6 +422,17 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             &cfg.training.checkpoint,
         ))
         .with_callback(tb);
+    if let Some(mlflow) = super::mlflow::callback_for(shared.clone(), &state) {
+        say(
+            show,
+            &format!(
+                "logging to MLflow at {} (experiment {:?})",
+                mlflow.tracking_uri(),
+                mlflow.experiment()
+            ),
+        );
+        trainer = trainer.with_callback(mlflow);
+    }
     let outcome = trainer.fit(&mut state)?;
     let m = shared.borrow();
     let meta = m.metadata();

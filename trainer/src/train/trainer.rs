@@ -16,7 +16,7 @@ use model::diffusion::{ddpm_eval_loss, NoiseSchedule};
 use model::rng::{mix_seed, Rng};
 use model::DiffiT;
 
-use super::epoch::{train_epoch, Learner};
+use super::epoch::{train_epoch, Learner, StepProgress};
 use super::error::TrainError;
 use super::state::{streams, TrainState};
 
@@ -53,6 +53,8 @@ pub trait Callback {
     ) -> Result<(), TrainError> {
         Ok(())
     }
+    /// After each optimizer step (infallible: what runs here must not stop training).
+    fn on_train_step(&mut self, _step: &StepProgress) {}
     /// At the end of an epoch (checkpoints are written here).
     fn on_epoch_end(
         &mut self,
@@ -297,7 +299,9 @@ impl Trainer {
             progress.steps.reset();
             progress.steps.set_length(state.steps_per_epoch);
             let started = Instant::now();
-            let Some((train_loss, lr)) = self.train_epoch(state, epoch, &progress.steps)? else {
+            let Some((train_loss, lr)) =
+                self.train_epoch(state, epoch, &progress.steps, callbacks)?
+            else {
                 progress.line(
                     show,
                     &format!("stopped during epoch {epoch}; it will be trained again on resume"),
@@ -366,6 +370,7 @@ impl Trainer {
         state: &mut TrainState,
         epoch: u32,
         bar: &ProgressBar,
+        callbacks: &mut [Box<dyn Callback>],
     ) -> Result<Option<(f64, f64)>, TrainError> {
         let mut learner = Learner {
             model: &state.model,
@@ -386,6 +391,9 @@ impl Trainer {
             epoch,
             &self.stop,
             |progress| {
+                for cb in callbacks.iter_mut() {
+                    cb.on_train_step(&progress);
+                }
                 let ips = progress.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 bar.inc(1);
                 bar.set_message(format!("loss {:.4} | {ips:.1} img/s", progress.mean_loss));

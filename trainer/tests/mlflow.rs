@@ -1,0 +1,349 @@
+//! MLflow tracking against a real `mlflow server` (from the test venv, on 127.0.0.1 with a
+//! temporary SQLite store), read back through MLflow's own Python client: params, every metric
+//! history, tags and status; a resume continues the same MLflow run; a tracking server that
+//! dies mid-run neither stops nor damages training, and the warning says what was not logged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use format::Metadata;
+use serde_json::Value;
+use support::{older_main_fixture, text};
+
+/// The venv `make test` creates at the repository root, which has `mlflow`.
+fn venv_bin() -> Option<PathBuf> {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
+    if !bin.join("python").exists() {
+        eprintln!(
+            "\n!!! SKIPPED: {} is absent (run `make test`, which creates it)\n",
+            bin.display()
+        );
+        return None;
+    }
+    assert!(
+        bin.join("mlflow").exists(),
+        "{} has no mlflow: run scripts/setup-python.sh",
+        bin.display()
+    );
+    Some(bin)
+}
+
+/// A tracking server for one test, stopped (with its workers) when dropped.
+struct MlflowServer {
+    child: Child,
+    uri: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MlflowServer {
+    fn start(bin: &Path) -> MlflowServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(bin.join("mlflow"))
+            .args(["server", "--host", "127.0.0.1", "--workers", "1"])
+            .args(["--port", &port.to_string()])
+            .arg("--backend-store-uri")
+            .arg(format!(
+                "sqlite:///{}",
+                dir.path().join("mlflow.db").display()
+            ))
+            .arg("--default-artifact-root")
+            .arg(dir.path().join("artifacts"))
+            // No background job runner (a dozen worker processes): tracking needs none.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let server = MlflowServer {
+            child,
+            uri: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !server.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "mlflow server did not start; its log:\n{}",
+                std::fs::read_to_string(server._dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        server
+    }
+
+    fn healthy(&self) -> bool {
+        let Some(addr) = self.uri.strip_prefix("http://") else {
+            return false;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        use std::io::{Read, Write};
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+    }
+
+    /// Kills the server and every worker it started.
+    fn stop(&mut self) {
+        let group = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{group}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What MLflow's own client reads back about every run of `experiment`.
+fn read_back(bin: &Path, uri: &str, experiment: &str) -> Value {
+    let script = r#"
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(tracking_uri=sys.argv[1])
+exp = client.get_experiment_by_name(sys.argv[2])
+out = []
+for run in client.search_runs([exp.experiment_id]):
+    metrics = {}
+    for key in run.data.metrics:
+        history = client.get_metric_history(run.info.run_id, key)
+        metrics[key] = sorted([m.step, m.value] for m in history)
+    out.append({"run_id": run.info.run_id, "name": run.info.run_name,
+                "status": run.info.status, "params": run.data.params,
+                "tags": run.data.tags, "metrics": metrics})
+print(json.dumps(out))
+"#;
+    let out = Command::new(bin.join("python"))
+        .args(["-c", script, uri, experiment])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "MlflowClient: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn base() -> PathBuf {
+    older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
+}
+
+fn diffit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn metadata(checkpoints: &Path) -> Metadata {
+    serde_json::from_slice(&std::fs::read(checkpoints.join("run_001/metadata.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
+    let Some(bin) = venv_bin() else { return };
+    let server = MlflowServer::start(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("checkpoints");
+    let c = ck.to_str().unwrap();
+    let b = base();
+    ok(diffit(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--base",
+        b.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--checkpoints",
+        c,
+        "--mlflow-uri",
+        &server.uri,
+    ]));
+    let first_link = metadata(&ck).mlflow.expect("the MLflow run is recorded");
+    let resumed = ok(diffit(&[
+        "train",
+        "--resume",
+        "--run-number",
+        "1",
+        "--epochs",
+        "3",
+        "--checkpoints",
+        c,
+        "--mlflow-uri",
+        &server.uri,
+    ]));
+    // "resumed after epoch 2 (step N)": the steps per epoch, for the step metrics below.
+    let steps_after_2: u64 = resumed
+        .split("resumed after epoch 2 (step ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in:\n{resumed}"));
+    let total_steps = steps_after_2 / 2 * 3;
+
+    let meta = metadata(&ck);
+    assert_eq!(
+        meta.mlflow.as_ref(),
+        Some(&first_link),
+        "resume keeps the MLflow run"
+    );
+    let runs = read_back(&bin, &server.uri, "diffit_lora_trees");
+    let runs = runs.as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        1,
+        "one MLflow run for the run and its resume: {runs:?}"
+    );
+    let run = &runs[0];
+    assert_eq!(run["run_id"], first_link.run_id.as_str());
+    assert_eq!(run["name"], "run_001");
+    assert_eq!(run["status"], "FINISHED");
+
+    // Params: the configs, flattened; a setting changed on resume is kept as a tag.
+    let params = &run["params"];
+    assert_eq!(params["training.epochs"], "2");
+    assert_eq!(params["training.batch_size"], "16");
+    assert_eq!(params["lora.r"], meta.lora_config["r"].to_string());
+    assert!(params["model.depth"].is_string(), "{params}");
+    let tags = &run["tags"];
+    assert_eq!(tags["resumed_with.training.epochs"], "3");
+
+    // Metrics: every epoch's at step = epoch, equal to what metadata records.
+    let metrics = &run["metrics"];
+    for key in ["val_loss", "train_loss", "lr"] {
+        let history: Vec<(u32, f64)> = meta
+            .metric_history
+            .iter()
+            .map(|h| (h.epoch, h.metrics[key]))
+            .collect();
+        let logged: Vec<(u32, f64)> = metrics[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap()))
+            .collect();
+        assert_eq!(logged, history, "{key}");
+    }
+    assert_eq!(
+        metrics["base_val_loss"][0][1].as_f64(),
+        meta.base_metrics.get("val_loss").copied()
+    );
+    // Per-step metrics every log_every_n_steps (10) steps, over both fits.
+    let steps: Vec<u64> = metrics["train_loss_step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=total_steps / 10).map(|k| k * 10).collect();
+    assert_eq!(steps, expected);
+    assert_eq!(metrics["lr_step"].as_array().unwrap().len(), expected.len());
+
+    // Tags: who we are, and the best checkpoint at the end.
+    assert_eq!(tags["diffit.run_number"], "1");
+    assert_eq!(tags["diffit.status"], "finished");
+    let best = meta.best_checkpoint.as_ref().unwrap();
+    assert_eq!(tags["best.epoch"], best.epoch.to_string());
+    let record = meta.checkpoint(best.epoch).unwrap();
+    assert_eq!(tags["best.checksum"], record.checksum.as_deref().unwrap());
+    assert!(
+        tags["best.path"]
+            .as_str()
+            .unwrap()
+            .ends_with("run_001/lora_weights/best.safetensors"),
+        "{tags}"
+    );
+    assert_eq!(tags["best.val_loss"], best.metrics["val_loss"].to_string());
+}
+
+#[test]
+fn a_tracking_server_that_dies_mid_run_neither_stops_nor_damages_training() {
+    let Some(bin) = venv_bin() else { return };
+    let mut server = MlflowServer::start(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("checkpoints");
+    let b = base();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffit"))
+        .args(["train", "--preset", "tiny", "--epochs", "4"])
+        .arg("--base")
+        .arg(&b)
+        .arg("--checkpoints")
+        .arg(&ck)
+        .args(["--mlflow-uri", &server.uri])
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
+        let epoch_one = line.starts_with("epoch 1/4");
+        line.clear();
+        if epoch_one {
+            server.stop();
+            break;
+        }
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    said.push_str(&rest);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "training must go on:\n{said}");
+    assert!(said.contains("epoch 4/4"), "{said}");
+    let warning = said
+        .lines()
+        .find(|l| l.contains("not logged:"))
+        .unwrap_or_else(|| panic!("no report of what was not logged:\n{said}"));
+    assert!(
+        warning.contains("metric values") && warning.contains("the run's final status"),
+        "{warning}"
+    );
+    let meta = metadata(&ck);
+    assert_eq!(meta.status, format::RunStatus::Finished);
+    assert_eq!(meta.live_checkpoints().count(), 4);
+    assert!(
+        meta.mlflow.is_some(),
+        "the MLflow run created before the server died"
+    );
+    ok(diffit(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        ck.to_str().unwrap(),
+    ]));
+}

@@ -803,6 +803,43 @@ training:
     }
 
     #[test]
+    fn mlflow_and_step_logging_are_read_from_the_yaml_and_checked() {
+        let text = "training:\n  log_every_n_steps: 5\n  mlflow:\n    tracking_uri: http://127.0.0.1:5000\n    experiment_name: trees\n";
+        let cfg = TrainingConfig::from_yaml_str(text, Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.training.log_every_n_steps, 5);
+        assert_eq!(
+            cfg.training.mlflow.tracking_uri.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        assert_eq!(cfg.training.mlflow.experiment_name.as_deref(), Some("trees"));
+        cfg.validate().unwrap();
+        // The flags win, and what is stored reads back.
+        let mut flagged = cfg.clone();
+        flagged.apply(&Overrides {
+            mlflow_uri: Some("https://tracking.example".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            flagged.training.mlflow.tracking_uri.as_deref(),
+            Some("https://tracking.example")
+        );
+        let back = TrainingConfig::from_stored(flagged.to_stored()).unwrap();
+        assert_eq!(back, flagged);
+        // Credentials in the URI are refused without echoing them.
+        let secret = "training:\n  mlflow:\n    tracking_uri: https://me:hunter2@host\n";
+        let err = TrainingConfig::from_yaml_str(secret, Path::new("x.yaml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("training.mlflow.tracking_uri"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let typo = "training:\n  mlflow:\n    tracking_url: http://h\n";
+        let err = TrainingConfig::from_yaml_str(typo, Path::new("x.yaml")).unwrap_err();
+        assert!(err.to_string().contains("training.mlflow.tracking_url"), "{err}");
+    }
+
+    #[test]
     fn a_stored_config_of_an_older_main_reads_back() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/main-36b41c4/checkpoints/run_001/config.json");

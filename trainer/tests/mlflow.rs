@@ -9,7 +9,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use format::Metadata;
@@ -158,6 +158,34 @@ fn diffit(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `diffit args…`, reading what it prints on stderr line by line; once a line starts with
+/// `prefix`, `act` runs with the process id. Returns all it printed and how it ended.
+fn diffit_until(args: &[&str], prefix: &str, act: impl FnOnce(u32)) -> (String, ExitStatus) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut act = Some(act);
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with(prefix) {
+            if let Some(act) = act.take() {
+                act(child.id());
+            }
+        }
+        said.push_str(&line);
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    assert!(act.is_none(), "no line {prefix:?} in:\n{said}");
+    (said, status)
+}
+
 fn ok(out: Output) -> String {
     let text = text(&out);
     assert!(out.status.success(), "{text}");
@@ -177,20 +205,34 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
     let ck = dir.path().join("checkpoints");
     let c = ck.to_str().unwrap();
     let b = base();
-    ok(diffit(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--base",
-        b.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--checkpoints",
-        c,
-        "--mlflow-uri",
-        &server.uri,
-    ]));
+    // Ctrl-C during epoch 2: our run is interrupted, the MLflow run KILLED.
+    let (said, status) = diffit_until(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--base",
+            b.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--checkpoints",
+            c,
+            "--mlflow-uri",
+            &server.uri,
+        ],
+        "epoch 1/2",
+        |pid| {
+            let _ = Command::new("kill")
+                .args(["-s", "INT", &pid.to_string()])
+                .status();
+        },
+    );
+    assert_eq!(status.code(), Some(130), "{said}");
     let first_link = metadata(&ck).mlflow.expect("the MLflow run is recorded");
+    let runs = read_back(&bin, &server.uri, "diffit_lora_trees");
+    assert_eq!(runs[0]["status"], "KILLED", "{runs}");
+    assert_eq!(runs[0]["tags"]["diffit.status"], "interrupted");
+
     let resumed = ok(diffit(&[
         "train",
         "--resume",
@@ -203,14 +245,14 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
         "--mlflow-uri",
         &server.uri,
     ]));
-    // "resumed after epoch 2 (step N)": the steps per epoch, for the step metrics below.
-    let steps_after_2: u64 = resumed
-        .split("resumed after epoch 2 (step ")
+    // "resumed after epoch 1 (step N)": the steps per epoch, for the step metrics below.
+    let steps_per_epoch: u64 = resumed
+        .split("resumed after epoch 1 (step ")
         .nth(1)
         .and_then(|rest| rest.split(')').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line in:\n{resumed}"));
-    let total_steps = steps_after_2 / 2 * 3;
+    let total_steps = steps_per_epoch * 3;
 
     let meta = metadata(&ck);
     assert_eq!(
@@ -230,7 +272,7 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
     assert_eq!(run["name"], "run_001");
     assert_eq!(run["status"], "FINISHED");
 
-    // Params: the configs, flattened; a setting changed on resume is kept as a tag.
+    // Params: the configs, flattened (as first logged); a setting changed on resume is a tag.
     let params = &run["params"];
     assert_eq!(params["training.epochs"], "2");
     assert_eq!(params["training.batch_size"], "16");
@@ -260,15 +302,20 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
         meta.base_metrics.get("val_loss").copied()
     );
     // Per-step metrics every log_every_n_steps (10) steps, over both fits.
-    let steps: Vec<u64> = metrics["train_loss_step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[0].as_u64().unwrap())
-        .collect();
+    // (The steps of the epoch Ctrl-C cut short were logged, then trained again on resume.)
+    let steps = |key: &str| {
+        let mut steps: Vec<u64> = metrics[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_u64().unwrap())
+            .collect();
+        steps.dedup();
+        steps
+    };
     let expected: Vec<u64> = (1..=total_steps / 10).map(|k| k * 10).collect();
-    assert_eq!(steps, expected);
-    assert_eq!(metrics["lr_step"].as_array().unwrap().len(), expected.len());
+    assert_eq!(steps("train_loss_step"), expected);
+    assert_eq!(steps("lr_step"), expected);
 
     // Tags: who we are, and the best checkpoint at the end.
     assert_eq!(tags["diffit.run_number"], "1");
@@ -285,6 +332,33 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
         "{tags}"
     );
     assert_eq!(tags["best.val_loss"], best.metrics["val_loss"].to_string());
+
+    // A run that fails (an absurd learning rate diverges) ends FAILED.
+    let out = diffit(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--base",
+        b.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "1e12",
+        "--checkpoints",
+        c,
+        "--mlflow-uri",
+        &server.uri,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let runs = read_back(&bin, &server.uri, "diffit_lora_trees");
+    let failed = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "run_002")
+        .unwrap_or_else(|| panic!("no run_002 in {runs}"));
+    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(failed["tags"]["diffit.status"], "failed");
 }
 
 #[test]
@@ -294,34 +368,23 @@ fn a_tracking_server_that_dies_mid_run_neither_stops_nor_damages_training() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("checkpoints");
     let b = base();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diffit"))
-        .args(["train", "--preset", "tiny", "--epochs", "4"])
-        .arg("--base")
-        .arg(&b)
-        .arg("--checkpoints")
-        .arg(&ck)
-        .args(["--mlflow-uri", &server.uri])
-        .env_remove("MLFLOW_TRACKING_URI")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        said.push_str(&line);
-        let epoch_one = line.starts_with("epoch 1/4");
-        line.clear();
-        if epoch_one {
-            server.stop();
-            break;
-        }
-    }
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    said.push_str(&rest);
-    let status = child.wait().unwrap();
+    let (said, status) = diffit_until(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--base",
+            b.to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--checkpoints",
+            ck.to_str().unwrap(),
+            "--mlflow-uri",
+            &server.uri.clone(),
+        ],
+        "epoch 1/4",
+        |_| server.stop(),
+    );
     assert!(status.success(), "training must go on:\n{said}");
     assert!(said.contains("epoch 4/4"), "{said}");
     let warning = said

@@ -56,9 +56,9 @@ fn over_limit(size: usize) -> ! {
     use std::io::Write;
     let mut buf = [0u8; 128];
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(
+    let _ = writeln!(
         cursor,
-        "==diffit-fuzz== allocation of {size} bytes exceeds the cap of {} MiB\n",
+        "==diffit-fuzz== allocation of {size} bytes exceeds the cap of {} MiB",
         LIMIT.load(Ordering::Relaxed) >> 20
     );
     let len = cursor.position() as usize;

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 # pip requirement specifiers. Adding one (or changing one) makes a new venv, under a new key.
-PACKAGES=(safetensors numpy tensorboard mlflow==3.17.2)
+PACKAGES=(safetensors numpy tensorboard mlflow==3.17.2 "moto[server]==5.2.5")
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

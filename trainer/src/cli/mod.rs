@@ -8,6 +8,7 @@ pub mod exit;
 pub mod pretrain;
 pub mod runs;
 pub mod sample;
+pub mod sync;
 pub mod train;
 pub mod values;
 pub mod verify;
@@ -53,6 +54,9 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Export a run's checkpoint as merged weights or a PEFT adapter folder.
     Export(sample::ExportArgs),
+    /// Copy runs between a checkpoints dir and object storage (either way): only what
+    /// differs, verified by checksum, metadata.json last.
+    Sync(sync::SyncArgs),
 }
 
 /// `diffit runs ...`.
@@ -136,6 +140,7 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain::pretrain(&args, stop),
         Command::Sample(args) => sample::sample(&args),
         Command::Export(args) => sample::export(&args),
+        Command::Sync(args) => sync::sync(&args),
         Command::Runs {
             command: RunsCommand::Show(args),
         } => runs::show_run(&args.dir.checkpoints, args.run_number),

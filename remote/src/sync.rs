@@ -1,0 +1,372 @@
+//! Syncing runs between two locations (a checkpoints dir and a bucket, either way, or two of
+//! a kind): only what differs is copied, every copied tensor file is checked against the
+//! checksum its run records before it is written, and the run's `metadata.json` is written
+//! last, so the destination's metadata only ever names complete files. In a bucket that last
+//! write is conditional on the version of `metadata.json` the sync read first: a writer that
+//! changed it meanwhile makes the sync fail for that run, and nothing of theirs is overwritten.
+//! Files the source no longer has (epochs removed by retention) are left where they are.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use format::layout::{parse_run_dir_name, run_dir_name, LOGS_DIR, METADATA_FILE};
+use format::RunLayout;
+use format::{CheckpointName, Metadata};
+use store::atomic::{link_or_copy_atomic, write_bytes_atomic};
+use store::checksum::{digest_bytes, digest_file};
+use store::writer_active;
+
+use super::bucket::{Bucket, ObjectVersion};
+use super::location::Location;
+use super::{RemoteError, Result};
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SyncReport {
+    /// Runs brought up to date.
+    pub runs: Vec<u32>,
+    /// Files copied.
+    pub copied: usize,
+    /// Files already identical at the destination.
+    pub unchanged: usize,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Runs that could not be synced, with why (the others were).
+    pub failed: Vec<(u32, String)>,
+}
+
+/// One end of a sync.
+enum Side {
+    Local(PathBuf),
+    Remote(Bucket),
+}
+
+impl Side {
+    fn open(location: &Location) -> Result<Side> {
+        Ok(match location {
+            Location::Local(dir) => Side::Local(dir.clone()),
+            Location::Objects(url) => Side::Remote(Bucket::open(url)?),
+        })
+    }
+
+    fn name(&self, rel: &str) -> String {
+        match self {
+            Side::Local(dir) => dir.join(rel).display().to_string(),
+            Side::Remote(bucket) => bucket.object_name(rel),
+        }
+    }
+
+    fn path(dir: &Path, rel: &str) -> PathBuf {
+        rel.split('/')
+            .fold(dir.to_path_buf(), |p, part| p.join(part))
+    }
+
+    fn run_numbers(&self) -> Result<Vec<u32>> {
+        let names = match self {
+            Side::Local(dir) => match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => {
+                    return Err(RemoteError::Io {
+                        action: "list",
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            },
+            Side::Remote(bucket) => bucket.list_dirs()?,
+        };
+        let mut numbers: Vec<u32> = names.iter().filter_map(|n| parse_run_dir_name(n)).collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    fn read(&self, rel: &str) -> Result<Option<(Bytes, Option<ObjectVersion>)>> {
+        match self {
+            Side::Local(dir) => {
+                let path = Self::path(dir, rel);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Ok(Some((Bytes::from(bytes), None))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(RemoteError::Io {
+                        action: "read",
+                        path,
+                        source,
+                    }),
+                }
+            }
+            Side::Remote(bucket) => Ok(bucket.get(rel)?.map(|(b, v)| (b, Some(v)))),
+        }
+    }
+
+    /// Whether the destination already holds `rel` with exactly `checksum`/`size`: a local
+    /// file is hashed; an object counts when its run's metadata records that checksum for it
+    /// and its size matches.
+    fn holds(&self, rel: &str, checksum: &str, size: u64, recorded: Option<&str>) -> Result<bool> {
+        match self {
+            Side::Local(dir) => Ok(digest_file(&Self::path(dir, rel))
+                .is_ok_and(|d| d.checksum == checksum && d.size == size)),
+            Side::Remote(bucket) => {
+                Ok(recorded == Some(checksum) && bucket.size(rel)? == Some(size))
+            }
+        }
+    }
+
+    fn size(&self, rel: &str) -> Result<Option<u64>> {
+        match self {
+            Side::Local(dir) => Ok(std::fs::metadata(Self::path(dir, rel))
+                .ok()
+                .map(|m| m.len())),
+            Side::Remote(bucket) => bucket.size(rel),
+        }
+    }
+
+    /// Files under `rel` (recursively), relative to the checkpoints dir, with sizes.
+    fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        match self {
+            Side::Local(dir) => {
+                let mut out = Vec::new();
+                let root = Self::path(dir, rel);
+                let mut stack = vec![(root, rel.to_string())];
+                while let Some((path, rel)) = stack.pop() {
+                    let Ok(entries) = std::fs::read_dir(&path) else {
+                        continue;
+                    };
+                    for entry in entries.flatten() {
+                        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                            continue;
+                        };
+                        let child = format!("{rel}/{name}");
+                        match entry.metadata() {
+                            Ok(m) if m.is_dir() => stack.push((entry.path(), child)),
+                            Ok(m) if m.is_file() => out.push((child, m.len())),
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Side::Remote(bucket) => bucket.list(rel),
+        }
+    }
+
+    fn write(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        match self {
+            Side::Local(dir) => {
+                let path = Self::path(dir, rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| RemoteError::Io {
+                        action: "create directory",
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                write_bytes_atomic(&path, &bytes)?;
+                Ok(())
+            }
+            Side::Remote(bucket) => bucket.put(rel, bytes),
+        }
+    }
+
+    /// `best`/`last` name an epoch file: a hard link on disk, a server-side copy in a bucket.
+    fn alias(&self, target_rel: &str, alias_rel: &str) -> Result<()> {
+        match self {
+            Side::Local(dir) => {
+                link_or_copy_atomic(&Self::path(dir, target_rel), &Self::path(dir, alias_rel))?;
+                Ok(())
+            }
+            Side::Remote(bucket) => bucket.copy(target_rel, alias_rel),
+        }
+    }
+
+    /// Writes `metadata.json` last; in a bucket only over the version read before (or only
+    /// when still absent).
+    fn commit(&self, rel: &str, bytes: Bytes, read: Option<&ObjectVersion>) -> Result<()> {
+        match self {
+            Side::Local(_) => self.write(rel, bytes),
+            Side::Remote(bucket) => bucket.put_if(rel, bytes, read),
+        }
+    }
+}
+
+/// A file of a run that a sync copies, with the digest its metadata records (if any).
+struct RunFile {
+    rel: String,
+    digest: Option<(String, u64)>,
+    /// For `best`/`last`: the epoch file it names.
+    alias_of: Option<String>,
+}
+
+/// The files `meta` names as complete, epochs before the `best`/`last` that name them.
+fn run_files(meta: &Metadata) -> Vec<RunFile> {
+    let n = meta.run_number;
+    let mut files = vec![RunFile {
+        rel: format!("{}/{}", run_dir_name(n), format::layout::CONFIG_FILE),
+        digest: None,
+        alias_of: None,
+    }];
+    if let Some(base) = &meta.base_model {
+        files.push(RunFile {
+            rel: base.path.clone(),
+            digest: Some((base.checksum.clone(), base.size)),
+            alias_of: None,
+        });
+    }
+    let digest_of = |epoch: u32| {
+        meta.checkpoint(epoch)
+            .and_then(|c| Some((c.checksum.clone()?, c.size?)))
+    };
+    for c in meta.live_checkpoints() {
+        files.push(RunFile {
+            rel: c.path.clone(),
+            digest: digest_of(c.epoch),
+            alias_of: None,
+        });
+    }
+    if let Some(best) = &meta.best_checkpoint {
+        if let Some(record) = meta.checkpoint(best.epoch).filter(|c| c.is_live()) {
+            files.push(RunFile {
+                rel: CheckpointName::Best.relative_path(n),
+                digest: digest_of(best.epoch),
+                alias_of: Some(record.path.clone()),
+            });
+        }
+    }
+    if let Some(last) = meta.live_checkpoints().last() {
+        files.push(RunFile {
+            rel: CheckpointName::Last.relative_path(n),
+            digest: digest_of(last.epoch),
+            alias_of: Some(last.path.clone()),
+        });
+    }
+    files
+}
+
+/// Parses a run's metadata, naming the object it came from.
+fn parse_metadata(bytes: &[u8], object: String) -> Result<Metadata> {
+    serde_json::from_slice(bytes).map_err(|e| RemoteError::BadMetadata {
+        object,
+        reason: e.to_string(),
+    })
+}
+
+/// Syncs run `n` from `src` to `dst`.
+fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<()> {
+    let meta_rel = format!("{}/{METADATA_FILE}", run_dir_name(n));
+    let Some((meta_bytes, _)) = src.read(&meta_rel)? else {
+        return Err(RemoteError::BadMetadata {
+            object: src.name(&meta_rel),
+            reason: "missing".into(),
+        });
+    };
+    let meta = parse_metadata(&meta_bytes, src.name(&meta_rel))?;
+    if let Side::Local(dir) = dst {
+        if writer_active(&RunLayout::new(dir, n)) {
+            return Err(RemoteError::Busy(RunLayout::new(dir, n).root()));
+        }
+    }
+    let (dst_meta, dst_version) = match dst.read(&meta_rel)? {
+        Some((bytes, version)) => {
+            if bytes == meta_bytes {
+                report.runs.push(n);
+                report.unchanged += 1;
+                return Ok(());
+            }
+            (parse_metadata(&bytes, dst.name(&meta_rel)).ok(), version)
+        }
+        None => (None, None),
+    };
+    let recorded_at_dst = |rel: &str| -> Option<String> {
+        let m = dst_meta.as_ref()?;
+        run_files(m)
+            .into_iter()
+            .find(|f| f.rel == rel)
+            .and_then(|f| f.digest.map(|(c, _)| c))
+    };
+    let mut files = run_files(&meta);
+    // Event files are not in metadata; they are compared by size.
+    for (rel, _) in src.list(&format!("{}/{LOGS_DIR}", run_dir_name(n)))? {
+        files.push(RunFile {
+            rel,
+            digest: None,
+            alias_of: None,
+        });
+    }
+    for file in &files {
+        if let Some((checksum, size)) = &file.digest {
+            if dst.holds(
+                &file.rel,
+                checksum,
+                *size,
+                recorded_at_dst(&file.rel).as_deref(),
+            )? {
+                report.unchanged += 1;
+                continue;
+            }
+            if let Some(target) = &file.alias_of {
+                dst.alias(target, &file.rel)?;
+                report.copied += 1;
+                continue;
+            }
+        } else if let (Some(src_size), Some(dst_size)) =
+            (src.size(&file.rel)?, dst.size(&file.rel)?)
+        {
+            // Logs only grow and config.json is small: same size and bytes is the same file.
+            if src_size == dst_size
+                && (file.rel.contains(&format!("/{LOGS_DIR}/"))
+                    || src.read(&file.rel)?.map(|(b, _)| b) == dst.read(&file.rel)?.map(|(b, _)| b))
+            {
+                report.unchanged += 1;
+                continue;
+            }
+        }
+        let Some((bytes, _)) = src.read(&file.rel)? else {
+            return Err(RemoteError::Damaged {
+                object: src.name(&file.rel),
+                reason: "metadata names it but it is missing".into(),
+            });
+        };
+        if let Some((checksum, size)) = &file.digest {
+            let got = digest_bytes(&bytes);
+            if &got.checksum != checksum || got.size != *size {
+                return Err(RemoteError::Damaged {
+                    object: src.name(&file.rel),
+                    reason: format!(
+                        "{} bytes with checksum {}, metadata records {size} bytes with {checksum}",
+                        got.size, got.checksum
+                    ),
+                });
+            }
+        }
+        report.bytes += bytes.len() as u64;
+        dst.write(&file.rel, bytes)?;
+        report.copied += 1;
+    }
+    dst.commit(&meta_rel, meta_bytes, dst_version.as_ref())?;
+    report.copied += 1;
+    report.runs.push(n);
+    Ok(())
+}
+
+/// Copies runs from `src` to `dst` (all of them, or `only`): see the module docs. A run that
+/// fails is reported in [`SyncReport::failed`] and the others are still synced; an error is
+/// returned only when a location cannot be opened or listed.
+pub fn sync(src: &Location, dst: &Location, only: Option<u32>) -> Result<SyncReport> {
+    let (from, to) = (Side::open(src)?, Side::open(dst)?);
+    let numbers = match only {
+        Some(n) => vec![n],
+        None => from.run_numbers()?,
+    };
+    let mut report = SyncReport::default();
+    for n in numbers {
+        if let Err(e) = sync_run(&from, &to, n, &mut report) {
+            tracing::warn!("run {n}: {e}");
+            report.failed.push((n, e.to_string()));
+        }
+    }
+    Ok(report)
+}

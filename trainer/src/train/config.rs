@@ -811,7 +811,10 @@ training:
             cfg.training.mlflow.tracking_uri.as_deref(),
             Some("http://127.0.0.1:5000")
         );
-        assert_eq!(cfg.training.mlflow.experiment_name.as_deref(), Some("trees"));
+        assert_eq!(
+            cfg.training.mlflow.experiment_name.as_deref(),
+            Some("trees")
+        );
         cfg.validate().unwrap();
         // The flags win, and what is stored reads back.
         let mut flagged = cfg.clone();
@@ -836,7 +839,10 @@ training:
         assert!(!err.contains("hunter2"), "{err}");
         let typo = "training:\n  mlflow:\n    tracking_url: http://h\n";
         let err = TrainingConfig::from_yaml_str(typo, Path::new("x.yaml")).unwrap_err();
-        assert!(err.to_string().contains("training.mlflow.tracking_url"), "{err}");
+        assert!(
+            err.to_string().contains("training.mlflow.tracking_url"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,38 +6,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use format::Metadata;
-use support::{older_main_fixture, text};
-
-/// `diffit` on one core, so a resumed run matches an uninterrupted one bit for bit.
-fn diffit(args: &[&str]) -> Output {
-    Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
+use support::{diffit_one_core, fixture_base, ok, text};
 
 fn failed(out: Output) -> String {
     let text = text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     text
-}
-
-fn base() -> PathBuf {
-    older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
 }
 
 fn metadata(checkpoints: &Path, run: u32) -> Metadata {
@@ -46,7 +24,7 @@ fn metadata(checkpoints: &Path, run: u32) -> Metadata {
 }
 
 fn train_new(checkpoints: &Path, epochs: &str, extra: &[&str]) -> String {
-    let base = base();
+    let base = fixture_base();
     let mut args = vec![
         "train",
         "--preset",
@@ -59,7 +37,7 @@ fn train_new(checkpoints: &Path, epochs: &str, extra: &[&str]) -> String {
         checkpoints.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    ok(diffit(&args))
+    ok(diffit_one_core(&args))
 }
 
 fn resume(checkpoints: &Path, run: &str, epochs: &str, extra: &[&str]) -> Output {
@@ -74,7 +52,7 @@ fn resume(checkpoints: &Path, run: &str, epochs: &str, extra: &[&str]) -> Output
         checkpoints.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    diffit(&args)
+    diffit_one_core(&args)
 }
 
 fn epoch_file(checkpoints: &Path, run: u32, epoch: u32) -> Vec<u8> {
@@ -106,7 +84,7 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
 
     // Other weights are refused, however they are offered.
     let other = dir.path().join("other_base.safetensors");
-    let mut bytes = std::fs::read(base()).unwrap();
+    let mut bytes = std::fs::read(fixture_base()).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01; // one weight's lowest mantissa bit
     std::fs::write(&other, &bytes).unwrap();
@@ -117,7 +95,12 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
     );
 
     // The right weights from --base: the run continues exactly as one that stored its base.
-    ok(resume(&ck, "1", "2", &["--base", base().to_str().unwrap()]));
+    ok(resume(
+        &ck,
+        "1",
+        "2",
+        &["--base", fixture_base().to_str().unwrap()],
+    ));
     let reference = dir.path().join("reference");
     train_new(&reference, "1", &[]);
     ok(resume(&reference, "1", "2", &[]));
@@ -125,7 +108,7 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
         epoch_file(&ck, 1, 2) == epoch_file(&reference, 1, 2),
         "the LoRA resumed on --base differs from one resumed on the stored base"
     );
-    ok(diffit(&[
+    ok(diffit_one_core(&[
         "verify",
         "--run-number",
         "1",
@@ -141,7 +124,7 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
     let meta = metadata(&ck, 1);
     let stored = meta.base_model.expect("stored on resume");
     assert_eq!(stored.checksum, needed.checksum);
-    ok(diffit(&[
+    ok(diffit_one_core(&[
         "verify",
         "--run-number",
         "1",
@@ -170,11 +153,11 @@ fn a_run_whose_stored_base_was_damaged_resumes_on_the_pretrain_cache_and_repairs
     // The preset's pretrain cache holds the same weights (written with its own header).
     let cache = ck.join(".cache/base_tiny_0.safetensors");
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
-    std::fs::copy(base(), &cache).unwrap();
+    std::fs::copy(fixture_base(), &cache).unwrap();
     let said = ok(resume(&ck, "1", "2", &[]));
     assert!(said.contains("the pretrain cache"), "{said}");
     // `save_base_model: true` (the run's setting) stored the base again, intact.
-    ok(diffit(&[
+    ok(diffit_one_core(&[
         "verify",
         "--run-number",
         "1",

@@ -10,10 +10,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use support::{older_main_fixture, text};
+use support::{diffit_one_core, fixture_base, ok, text};
 
 /// A tmpfs mounted for the test's life, unmounted (lazily, so a failing test cannot leave it
 /// busy) when dropped.
@@ -57,39 +57,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `diffit` on one core: one training shard, so a resumed run can match an uninterrupted one
-/// bit for bit on any machine.
-fn diffit(args: &[&str]) -> Output {
-    Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-/// The base every run here fine-tunes (a small committed file, so no pretraining).
-fn base() -> PathBuf {
-    older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
-}
-
 const EPOCHS: &str = "4";
 
 fn train(checkpoints: &Path) -> Output {
-    diffit(&[
+    diffit_one_core(&[
         "train",
         "--preset",
         "tiny",
         "--base",
-        base().to_str().unwrap(),
+        fixture_base().to_str().unwrap(),
         "--epochs",
         EPOCHS,
         "--keep-last-n",
@@ -137,7 +113,13 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
     );
 
     // What was committed before the disk filled is complete and verifies.
-    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+    ok(diffit_one_core(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        c,
+    ]));
     let metadata: format::Metadata =
         serde_json::from_slice(&std::fs::read(checkpoints.join("run_001/metadata.json")).unwrap())
             .unwrap();
@@ -148,10 +130,15 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
     );
 
     // Nobody writes the run any more: it reads as interrupted, not running.
-    let table = ok(diffit(&["train", "--list-runs", "--checkpoints", c]));
+    let table = ok(diffit_one_core(&[
+        "train",
+        "--list-runs",
+        "--checkpoints",
+        c,
+    ]));
     let row = table.lines().find(|l| l.starts_with("1 ")).unwrap();
     assert!(row.ends_with("(interrupted)"), "{table}");
-    let shown = ok(diffit(&["runs", "show", "1", "--checkpoints", c]));
+    let shown = ok(diffit_one_core(&["runs", "show", "1", "--checkpoints", c]));
     assert!(
         shown.contains("Status:       interrupted"),
         "runs show: {shown}"
@@ -163,7 +150,7 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
 
     // Space freed: resume finishes the run, exactly as if the disk had never filled.
     disk.resize("8m");
-    ok(diffit(&[
+    ok(diffit_one_core(&[
         "train",
         "--resume",
         "--run-number",
@@ -171,7 +158,13 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
         "--checkpoints",
         c,
     ]));
-    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+    ok(diffit_one_core(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        c,
+    ]));
     let reference = tempfile::tempdir().unwrap();
     ok(train(reference.path()));
     let last = format!("run_001/lora_weights/epoch_00{EPOCHS}.safetensors");
@@ -180,7 +173,12 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
             == std::fs::read(reference.path().join(&last)).unwrap(),
         "the resumed run's final LoRA differs from an uninterrupted run's"
     );
-    let table = ok(diffit(&["train", "--list-runs", "--checkpoints", c]));
+    let table = ok(diffit_one_core(&[
+        "train",
+        "--list-runs",
+        "--checkpoints",
+        c,
+    ]));
     let row = table.lines().find(|l| l.starts_with("1 ")).unwrap();
     assert!(row.trim_end().ends_with(" 4"), "finished: {table}");
 }

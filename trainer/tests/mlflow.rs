@@ -8,31 +8,13 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use format::Metadata;
 use serde_json::Value;
-use support::{older_main_fixture, text};
-
-/// The venv `make test` creates at the repository root, which has `mlflow`.
-fn venv_bin() -> Option<PathBuf> {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
-    if !bin.join("python").exists() {
-        eprintln!(
-            "\n!!! SKIPPED: {} is absent (run `make test`, which creates it)\n",
-            bin.display()
-        );
-        return None;
-    }
-    assert!(
-        bin.join("mlflow").exists(),
-        "{} has no mlflow: run scripts/setup-python.sh",
-        bin.display()
-    );
-    Some(bin)
-}
+use support::{fixture_base, ok, text, venv_bin};
 
 /// A tracking server for one test, stopped (with its workers) when dropped.
 struct MlflowServer {
@@ -146,10 +128,6 @@ print(json.dumps(out))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn base() -> PathBuf {
-    older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
-}
-
 fn diffit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_diffit"))
         .args(args)
@@ -186,12 +164,6 @@ fn diffit_until(args: &[&str], prefix: &str, act: impl FnOnce(u32)) -> (String, 
     (said, status)
 }
 
-fn ok(out: Output) -> String {
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
-
 fn metadata(checkpoints: &Path) -> Metadata {
     serde_json::from_slice(&std::fs::read(checkpoints.join("run_001/metadata.json")).unwrap())
         .unwrap()
@@ -199,12 +171,14 @@ fn metadata(checkpoints: &Path) -> Metadata {
 
 #[test]
 fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
-    let Some(bin) = venv_bin() else { return };
+    let Some(bin) = venv_bin("mlflow") else {
+        return;
+    };
     let server = MlflowServer::start(&bin);
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("checkpoints");
     let c = ck.to_str().unwrap();
-    let b = base();
+    let b = fixture_base();
     // Ctrl-C during epoch 2: our run is interrupted, the MLflow run KILLED.
     let (said, status) = diffit_until(
         &[
@@ -363,11 +337,13 @@ fn a_run_and_its_resume_are_one_mlflow_run_with_every_param_metric_and_tag() {
 
 #[test]
 fn a_tracking_server_that_dies_mid_run_neither_stops_nor_damages_training() {
-    let Some(bin) = venv_bin() else { return };
+    let Some(bin) = venv_bin("mlflow") else {
+        return;
+    };
     let mut server = MlflowServer::start(&bin);
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("checkpoints");
-    let b = base();
+    let b = fixture_base();
     let (said, status) = diffit_until(
         &[
             "train",

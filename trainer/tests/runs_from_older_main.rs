@@ -6,33 +6,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use format::Metadata;
-use support::{older_main_checkpoints_copy, older_main_fixture, text};
+use support::{diffit_one_core, ok, older_main_checkpoints_copy, older_main_fixture};
 
 /// The checksum of epoch 4 as 36b41c4 wrote it when resuming the fixture run.
 const EPOCH_4_CHECKSUM: &str =
     "blake3:5cd1485885cfe3ad5651eb81ad26c9ecc52496c641c256a277937b8c66b98718";
-
-/// `diffit` on one core, so training runs as one shard on any machine (the shard count is part
-/// of the recipe of a bit-identical resume), as 36b41c4 did when it resumed the run.
-fn diffit(args: &[&str]) -> Output {
-    Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
 
 fn pixels(path: &Path) -> Vec<u8> {
     image::open(path).unwrap().to_rgb8().into_raw()
@@ -43,12 +23,23 @@ fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = older_main_checkpoints_copy(dir.path());
     let c = checkpoints.to_str().unwrap();
-    let table = ok(diffit(&["train", "--list-runs", "--checkpoints", c]));
+    let table = ok(diffit_one_core(&[
+        "train",
+        "--list-runs",
+        "--checkpoints",
+        c,
+    ]));
     assert!(table.contains("diffit_lora_trees"), "{table}");
-    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+    ok(diffit_one_core(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        c,
+    ]));
     for checkpoint in ["best", "base"] {
         let out = dir.path().join(format!("{checkpoint}.png"));
-        ok(diffit(&[
+        ok(diffit_one_core(&[
             "sample",
             "--run-number",
             "1",
@@ -79,7 +70,7 @@ fn resumes_bit_for_bit_as_the_version_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = older_main_checkpoints_copy(dir.path());
     let c = checkpoints.to_str().unwrap();
-    ok(diffit(&[
+    ok(diffit_one_core(&[
         "train",
         "--run-number",
         "1",
@@ -94,5 +85,11 @@ fn resumes_bit_for_bit_as_the_version_that_wrote_it() {
     let epoch4 = meta.checkpoint(4).expect("epoch 4 recorded");
     assert_eq!(epoch4.checksum.as_deref(), Some(EPOCH_4_CHECKSUM));
     // Epochs 2 and 3 were written by 36b41c4 and are untouched.
-    ok(diffit(&["verify", "--run-number", "1", "--checkpoints", c]));
+    ok(diffit_one_core(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        c,
+    ]));
 }

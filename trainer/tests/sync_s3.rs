@@ -9,29 +9,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{older_main_checkpoints_copy, text};
-
-/// The venv `make test` creates at the repository root, which has moto.
-fn venv_bin() -> Option<PathBuf> {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
-    if !bin.join("python").exists() {
-        eprintln!(
-            "\n!!! SKIPPED: {} is absent (run `make test`, which creates it)\n",
-            bin.display()
-        );
-        return None;
-    }
-    assert!(
-        bin.join("moto_server").exists(),
-        "{} has no moto: run scripts/setup-python.sh",
-        bin.display()
-    );
-    Some(bin)
-}
+use support::{ok, older_main_checkpoints_copy, text, venv_bin};
 
 /// One raw HTTP/1.0 request to the server; the reply's status line and body.
 fn http(addr: &str, request: &str) -> Option<String> {
@@ -129,12 +111,6 @@ fn diffit(server: &S3Server, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: Output) -> String {
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
-
 /// `(files copied, unchanged)` from sync's summary line.
 fn counts(said: &str) -> (usize, usize) {
     let line = said.lines().find(|l| l.starts_with("synced ")).unwrap();
@@ -161,7 +137,9 @@ fn object(b: &remote::Bucket, rel: &str) -> Vec<u8> {
 /// One server for both halves (the test process's AWS environment is process-wide).
 #[test]
 fn sync_through_a_real_s3_server() {
-    let Some(bin) = venv_bin() else { return };
+    let Some(bin) = venv_bin("moto_server") else {
+        return;
+    };
     let s3 = S3Server::start(&bin);
     runs_go_to_a_bucket_and_back_copying_only_what_differs(&s3);
     a_damaged_file_is_never_uploaded_and_a_second_writer_cannot_clobber_metadata(&s3);

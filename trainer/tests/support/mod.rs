@@ -14,6 +14,51 @@ pub fn diffit(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `diffit args…` on one core, waited for: training then runs as one shard on any machine (the
+/// shard count is part of the recipe of a bit-identical run), so runs can be compared bit for
+/// bit.
+pub fn diffit_one_core(args: &[&str]) -> Output {
+    Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_diffit"))
+        .args(args)
+        .env_remove("CANDLE_NUM_THREADS")
+        .env_remove("RAYON_NUM_THREADS")
+        .output()
+        .unwrap()
+}
+
+/// What a run printed, asserting that it succeeded.
+pub fn ok(out: Output) -> String {
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The fixture's base model: a small committed file, so tests need no pretraining.
+pub fn fixture_base() -> PathBuf {
+    older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
+}
+
+/// The bin dir of the venv `make test` creates at the repository root, asserting it has
+/// `tool`; `None` (said loudly) when there is no venv at all.
+pub fn venv_bin(tool: &str) -> Option<PathBuf> {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
+    if !bin.join("python").exists() {
+        eprintln!(
+            "\n!!! SKIPPED: {} is absent (run `make test`, which creates it)\n",
+            bin.display()
+        );
+        return None;
+    }
+    assert!(
+        bin.join(tool).exists(),
+        "{} has no {tool}: run scripts/setup-python.sh",
+        bin.display()
+    );
+    Some(bin)
+}
+
 /// What a run printed, stdout then stderr.
 pub fn text(out: &Output) -> String {
     format!(

@@ -29,9 +29,10 @@ use crate::tensor_file::{compute_checksum, FileFacts, FileKey, Representation};
 
 /// Interval of SSE keep-alive comments.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Epoch files and the base model never change once written.
-const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// `best` / `last` (and the lists) change: revalidate every time.
+/// Every checkpoint file is revalidated by its ETag (the file's checksum) on each use, a 304
+/// when unchanged. Not `immutable`: an epoch file never changes once written, but its URL is
+/// not its content, since a checkpoints dir deleted and trained again serves other bytes under
+/// `/api/runs/1/checkpoints/epoch_002`, which a browser must not take from its cache.
 const REVALIDATE: &str = "no-cache";
 
 /// Parses a run number: a plain decimal integer, no sign, no leading zeros.
@@ -162,10 +163,7 @@ pub async fn checkpoint(
     } else {
         format!("\"{}\"", opened.checksum)
     };
-    let cache = match name {
-        CheckpointName::Base | CheckpointName::Epoch(_) => IMMUTABLE,
-        CheckpointName::Best | CheckpointName::Last => REVALIDATE,
-    };
+    let cache = REVALIDATE;
     let suffix = if weights_only { "_lora" } else { "" };
     let disposition = format!(
         "attachment; filename=\"{}_{name}{suffix}.safetensors\"",

@@ -5,8 +5,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use serde_json::json;
-
 use format::metadata::Metrics;
 use format::{Mode, RunStatus};
 use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
@@ -80,12 +78,7 @@ impl DistributedCheckpointCallback {
 impl Callback for DistributedCheckpointCallback {
     fn on_fit_start(&mut self, state: &mut TrainState) -> Result<(), TrainError> {
         let mut m = self.manager.borrow_mut();
-        let config = json!({
-            "training": state.config.to_stored(),
-            "lora": state.lora_config,
-            "model": state.model_config,
-        });
-        m.save_config(&config)?;
+        m.save_config(&state.run_config())?;
         // A run that lacks its base (never stored, or lost and found elsewhere on resume)
         // stores it now when asked; otherwise it records at least which base it trains on.
         let wants_base = self.save_base_model && !m.own_base_intact();

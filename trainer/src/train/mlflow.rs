@@ -810,13 +810,8 @@ impl Callback for MlflowCallback {
             })
             .map_err(|e| TrainError::Internal(format!("cannot start the MLflow thread: {e}")))?;
         self.worker = Some(Running { tx, done, handle });
-        let config = json!({
-            "training": state.config.to_stored(),
-            "lora": state.lora_config,
-            "model": state.model_config,
-        });
         let mut params = Vec::new();
-        flatten("", &config, &mut params);
+        flatten("", &state.run_config(), &mut params);
         let tags = self.tags_now("running");
         self.send(Batch {
             metrics: Vec::new(),

@@ -171,6 +171,16 @@ impl TrainState {
         Ok(out)
     }
 
+    /// The run's whole configuration as `config.json` stores it (and MLflow logs it as params):
+    /// the training config in its stored form, the LoRA config and the model config.
+    pub fn run_config(&self) -> Value {
+        serde_json::json!({
+            "training": self.config.to_stored(),
+            "lora": self.lora_config,
+            "model": self.model_config,
+        })
+    }
+
     /// This state as a checkpoint of the epoch just completed.
     pub fn to_checkpoint(&self, metrics: &Metrics) -> Result<LoraCheckpoint, TrainError> {
         let json = |v: Result<Value, serde_json::Error>| {

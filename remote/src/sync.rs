@@ -6,6 +6,7 @@
 //! changed it meanwhile makes the sync fail for that run, and nothing of theirs is overwritten.
 //! Files the source no longer has (epochs removed by retention) are left where they are.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -199,6 +200,8 @@ struct RunFile {
     digest: Option<(String, u64)>,
     /// For `best`/`last`: the epoch file it names.
     alias_of: Option<String>,
+    /// For event files (not in metadata): their size in the source's listing.
+    listed_size: Option<u64>,
 }
 
 /// The files `meta` names as complete, epochs before the `best`/`last` that name them.
@@ -208,12 +211,14 @@ fn run_files(meta: &Metadata) -> Vec<RunFile> {
         rel: format!("{}/{}", run_dir_name(n), format::layout::CONFIG_FILE),
         digest: None,
         alias_of: None,
+        listed_size: None,
     }];
     if let Some(base) = &meta.base_model {
         files.push(RunFile {
             rel: base.path.clone(),
             digest: Some((base.checksum.clone(), base.size)),
             alias_of: None,
+            listed_size: None,
         });
     }
     let digest_of = |epoch: u32| {
@@ -225,6 +230,7 @@ fn run_files(meta: &Metadata) -> Vec<RunFile> {
             rel: c.path.clone(),
             digest: digest_of(c.epoch),
             alias_of: None,
+            listed_size: None,
         });
     }
     if let Some(best) = &meta.best_checkpoint {
@@ -233,6 +239,7 @@ fn run_files(meta: &Metadata) -> Vec<RunFile> {
                 rel: CheckpointName::Best.relative_path(n),
                 digest: digest_of(best.epoch),
                 alias_of: Some(record.path.clone()),
+                listed_size: None,
             });
         }
     }
@@ -241,6 +248,7 @@ fn run_files(meta: &Metadata) -> Vec<RunFile> {
             rel: CheckpointName::Last.relative_path(n),
             digest: digest_of(last.epoch),
             alias_of: Some(last.path.clone()),
+            listed_size: None,
         });
     }
     files
@@ -280,30 +288,32 @@ fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<(
         }
         None => (None, None),
     };
-    let recorded_at_dst = |rel: &str| -> Option<String> {
-        let m = dst_meta.as_ref()?;
-        run_files(m)
-            .into_iter()
-            .find(|f| f.rel == rel)
-            .and_then(|f| f.digest.map(|(c, _)| c))
-    };
+    // The checksums the destination's metadata records, by file.
+    let recorded_at_dst: HashMap<String, String> = dst_meta
+        .as_ref()
+        .map(|m| {
+            run_files(m)
+                .into_iter()
+                .filter_map(|f| Some((f.rel, f.digest?.0)))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut files = run_files(&meta);
     // Event files are not in metadata; they are compared by size.
-    for (rel, _) in src.list(&format!("{}/{LOGS_DIR}", run_dir_name(n)))? {
+    for (rel, size) in src.list(&format!("{}/{LOGS_DIR}", run_dir_name(n)))? {
         files.push(RunFile {
             rel,
             digest: None,
             alias_of: None,
+            listed_size: Some(size),
         });
     }
     for file in &files {
+        // What was read of the source file to compare it, reused for the copy.
+        let mut fetched = None;
         if let Some((checksum, size)) = &file.digest {
-            if dst.holds(
-                &file.rel,
-                checksum,
-                *size,
-                recorded_at_dst(&file.rel).as_deref(),
-            )? {
+            let recorded = recorded_at_dst.get(&file.rel).map(String::as_str);
+            if dst.holds(&file.rel, checksum, *size, recorded)? {
                 report.unchanged += 1;
                 continue;
             }
@@ -312,19 +322,27 @@ fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<(
                 report.copied += 1;
                 continue;
             }
-        } else if let (Some(src_size), Some(dst_size)) =
-            (src.size(&file.rel)?, dst.size(&file.rel)?)
-        {
-            // Logs only grow and config.json is small: same size and bytes is the same file.
-            if src_size == dst_size
-                && (file.rel.contains(&format!("/{LOGS_DIR}/"))
-                    || src.read(&file.rel)?.map(|(b, _)| b) == dst.read(&file.rel)?.map(|(b, _)| b))
-            {
+        } else if let Some(size) = file.listed_size {
+            // Event files only grow: the same size is the same file.
+            if dst.size(&file.rel)? == Some(size) {
                 report.unchanged += 1;
                 continue;
             }
+        } else {
+            // config.json is small: compared whole.
+            let ours = src.read(&file.rel)?;
+            let theirs = dst.read(&file.rel)?;
+            if ours.is_some() && ours.as_ref().map(|(b, _)| b) == theirs.as_ref().map(|(b, _)| b) {
+                report.unchanged += 1;
+                continue;
+            }
+            fetched = ours;
         }
-        let Some((bytes, _)) = src.read(&file.rel)? else {
+        let fetched = match fetched {
+            Some(read) => Some(read),
+            None => src.read(&file.rel)?,
+        };
+        let Some((bytes, _)) = fetched else {
             return Err(RemoteError::Damaged {
                 object: src.name(&file.rel),
                 reason: "metadata names it but it is missing".into(),

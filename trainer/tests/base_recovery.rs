@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use format::Metadata;
-use support::{diffit_one_core, fixture_base, ok, text};
+use support::{diffit_one_core, fixture_base, ok, text, verify_run_1};
 
 fn failed(out: Output) -> String {
     let text = text(&out);
@@ -108,13 +108,7 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
         epoch_file(&ck, 1, 2) == epoch_file(&reference, 1, 2),
         "the LoRA resumed on --base differs from one resumed on the stored base"
     );
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ]));
+    verify_run_1(ck.to_str().unwrap());
 
     // Another run of the same dir that stores these weights is found by itself; asked to, the
     // resumed run then stores its base.
@@ -124,13 +118,7 @@ fn a_run_saved_without_its_base_resumes_on_weights_with_its_checksum_only() {
     let meta = metadata(&ck, 1);
     let stored = meta.base_model.expect("stored on resume");
     assert_eq!(stored.checksum, needed.checksum);
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ]));
+    verify_run_1(ck.to_str().unwrap());
 }
 
 #[test]
@@ -157,12 +145,6 @@ fn a_run_whose_stored_base_was_damaged_resumes_on_the_pretrain_cache_and_repairs
     let said = ok(resume(&ck, "1", "2", &[]));
     assert!(said.contains("the pretrain cache"), "{said}");
     // `save_base_model: true` (the run's setting) stored the base again, intact.
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ]));
+    verify_run_1(ck.to_str().unwrap());
     assert_eq!(metadata(&ck, 1).base_model.unwrap().checksum, needed);
 }

@@ -13,7 +13,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::{diffit_one_core, fixture_base, ok, text};
+use support::{diffit_one_core, fixture_base, ok, text, verify_run_1};
 
 /// A tmpfs mounted for the test's life, unmounted (lazily, so a failing test cannot leave it
 /// busy) when dropped.
@@ -113,13 +113,7 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
     );
 
     // What was committed before the disk filled is complete and verifies.
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        c,
-    ]));
+    verify_run_1(c);
     let metadata: format::Metadata =
         serde_json::from_slice(&std::fs::read(checkpoints.join("run_001/metadata.json")).unwrap())
             .unwrap();
@@ -158,13 +152,7 @@ fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_it_bit_for_bit() {
         "--checkpoints",
         c,
     ]));
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        c,
-    ]));
+    verify_run_1(c);
     let reference = tempfile::tempdir().unwrap();
     ok(train(reference.path()));
     let last = format!("run_001/lora_weights/epoch_00{EPOCHS}.safetensors");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use format::Metadata;
 use serde_json::Value;
-use support::{fixture_base, ok, text, venv_bin};
+use support::{fixture_base, kill_process_group, ok, text, venv_bin, verify_run_1};
 
 /// A tracking server for one test, stopped (with its workers) when dropped.
 struct MlflowServer {
@@ -88,11 +88,7 @@ impl MlflowServer {
 
     /// Kills the server and every worker it started.
     fn stop(&mut self) {
-        let group = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{group}")])
-            .status();
-        let _ = self.child.wait();
+        kill_process_group(&mut self.child);
     }
 }
 
@@ -378,11 +374,5 @@ fn a_tracking_server_that_dies_mid_run_neither_stops_nor_damages_training() {
         meta.mlflow.is_some(),
         "the MLflow run created before the server died"
     );
-    ok(diffit(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ]));
+    verify_run_1(ck.to_str().unwrap());
 }

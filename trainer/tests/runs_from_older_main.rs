@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 
 use format::Metadata;
-use support::{diffit_one_core, ok, older_main_checkpoints_copy, older_main_fixture};
+use support::{diffit_one_core, ok, older_main_checkpoints_copy, older_main_fixture, verify_run_1};
 
 /// The checksum of epoch 4 as 36b41c4 wrote it when resuming the fixture run.
 const EPOCH_4_CHECKSUM: &str =
@@ -30,13 +30,7 @@ fn lists_verifies_and_samples_like_the_version_that_wrote_it() {
         c,
     ]));
     assert!(table.contains("diffit_lora_trees"), "{table}");
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        c,
-    ]));
+    verify_run_1(c);
     for checkpoint in ["best", "base"] {
         let out = dir.path().join(format!("{checkpoint}.png"));
         ok(diffit_one_core(&[
@@ -85,11 +79,5 @@ fn resumes_bit_for_bit_as_the_version_that_wrote_it() {
     let epoch4 = meta.checkpoint(4).expect("epoch 4 recorded");
     assert_eq!(epoch4.checksum.as_deref(), Some(EPOCH_4_CHECKSUM));
     // Epochs 2 and 3 were written by 36b41c4 and are untouched.
-    ok(diffit_one_core(&[
-        "verify",
-        "--run-number",
-        "1",
-        "--checkpoints",
-        c,
-    ]));
+    verify_run_1(c);
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ok, older_main_checkpoints_copy, text, venv_bin};
+use support::{kill_process_group, ok, older_main_checkpoints_copy, text, venv_bin};
 
 /// One raw HTTP/1.0 request to the server; the reply's status line and body.
 fn http(addr: &str, request: &str) -> Option<String> {
@@ -88,11 +88,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let group = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{group}")])
-            .status();
-        let _ = self.child.wait();
+        kill_process_group(&mut self.child);
     }
 }
 

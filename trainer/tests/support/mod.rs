@@ -35,6 +35,17 @@ pub fn ok(out: Output) -> String {
     text
 }
 
+/// `diffit verify --run-number 1 --checkpoints DIR`, asserting every file checks out.
+pub fn verify_run_1(checkpoints: &str) {
+    ok(diffit(&[
+        "verify",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        checkpoints,
+    ]));
+}
+
 /// The fixture's base model: a small committed file, so tests need no pretraining.
 pub fn fixture_base() -> PathBuf {
     older_main_fixture().join("checkpoints/run_001/base_model/base_model.safetensors")
@@ -57,6 +68,15 @@ pub fn venv_bin(tool: &str) -> Option<PathBuf> {
         bin.display()
     );
     Some(bin)
+}
+
+/// Kills `child` and every process it started (it was spawned as the leader of its own process
+/// group, `process_group(0)`), and reaps it.
+pub fn kill_process_group(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
 }
 
 /// What a run printed, stdout then stderr.

@@ -70,10 +70,19 @@ cache_install "$CARGO_FUZZ_ENTRY" cargo_fuzz_ok cargo_fuzz_install
 rustc --version | grep -q nightly || export RUSTC_BOOTSTRAP=1
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR=$TARGET_DIR/$HOST/release
+# A cold instrumented build writes about 2 GB into the target dir: a disk or memory that runs out
+# makes rustc fail with an LLVM error that does not say which, so both are printed then.
+mkdir -p "$TARGET_DIR"
+free_space() { df -h --output=avail "$TARGET_DIR" | tail -n 1 | tr -d ' '; }
+free_memory() { awk '/MemAvailable/ { print int($2 / 1024) " MiB" }' /proc/meminfo; }
+# The smoke run of `make test` builds without line tables (a third less to write); a campaign
+# keeps them, so its findings' stack traces name lines.
+if [ "$MODE" = smoke ]; then export RUSTFLAGS="${RUSTFLAGS:-} -Cdebuginfo=0"; fi
 build_start=$(date +%s)
-log "building the fuzz targets ($(rustc --version))"
+log "building the fuzz targets ($(rustc --version); $(free_space) free in $TARGET_DIR)"
 env -u CARGO_TARGET_DIR nice -n "$NICE" "$CARGO_FUZZ" build -s none --fuzz-dir "$ROOT/fuzz" \
-    --target-dir "$TARGET_DIR"
+    --target-dir "$TARGET_DIR" ||
+    die "the instrumented build failed with $(free_space) free in $TARGET_DIR and $(free_memory) of memory available"
 log "built in $(($(date +%s) - build_start)) s"
 [ "$MODE" = build ] && exit 0
 

@@ -1,5 +1,8 @@
-//! The DiffiT network: patch tokens, a time token, DiffiT blocks with time-dependent
-//! self-attention (TMSA) and a relative position bias, and a zero-initialised output layer.
+//! The DiffiT network: patch tokens, a time (and label) token, DiffiT blocks with
+//! time-dependent self-attention (TMSA) and a relative position bias, and a zero-initialised
+//! output layer. Both [`Architecture`]s are built here; where the published one differs (the
+//! order of the position embedding's halves, how the time frequencies are rounded, the
+//! label embedder every published model has) the difference is one `match` on it.
 
 use std::collections::HashMap;
 
@@ -8,8 +11,10 @@ use candle_nn::{Init, VarBuilder};
 
 use super::lora::{matches_target, LoraLinear};
 use super::ops::{gated_add, gelu, softmax};
-use super::params::{bias_table_shape, linear_specs, InitKind, LinearSpec};
-use super::{Config, LoraConfig, ModelError};
+use super::params::{
+    bias_table_shape, label_table_shape, linear_specs, InitKind, LinearSpec, LABEL_TABLE,
+};
+use super::{Architecture, Config, LoraConfig, ModelError};
 use crate::rng::Rng;
 
 /// LayerNorm epsilon (no affine parameters, as in DiffiT).
@@ -57,13 +62,39 @@ pub fn unpatchify(tokens: &Tensor, p: usize, c: usize, grid: usize) -> Result<Te
         .reshape((b, c, grid * p, grid * p))
 }
 
-/// Sinusoidal features of (possibly fractional) timesteps `[B]` → `[B, dim]` (`cos` then `sin`).
+/// Sinusoidal features of (possibly fractional) timesteps `[B]` → `[B, dim]` (`cos` then `sin`),
+/// the hybrid's (frequencies computed in `f64`).
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    time_features(t, dim, Architecture::Hybrid)
+}
+
+/// The `dim / 2` frequencies `10000^(−i / half)` of the time features. The published model's
+/// are PyTorch's `exp(−ln(10000) · i / half)` with the argument rounded in `f32` step by step
+/// as PyTorch rounds it and `exp` correctly rounded: at t = 999 a frequency one ulp off moves
+/// a feature by up to 6e-5, and the hybrid's (`f64` throughout, then rounded) differ from
+/// PyTorch's in the last bit for many `i`. PyTorch's own `exp` is accurate to about an ulp
+/// and differs between builds, so no choice matches them all (see `tests/official_parity.rs`).
+fn time_frequencies(dim: usize, architecture: Architecture) -> Vec<f32> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| libm::exp(-libm::log(10_000.0) * i as f64 / half as f64) as f32)
-        .collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    match architecture {
+        Architecture::Hybrid => (0..half)
+            .map(|i| libm::exp(-libm::log(10_000.0) * i as f64 / half as f64) as f32)
+            .collect(),
+        Architecture::Published => {
+            let scale = -(libm::log(10_000.0) as f32);
+            // `f64` exp of the `f32` argument, rounded once: the correctly rounded `expf`.
+            (0..half)
+                .map(|i| libm::exp(f64::from(scale * i as f32 / half as f32)) as f32)
+                .collect()
+        }
+    }
+}
+
+/// Sinusoidal features of timesteps `[B]` → `[B, dim]` (`cos` then `sin`) with the
+/// frequencies of `architecture`.
+fn time_features(t: &Tensor, dim: usize, architecture: Architecture) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs = Tensor::from_vec(time_frequencies(dim, architecture), (1, half), t.device())?;
     let args = t
         .to_dtype(DType::F32)?
         .unsqueeze(1)?
@@ -71,9 +102,15 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     Tensor::cat(&[args.cos()?, args.sin()?], 1)
 }
 
-/// Fixed 2-D sin-cos position embedding `[1, grid², dim]` (half the width encodes the row,
-/// half the column).
-fn pos_embed(grid: usize, dim: usize, device: &Device) -> Result<Tensor> {
+/// Fixed 2-D sin-cos position embedding `[1, grid², dim]`: half the width encodes the row,
+/// half the column, each as `sin` then `cos`. The hybrid puts the row's half first; the
+/// published model (DiT's and MAE's helper, whose `meshgrid` is `w` first) the column's.
+pub(crate) fn pos_embed(
+    grid: usize,
+    dim: usize,
+    architecture: Architecture,
+    device: &Device,
+) -> Result<Tensor> {
     let quarter = dim / 4;
     let omega: Vec<f64> = (0..quarter)
         .map(|i| 1.0 / libm::pow(10_000.0, i as f64 / quarter as f64))
@@ -81,7 +118,11 @@ fn pos_embed(grid: usize, dim: usize, device: &Device) -> Result<Tensor> {
     let mut data = Vec::with_capacity(grid * grid * dim);
     for row in 0..grid {
         for col in 0..grid {
-            for pos in [row, col] {
+            let halves = match architecture {
+                Architecture::Hybrid => [row, col],
+                Architecture::Published => [col, row],
+            };
+            for pos in halves {
                 data.extend(omega.iter().map(|w| libm::sin(pos as f64 * w) as f32));
                 data.extend(omega.iter().map(|w| libm::cos(pos as f64 * w) as f32));
             }
@@ -90,8 +131,9 @@ fn pos_embed(grid: usize, dim: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(data, (1, grid * grid, dim), device)
 }
 
-/// For each token pair `(i, j)` of a `grid × grid` layout, its row in the bias table.
-fn relative_position_index(grid: usize, device: &Device) -> Result<Tensor> {
+/// For each token pair `(i, j)` of a `grid × grid` layout, its row in the bias table (Swin's
+/// `relative_position_index`, flattened).
+pub(crate) fn relative_position_index(grid: usize, device: &Device) -> Result<Tensor> {
     let n = grid * grid;
     let span = 2 * grid - 1;
     let mut idx = Vec::with_capacity(n * n);
@@ -275,6 +317,25 @@ impl DiffiTBlock {
     }
 }
 
+/// Every intermediate of one forward pass, as the official model's modules produce them
+/// (checked stage by stage against PyTorch by the parity test).
+#[derive(Debug, Clone)]
+pub struct ForwardTrace {
+    /// The sinusoidal time features `[B, time_freq_dim]`.
+    pub time_features: Tensor,
+    /// The time embedder's output `[B, hidden]`.
+    pub time_token: Tensor,
+    /// The condition every block sees `[B, hidden]`: the time token plus the label's
+    /// embedding when the model has labels.
+    pub condition: Tensor,
+    /// Patch tokens plus the position embedding `[B, N, hidden]`.
+    pub tokens: Tensor,
+    /// Each block's output `[B, N, hidden]`.
+    pub blocks: Vec<Tensor>,
+    /// The network's output `[B, out_channels, H, W]`.
+    pub output: Tensor,
+}
+
 /// The DiffiT noise-prediction network, optionally with LoRA adapters.
 #[derive(Debug, Clone)]
 pub struct DiffiT {
@@ -283,6 +344,7 @@ pub struct DiffiT {
     pos_embed: Tensor,
     t_mlp0: LoraLinear,
     t_mlp2: LoraLinear,
+    label_table: Option<Tensor>,
     blocks: Vec<DiffiTBlock>,
     final_modulation: Option<LoraLinear>,
     final_linear: LoraLinear,
@@ -315,12 +377,25 @@ impl DiffiT {
         let blocks = (0..cfg.depth)
             .map(|i| DiffiTBlock::new(cfg, base.pp("blocks").pp(i), &factory, &bias_index))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let label_table = label_table_shape(cfg)
+            .map(|shape| {
+                base.get_with_hints(
+                    shape.as_slice(),
+                    LABEL_TABLE,
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.02,
+                    },
+                )
+            })
+            .transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
             x_embedder: factory.linear(&base.pp("x_embedder").pp("proj"))?,
-            pos_embed: pos_embed(cfg.grid_size(), cfg.hidden_size, &device)?,
+            pos_embed: pos_embed(cfg.grid_size(), cfg.hidden_size, cfg.architecture, &device)?,
             t_mlp0: factory.linear(&base.pp("t_embedder").pp("mlp").pp(0))?,
             t_mlp2: factory.linear(&base.pp("t_embedder").pp("mlp").pp(2))?,
+            label_table,
             blocks,
             final_modulation: if cfg.adaln {
                 Some(factory.linear(&base.pp("final_layer").pp("adaLN_modulation"))?)
@@ -342,24 +417,87 @@ impl DiffiT {
         self.has_lora
     }
 
-    /// Predicted noise for images `x` `[B, C, H, W]` at timesteps `t` `[B]` (no dropout).
+    /// The network's output for images `x` `[B, C, H, W]` at timesteps `t` `[B]` (no
+    /// dropout), unconditional: a model with labels sees the null class. With
+    /// [`Config::learn_sigma`] the output has `2·C` channels, the prediction first.
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, t, None)
+        self.forward_labeled(x, t, None, None)
     }
 
     /// As [`DiffiT::forward`], with LoRA dropout masks drawn from `rng` (training).
     pub fn forward_train(&self, x: &Tensor, t: &Tensor, rng: &mut Rng) -> Result<Tensor> {
-        self.forward_with(x, t, Some(rng))
+        self.forward_labeled(x, t, None, Some(rng))
+    }
+
+    /// As [`DiffiT::forward`] with class `labels` `[B]` (integers; `num_classes` is the
+    /// null class; `None` means the null class for every image), and LoRA dropout masks
+    /// from `rng` when given.
+    pub fn forward_labeled(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, t, labels, rng, false)?.output)
+    }
+
+    /// One inference pass keeping every intermediate (for parity checks and tools).
+    pub fn trace(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<ForwardTrace> {
+        self.run(x, t, labels, None, true)
     }
 
     /// The timestep token `[B, hidden]`.
-    pub fn time_embedding(&self, t: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let freqs = timestep_embedding(t, self.cfg.time_freq_dim)?;
-        let h = self.t_mlp0.forward(&freqs, rng.as_deref_mut())?.silu()?;
-        self.t_mlp2.forward(&h, rng)
+    pub fn time_embedding(&self, t: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        Ok(self.time_stages(t, rng)?.1)
     }
 
-    fn forward_with(&self, x: &Tensor, t: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    /// `(time features, time token)` for timesteps `t` `[B]`.
+    fn time_stages(&self, t: &Tensor, mut rng: Option<&mut Rng>) -> Result<(Tensor, Tensor)> {
+        let freqs = time_features(t, self.cfg.time_freq_dim, self.cfg.architecture)?;
+        let h = self.t_mlp0.forward(&freqs, rng.as_deref_mut())?.silu()?;
+        let token = self.t_mlp2.forward(&h, rng)?;
+        Ok((freqs, token))
+    }
+
+    /// The label embeddings `[B, hidden]` of `labels` (`None`: the null class), or `None`
+    /// for a model without labels (which refuses labels).
+    fn label_embedding(&self, labels: Option<&Tensor>, batch: usize) -> Result<Option<Tensor>> {
+        let Some(table) = &self.label_table else {
+            if labels.is_some() {
+                candle_core::bail!("this model has no label embedder (num_classes is unset)");
+            }
+            return Ok(None);
+        };
+        let rows = table.dim(0)?;
+        let null = (rows - 1) as u32;
+        let index = match labels {
+            None => Tensor::full(null, batch, table.device())?,
+            Some(labels) => {
+                if labels.dims() != [batch] {
+                    candle_core::bail!("labels have shape {:?}, expected [{batch}]", labels.dims());
+                }
+                let values = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+                if let Some(bad) = values.iter().find(|&&v| v < 0 || v >= rows as i64) {
+                    candle_core::bail!(
+                        "label {bad} is out of range: this model has classes 0..{null} and the \
+                         null class {null}"
+                    );
+                }
+                labels.to_dtype(DType::U32)?
+            }
+        };
+        Ok(Some(table.index_select(&index, 0)?))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+        keep: bool,
+    ) -> Result<ForwardTrace> {
         let cfg = &self.cfg;
         let (b, c, h, w) = x.dims4()?;
         if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size {
@@ -372,14 +510,23 @@ impl DiffiT {
         if t.dims() != [b] {
             candle_core::bail!("timesteps have shape {:?}, expected [{b}]", t.dims());
         }
-        let tokens = patchify(x, cfg.patch_size)?;
-        let mut hid = self
+        let patches = patchify(x, cfg.patch_size)?;
+        let tokens = self
             .x_embedder
-            .forward(&tokens, rng.as_deref_mut())?
+            .forward(&patches, rng.as_deref_mut())?
             .broadcast_add(&self.pos_embed)?;
-        let temb = self.time_embedding(t, rng.as_deref_mut())?;
+        let (time_features, time_token) = self.time_stages(t, rng.as_deref_mut())?;
+        let temb = match self.label_embedding(labels, b)? {
+            Some(label) => (&time_token + label)?,
+            None => time_token.clone(),
+        };
+        let mut kept = Vec::new();
+        let mut hid = tokens.clone();
         for block in &self.blocks {
             hid = block.forward(&hid, &temb, rng.as_deref_mut())?;
+            if keep {
+                kept.push(hid.clone());
+            }
         }
         let normed = match &self.final_modulation {
             Some(modulation) => {
@@ -395,7 +542,15 @@ impl DiffiT {
             normed
         };
         let out = self.final_linear.forward(&normed, rng)?;
-        unpatchify(&out, cfg.patch_size, cfg.in_channels, cfg.grid_size())
+        let output = unpatchify(&out, cfg.patch_size, cfg.out_channels(), cfg.grid_size())?;
+        Ok(ForwardTrace {
+            time_features,
+            time_token,
+            condition: temb,
+            tokens,
+            blocks: kept,
+            output,
+        })
     }
 
     /// Block `i`, if it exists (for inspecting TMSA in tests and tools).
@@ -502,6 +657,46 @@ mod tests {
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn published_time_frequencies_round_pytorchs_f32_arguments_once() {
+        // The argument of exp is PyTorch's f32 `(−ln(10000) · i) / half`, bit for bit (checked
+        // against PyTorch 1.13 by the parity fixture's time features at t = 0 and 437).
+        let freqs = time_frequencies(256, Architecture::Published);
+        let scale = -(libm::log(10_000.0) as f32);
+        for (i, f) in freqs.iter().enumerate() {
+            let arg = scale * i as f32 / 128.0;
+            assert_eq!(f.to_bits(), (libm::exp(f64::from(arg)) as f32).to_bits());
+        }
+        // The hybrid's differ in the last bit for many.
+        let hybrid = time_frequencies(256, Architecture::Hybrid);
+        let differ = freqs.iter().zip(&hybrid).filter(|(a, b)| a != b).count();
+        assert!(differ > 10, "{differ}");
+    }
+
+    #[test]
+    fn published_positions_put_the_column_half_first() {
+        let (g, d) = (4, 16);
+        let hybrid: Vec<Vec<f32>> = pos_embed(g, d, Architecture::Hybrid, &Device::Cpu)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let published: Vec<Vec<f32>> = pos_embed(g, d, Architecture::Published, &Device::Cpu)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for token in 0..g * g {
+            assert_eq!(hybrid[token][..d / 2], published[token][d / 2..]);
+            assert_eq!(hybrid[token][d / 2..], published[token][..d / 2]);
+        }
+        // Token 1 is row 0, column 1: its first half encodes position 1, sin(1·1) first.
+        assert_eq!(published[1][0], libm::sin(1.0) as f32);
+        assert_eq!(published[1][d / 2], 0.0);
     }
 
     #[test]

@@ -170,7 +170,18 @@ fn noised_prediction(
     } else {
         model.forward(&xt, &t)?
     };
-    Ok((target, pred))
+    Ok((target, prediction_channels(model, pred)?))
+}
+
+/// The prediction channels of a network output: a learned-variance head's second half is the
+/// variance, which the simple loss and DDIM do not use.
+fn prediction_channels(model: &DiffiT, out: Tensor) -> Result<Tensor> {
+    let cfg = model.config();
+    if cfg.learn_sigma {
+        out.narrow(1, 0, cfg.in_channels)
+    } else {
+        Ok(out)
+    }
 }
 
 /// DDIM sampler (deterministic for η = 0, the default; see [`DdimSampler::with_eta`]), run one
@@ -252,7 +263,7 @@ impl DdimSampler {
         let ab_prev = self.alpha_bars.get(i + 1).copied().unwrap_or(1.0);
         let n = self.x.dim(0)?;
         let t = Tensor::full(self.timesteps[i] as f32, n, self.x.device())?;
-        let out = model.forward(&self.x, &t)?;
+        let out = prediction_channels(model, model.forward(&self.x, &t)?)?;
         // Estimate the clean image, keep it in range, and re-derive the noise from it: this
         // keeps few-step sampling stable for an under-trained model.
         let x0 = model

@@ -9,12 +9,18 @@
 //! `blocks.0.attn.proj.weight`, `blocks.0.mlp.fc1.weight`, `blocks.0.mlp.fc2.weight`,
 //! `blocks.0.adaLN_modulation.weight`, `final_layer.adaLN_modulation.weight`,
 //! `final_layer.linear.weight` (each linear also has a `.bias`; the `adaLN_modulation` layers
-//! exist when [`Config::adaln`] is set). LoRA tensors follow PEFT:
+//! exist when [`Config::adaln`] is set; `y_embedder.embedding_table.weight` when
+//! [`Config::num_classes`] is). LoRA tensors follow PEFT:
 //! `<module>.lora_A.weight` / `<module>.lora_B.weight` (see [`format::tensors`]).
+//!
+//! Two architectures share this code ([`Architecture`]): our hybrid (the presets) and
+//! NVlabs' published DiffiT, whose state_dict [`official`] converts to and from ours.
 
 pub mod data;
 pub mod diffusion;
 pub mod rng;
+
+pub mod official;
 
 mod diffit;
 mod lora;
@@ -24,7 +30,9 @@ mod params;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use diffit::{patchify, timestep_embedding, unpatchify, Attention, DiffiT, DiffiTBlock};
+pub use diffit::{
+    patchify, timestep_embedding, unpatchify, Attention, DiffiT, DiffiTBlock, ForwardTrace,
+};
 pub use lora::{
     fuse_lora_weights, init_lora_tensors, lora_parameter_count, lora_target_paths,
     lora_tensor_shapes, unfuse_lora_weights, validate_lora, LoraLinear,
@@ -66,10 +74,51 @@ pub struct Config {
     /// different noise levels. Files written before this field existed have none.
     #[serde(default)]
     pub adaln: bool,
+    /// Which conventions the network follows. Files written before this field existed hold
+    /// the hybrid; the field is left out of a hybrid's JSON so configs (and the checksums of
+    /// the files that carry them) stay byte-identical to those older versions wrote.
+    #[serde(default, skip_serializing_if = "Architecture::is_hybrid")]
+    pub architecture: Architecture,
+    /// Class conditioning: with `Some(n)` a label embedder (`y_embedder`) holds `n` classes
+    /// and, last, the null class `n` (unconditional, for classifier-free guidance); its
+    /// embedding is added to the time token. `None`: no labels (every file before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Learned variance (improved DDPM, as the published model at 256 px): the head outputs
+    /// `2 × in_channels` channels, the prediction first and then the variance interpolation.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub learn_sigma: bool,
 }
 
 fn legacy_final_silu() -> bool {
     true
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The network's conventions: ours, or NVlabs' published DiffiT module for module.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// Our variant (the presets): TMSA blocks, optionally with adaLN-Zero
+    /// ([`Config::adaln`]), positions row half first, time frequencies computed in `f64`,
+    /// a locality-initialised position bias.
+    #[default]
+    Hybrid,
+    /// NVlabs' published DiffiT (`diffit/diffit.py`): TMSA blocks without adaLN, a label
+    /// embedder (with its null class), LayerNorm → SiLU → Linear head, the 2-D sin-cos
+    /// positions column half first and the time frequencies computed in `f32` as PyTorch
+    /// does, so that weights trained there compute the same function here.
+    Published,
+}
+
+impl Architecture {
+    /// True for [`Architecture::Hybrid`].
+    pub fn is_hybrid(&self) -> bool {
+        *self == Architecture::Hybrid
+    }
 }
 
 /// The quantity the network is trained to predict from a noised image `x_t`.
@@ -104,6 +153,52 @@ impl Config {
             prediction: Prediction::V,
             final_silu: false,
             adaln: true,
+            architecture: Architecture::Hybrid,
+            num_classes: None,
+            learn_sigma: false,
+        }
+    }
+
+    /// The published architecture at test size (8×8 RGB, patch 2, 16 tokens, 3 classes,
+    /// learned variance): what the parity fixture holds.
+    pub fn published_tiny() -> Self {
+        Self {
+            image_size: 8,
+            in_channels: 3,
+            patch_size: 2,
+            hidden_size: 16,
+            depth: 2,
+            num_heads: 2,
+            mlp_ratio: 4.0,
+            time_freq_dim: 256,
+            prediction: Prediction::Epsilon,
+            final_silu: true,
+            adaln: false,
+            architecture: Architecture::Published,
+            num_classes: Some(3),
+            learn_sigma: true,
+        }
+    }
+
+    /// The official constructor `Diffit()` (DiffiT-XL/2: width 1152, 28 blocks, 16 heads,
+    /// patch 2) for `latent_size`² latents of 4 channels (32 for 256 px images, 64 for
+    /// 512 px), 1000 ImageNet classes, learned variance, ε-prediction.
+    pub fn published_xl_2(latent_size: usize) -> Self {
+        Self {
+            image_size: latent_size,
+            in_channels: 4,
+            patch_size: 2,
+            hidden_size: 1152,
+            depth: 28,
+            num_heads: 16,
+            mlp_ratio: 4.0,
+            time_freq_dim: 256,
+            prediction: Prediction::Epsilon,
+            final_silu: true,
+            adaln: false,
+            architecture: Architecture::Published,
+            num_classes: Some(1000),
+            learn_sigma: true,
         }
     }
 
@@ -123,6 +218,9 @@ impl Config {
             prediction: Prediction::V,
             final_silu: false,
             adaln: true,
+            architecture: Architecture::Hybrid,
+            num_classes: None,
+            learn_sigma: false,
         }
     }
 
@@ -165,9 +263,29 @@ impl Config {
         self.patch_size * self.patch_size * self.in_channels
     }
 
-    /// Hidden width of the block MLPs.
+    /// Channels of the network's output: `in_channels`, twice that with
+    /// [`Config::learn_sigma`].
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    /// Hidden width of the block MLPs (rounded; truncated, as `int()` in PyTorch, for the
+    /// published architecture).
     pub fn mlp_hidden(&self) -> usize {
-        (self.hidden_size as f64 * self.mlp_ratio).round() as usize
+        let width = self.hidden_size as f64 * self.mlp_ratio;
+        match self.architecture {
+            Architecture::Hybrid => width.round() as usize,
+            Architecture::Published => width as usize,
+        }
+    }
+
+    /// Rows of the label embedder's table (`num_classes` + the null class), if it has one.
+    pub fn label_rows(&self) -> Option<usize> {
+        self.num_classes.map(|n| n + 1)
     }
 
     /// Checks the numbers fit together (divisibility, non-zero sizes).
@@ -205,6 +323,22 @@ impl Config {
         }
         if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || self.mlp_hidden() == 0 {
             return bad(format!("mlp_ratio {} must be positive", self.mlp_ratio));
+        }
+        if self.architecture == Architecture::Published {
+            if self.adaln || !self.final_silu {
+                return bad(
+                    "the published architecture has no adaLN and a SiLU in its head \
+                     (adaln false, final_silu true)"
+                        .into(),
+                );
+            }
+            if self.num_classes.is_none() {
+                return bad(
+                    "the published architecture always has a label embedder: set num_classes \
+                     (0 for an unconditional model, which keeps only the null class)"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -354,6 +488,46 @@ mod tests {
         assert!(!old.adaln);
         assert!(old.same_sizes(&Config::small()));
         assert!(!Config::tiny().same_sizes(&Config::small()));
+    }
+
+    #[test]
+    fn hybrid_configs_serialise_as_before_and_the_published_one_round_trips() {
+        // No new keys in a hybrid's JSON: base files (and their checksums, which resumes
+        // check) stay byte-identical to what older versions wrote.
+        let json = serde_json::to_value(Config::small()).unwrap();
+        for key in ["architecture", "num_classes", "learn_sigma"] {
+            assert!(json.get(key).is_none(), "{key}");
+        }
+        let published = Config::published_tiny();
+        published.validate().unwrap();
+        let json = serde_json::to_value(&published).unwrap();
+        assert_eq!(json["architecture"], "published");
+        assert_eq!(json["num_classes"], 3);
+        assert_eq!(json["learn_sigma"], true);
+        let back: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(back, published);
+        assert_eq!(published.out_channels(), 6);
+        assert_eq!(published.label_rows(), Some(4));
+        Config::published_xl_2(32).validate().unwrap();
+    }
+
+    #[test]
+    fn the_published_architecture_refuses_hybrid_parts() {
+        let with = |f: fn(&mut Config)| {
+            let mut c = Config::published_tiny();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(with(|c| c.adaln = true).is_err());
+        assert!(with(|c| c.final_silu = false).is_err());
+        assert!(with(|c| c.num_classes = None).is_err());
+        assert!(with(|c| c.num_classes = Some(0)).is_ok());
+        // PyTorch's `int(hidden · ratio)` truncates; the hybrid rounds.
+        let mut c = Config::published_tiny();
+        c.mlp_ratio = 2.99;
+        assert_eq!(c.mlp_hidden(), 47);
+        c.architecture = Architecture::Hybrid;
+        assert_eq!(c.mlp_hidden(), 48);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::Config;
+use super::{Architecture, Config};
 use crate::rng::Rng;
 
 /// How a base tensor starts out before any training.
@@ -96,10 +96,19 @@ pub(crate) fn linear_specs(cfg: &Config) -> Vec<LinearSpec> {
     out.push(spec(
         "final_layer.linear".into(),
         h,
-        cfg.patch_dim(),
+        cfg.patch_size * cfg.patch_size * cfg.out_channels(),
         InitKind::Zeros,
     ));
     out
+}
+
+/// Name of the label embedder's table (PyTorch's `nn.Embedding` keeps it as `.weight`).
+pub(crate) const LABEL_TABLE: &str = "y_embedder.embedding_table.weight";
+
+/// Shape of the label table, `[classes + 1, hidden]` (the null class last), if the model has
+/// labels.
+pub(crate) fn label_table_shape(cfg: &Config) -> Option<Vec<usize>> {
+    cfg.label_rows().map(|rows| vec![rows, cfg.hidden_size])
 }
 
 /// Name of block `i`'s relative position bias table.
@@ -122,6 +131,9 @@ pub fn base_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     }
     for i in 0..cfg.depth {
         out.push((bias_table_name(i), bias_table_shape(cfg)));
+    }
+    if let Some(shape) = label_table_shape(cfg) {
+        out.push((LABEL_TABLE.to_string(), shape));
     }
     out
 }
@@ -167,7 +179,12 @@ pub fn init_base_tensors(
         );
     }
     let shape = bias_table_shape(cfg);
-    let locality = locality_bias(cfg);
+    // The published model starts every head global (timm's truncated normal, std 0.02, cut at
+    // ±2: no draw of std 0.02 gets there).
+    let locality = match cfg.architecture {
+        Architecture::Hybrid => locality_bias(cfg),
+        Architecture::Published => vec![0.0; shape[0] * shape[1]],
+    };
     for i in 0..cfg.depth {
         let data: Vec<f32> = rng
             .normal_vec(shape[0] * shape[1])
@@ -177,6 +194,17 @@ pub fn init_base_tensors(
             .collect();
         out.insert(
             bias_table_name(i),
+            Tensor::from_vec(data, shape.as_slice(), device)?,
+        );
+    }
+    if let Some(shape) = label_table_shape(cfg) {
+        let data: Vec<f32> = rng
+            .normal_vec(shape[0] * shape[1])
+            .into_iter()
+            .map(|z| z * 0.02)
+            .collect();
+        out.insert(
+            LABEL_TABLE.to_string(),
             Tensor::from_vec(data, shape.as_slice(), device)?,
         );
     }

@@ -1,6 +1,7 @@
 //! [`Bucket`]: a blocking handle on one prefix of an object store.
 
 use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -10,7 +11,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion,
+    ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
     WriteMultipart,
 };
 
@@ -97,6 +98,27 @@ fn s3(url: &url::Url) -> Result<AmazonS3Builder, String> {
     Ok(builder)
 }
 
+/// The object store client's retries: 10 (`DIFFIT_REMOTE_MAX_RETRIES`) within 180 s
+/// (`DIFFIT_REMOTE_RETRY_TIMEOUT_SECS`) per request, with exponential backoff; connection
+/// failures, timeouts, 429 and 5xx (503 SlowDown among them) are retried.
+fn retry_config() -> Result<RetryConfig, String> {
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        match std::env::var(name) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}={text:?} is not a whole number")),
+            Err(_) => Ok(default),
+        }
+    };
+    Ok(RetryConfig {
+        max_retries: usize::try_from(number("DIFFIT_REMOTE_MAX_RETRIES", 10)?)
+            .map_err(|e| format!("DIFFIT_REMOTE_MAX_RETRIES: {e}"))?,
+        retry_timeout: Duration::from_secs(number("DIFFIT_REMOTE_RETRY_TIMEOUT_SECS", 180)?),
+        ..RetryConfig::default()
+    })
+}
+
 impl Bucket {
     /// Opens the object store `url` names (`s3://`, `gs://`, `az://`, `memory://`).
     pub fn open(url: &url::Url) -> Result<Bucket> {
@@ -106,22 +128,26 @@ impl Bucket {
             location: name.clone(),
             reason,
         };
+        let retry = retry_config().map_err(bad)?;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "s3" | "s3a" => Arc::new(
                 s3(url)
                     .map_err(bad)?
+                    .with_retry(retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             "gs" => Arc::new(
                 GoogleCloudStorageBuilder::from_env()
                     .with_url(url.as_str())
+                    .with_retry(retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             "az" | "abfs" | "abfss" => Arc::new(
                 MicrosoftAzureBuilder::from_env()
                     .with_url(url.as_str())
+                    .with_retry(retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -239,7 +265,13 @@ impl Bucket {
     /// Writes `rel` only if it is still at `expected` (or, with `None`, only if it does not
     /// exist): the commit of a run's `metadata.json`. Another writer's change in between is a
     /// [`RemoteError::Conflict`].
-    pub fn put_if(&self, rel: &str, bytes: Bytes, expected: Option<&ObjectVersion>) -> Result<()> {
+    /// Returns the version written, for the next conditional write.
+    pub fn put_if(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion> {
         let key = self.key(rel);
         let mode = match expected {
             None => PutMode::Create,
@@ -253,11 +285,41 @@ impl Bucket {
             ..PutOptions::default()
         };
         self.runtime.block_on(async {
-            self.store
+            let put = self
+                .store
                 .put_opts(&key, PutPayload::from(bytes), opts)
                 .await
                 .map_err(|e| self.failed("commit", rel, e))?;
-            Ok(())
+            Ok(ObjectVersion {
+                e_tag: put.e_tag,
+                version: put.version,
+            })
+        })
+    }
+
+    /// The object's current version; `None` when there is no such object.
+    pub fn version(&self, rel: &str) -> Result<Option<ObjectVersion>> {
+        let key = self.key(rel);
+        self.runtime.block_on(async {
+            match self.store.head(&key).await {
+                Ok(meta) => Ok(Some(ObjectVersion {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                })),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.failed("look up", rel, e)),
+            }
+        })
+    }
+
+    /// Deletes the object (nothing when it is already gone).
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        let key = self.key(rel);
+        self.runtime.block_on(async {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.failed("delete", rel, e)),
+            }
         })
     }
 

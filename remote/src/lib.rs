@@ -6,6 +6,8 @@
 //! - [`Bucket`]: a blocking handle on an object store prefix (its own small tokio runtime).
 //! - [`sync`]: copying runs between two locations, only what differs, verified by checksum,
 //!   `metadata.json` last and conditional on the version it replaces.
+//! - [`RunReplica`] / [`Mirror`]: a run kept in a bucket while it trains (claimed run numbers,
+//!   pushes conditional on this writer's last commit, pulls for resuming elsewhere).
 //!
 //! S3 settings come from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` for
@@ -16,10 +18,12 @@
 pub mod bucket;
 pub mod location;
 pub mod profile;
+pub mod replica;
 pub mod sync;
 
 pub use bucket::{Bucket, ObjectVersion};
 pub use location::Location;
+pub use replica::{Mirror, MirrorReport, RetryPolicy, RunReplica};
 pub use sync::{sync, SyncReport};
 
 use std::path::PathBuf;
@@ -54,6 +58,41 @@ pub enum RemoteError {
     Conflict {
         /// The metadata object.
         object: String,
+    },
+    /// Another writer committed to a run in the bucket since this one last did.
+    #[error(
+        "{object} was changed by another writer since this process last committed it: the run \
+         has two writers; theirs is kept and this process writes nothing more to it"
+    )]
+    Superseded {
+        /// The metadata object.
+        object: String,
+    },
+    /// An explicitly requested run number is taken in the bucket.
+    #[error("{object} exists: that run number is taken (pass --resume to continue that run)")]
+    RunExists {
+        /// The metadata object.
+        object: String,
+    },
+    /// The bucket has no such run.
+    #[error("{location} has no run {run}")]
+    NoSuchRun {
+        /// The bucket location.
+        location: String,
+        /// The run asked for.
+        run: u32,
+    },
+    /// The bucket's copy of a run is another run than the local one of the same number.
+    #[error(
+        "{object} belongs to another run than {} (another experiment or creation time): \
+         mirror this run elsewhere, or resume from the bucket into an empty checkpoints dir",
+        local.display()
+    )]
+    OtherRun {
+        /// The bucket's metadata object.
+        object: String,
+        /// The local run directory.
+        local: PathBuf,
     },
     /// A copied file's bytes do not match the checksum its run records.
     #[error("{object}: {reason}; not copied")]

@@ -38,13 +38,14 @@ pub struct SyncReport {
 }
 
 /// One end of a sync.
-enum Side {
+#[derive(Debug)]
+pub(crate) enum Side {
     Local(PathBuf),
     Remote(Bucket),
 }
 
 impl Side {
-    fn open(location: &Location) -> Result<Side> {
+    pub(crate) fn open(location: &Location) -> Result<Side> {
         Ok(match location {
             Location::Local(dir) => Side::Local(dir.clone()),
             Location::Objects(url) => Side::Remote(Bucket::open(url)?),
@@ -184,20 +185,58 @@ impl Side {
         }
     }
 
-    /// Writes `metadata.json` last; in a bucket only over the version read before (or only
-    /// when still absent).
-    fn commit(&self, rel: &str, bytes: Bytes, read: Option<&ObjectVersion>) -> Result<()> {
+    /// Writes `metadata.json` last; in a bucket only over the version `expected` (or only
+    /// when still absent), returning the version written.
+    fn commit(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<Option<ObjectVersion>> {
         match self {
-            Side::Local(_) => self.write(rel, bytes),
-            Side::Remote(bucket) => bucket.put_if(rel, bytes, read),
+            Side::Local(_) => self.write(rel, bytes).map(|()| None),
+            Side::Remote(bucket) => bucket.put_if(rel, bytes, expected).map(Some),
+        }
+    }
+
+    /// Removes a file or object that a commit no longer names (best effort on disk).
+    fn remove(&self, rel: &str) -> Result<()> {
+        match self {
+            Side::Local(dir) => {
+                let _ = std::fs::remove_file(Self::path(dir, rel));
+                Ok(())
+            }
+            Side::Remote(bucket) => bucket.delete(rel),
         }
     }
 }
 
+/// Which version of the destination's `metadata.json` a sync may replace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Guard<'a> {
+    /// The version the sync read when it began (`diffit sync`).
+    AsRead,
+    /// The version this writer committed last (`None`: none, the run is new to the
+    /// destination): a replica that another writer has moved on from fails before writing.
+    /// Files the new metadata no longer names are removed after the commit.
+    Ours(Option<&'a ObjectVersion>),
+}
+
+/// What syncing one run found and did.
+#[derive(Debug, Default)]
+pub(crate) struct RunSynced {
+    /// The version of the source's `metadata.json` that was copied.
+    pub source: Option<ObjectVersion>,
+    /// The version of the destination's `metadata.json` now.
+    pub committed: Option<ObjectVersion>,
+    /// The source's metadata, as copied.
+    pub metadata: Option<Metadata>,
+}
+
 /// A file of a run that a sync copies, with the digest its metadata records (if any).
-struct RunFile {
-    rel: String,
-    digest: Option<(String, u64)>,
+pub(crate) struct RunFile {
+    pub rel: String,
+    pub digest: Option<(String, u64)>,
     /// For `best`/`last`: the epoch file it names.
     alias_of: Option<String>,
     /// For event files (not in metadata): their size in the source's listing.
@@ -205,7 +244,7 @@ struct RunFile {
 }
 
 /// The files `meta` names as complete, epochs before the `best`/`last` that name them.
-fn run_files(meta: &Metadata) -> Vec<RunFile> {
+pub(crate) fn run_files(meta: &Metadata) -> Vec<RunFile> {
     let n = meta.run_number;
     let mut files = vec![RunFile {
         rel: format!("{}/{}", run_dir_name(n), format::layout::CONFIG_FILE),
@@ -262,10 +301,16 @@ fn parse_metadata(bytes: &[u8], object: String) -> Result<Metadata> {
     })
 }
 
-/// Syncs run `n` from `src` to `dst`.
-fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<()> {
+/// Syncs run `n` from `src` to `dst`, replacing the destination's metadata as `guard` allows.
+pub(crate) fn sync_run(
+    src: &Side,
+    dst: &Side,
+    n: u32,
+    report: &mut SyncReport,
+    guard: Guard<'_>,
+) -> Result<RunSynced> {
     let meta_rel = format!("{}/{METADATA_FILE}", run_dir_name(n));
-    let Some((meta_bytes, _)) = src.read(&meta_rel)? else {
+    let Some((meta_bytes, source)) = src.read(&meta_rel)? else {
         return Err(RemoteError::BadMetadata {
             object: src.name(&meta_rel),
             reason: "missing".into(),
@@ -277,17 +322,33 @@ fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<(
             return Err(RemoteError::Busy(RunLayout::new(dir, n).root()));
         }
     }
-    let (dst_meta, dst_version) = match dst.read(&meta_rel)? {
-        Some((bytes, version)) => {
-            if bytes == meta_bytes {
-                report.runs.push(n);
-                report.unchanged += 1;
-                return Ok(());
-            }
-            (parse_metadata(&bytes, dst.name(&meta_rel)).ok(), version)
-        }
+    let (dst_bytes, dst_version) = match dst.read(&meta_rel)? {
+        Some((bytes, version)) => (Some(bytes), version),
         None => (None, None),
     };
+    // A replica checks first that nobody else has committed since it did (even an identical
+    // commit: the run has two writers then).
+    let expected = match guard {
+        Guard::AsRead => dst_version.clone(),
+        Guard::Ours(ours) => {
+            if matches!(dst, Side::Remote(_)) && dst_version.as_ref() != ours {
+                return Err(RemoteError::Superseded {
+                    object: dst.name(&meta_rel),
+                });
+            }
+            ours.cloned()
+        }
+    };
+    if dst_bytes.as_ref() == Some(&meta_bytes) {
+        report.runs.push(n);
+        report.unchanged += 1;
+        return Ok(RunSynced {
+            source,
+            committed: dst_version,
+            metadata: Some(meta),
+        });
+    }
+    let dst_meta = dst_bytes.and_then(|bytes| parse_metadata(&bytes, dst.name(&meta_rel)).ok());
     // The checksums the destination's metadata records, by file.
     let recorded_at_dst: HashMap<String, String> = dst_meta
         .as_ref()
@@ -364,10 +425,24 @@ fn sync_run(src: &Side, dst: &Side, n: u32, report: &mut SyncReport) -> Result<(
         dst.write(&file.rel, bytes)?;
         report.copied += 1;
     }
-    dst.commit(&meta_rel, meta_bytes, dst_version.as_ref())?;
+    let committed = dst.commit(&meta_rel, meta_bytes, expected.as_ref())?;
     report.copied += 1;
     report.runs.push(n);
-    Ok(())
+    if let (Guard::Ours(_), Some(old)) = (guard, &dst_meta) {
+        // What the replaced metadata named and this one does not (epochs retention removed,
+        // a replaced base) is referenced by nothing now.
+        let named: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
+        for retired in run_files(old) {
+            if retired.digest.is_some() && !named.contains(&retired.rel.as_str()) {
+                dst.remove(&retired.rel)?;
+            }
+        }
+    }
+    Ok(RunSynced {
+        source,
+        committed,
+        metadata: Some(meta),
+    })
 }
 
 /// Copies runs from `src` to `dst` (all of them, or `only`): see the module docs. A run that
@@ -381,7 +456,7 @@ pub fn sync(src: &Location, dst: &Location, only: Option<u32>) -> Result<SyncRep
     };
     let mut report = SyncReport::default();
     for n in numbers {
-        if let Err(e) = sync_run(&from, &to, n, &mut report) {
+        if let Err(e) = sync_run(&from, &to, n, &mut report, Guard::AsRead) {
             tracing::warn!("run {n}: {e}");
             report.failed.push((n, e.to_string()));
         }

@@ -43,7 +43,7 @@ pub use hooks::{NoHooks, SaveHooks};
 pub use listing::{list_all_runs, run_info, RunListing};
 pub use load::{Resume, Which};
 pub use lock::writer_active;
-pub use manager::{read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};
+pub use manager::{now, read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};
 pub use retention::RetentionPolicy;
 pub use saved::{SavedBase, SavedCheckpoint};
 pub use tensor_file::{

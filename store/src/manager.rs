@@ -55,7 +55,7 @@ impl fmt::Debug for CheckpointManager {
 }
 
 /// Local time in the seed's format, `2025-01-15T10:30:00`.
-pub(crate) fn now() -> String {
+pub fn now() -> String {
     chrono::Local::now().format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 

@@ -6,106 +6,8 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use support::{kill_process_group, ok, older_main_checkpoints_copy, text, venv_bin};
-
-/// One raw HTTP/1.0 request to the server; the reply's status line and body.
-fn http(addr: &str, request: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    Some(reply)
-}
-
-/// A moto S3 server for one test, with bucket `runs`; stopped when dropped.
-struct S3Server {
-    child: Child,
-    addr: String,
-}
-
-impl S3Server {
-    fn start(bin: &Path) -> S3Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin.join("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let server = S3Server {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let put = format!(
-                "PUT /runs HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
-                server.addr
-            );
-            if http(&server.addr, &put).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Every key in the bucket, as a plain S3 listing shows it.
-    fn keys(&self) -> Vec<String> {
-        let get = format!(
-            "GET /runs?list-type=2 HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.addr
-        );
-        let reply = http(&self.addr, &get).unwrap();
-        let mut keys: Vec<String> = reply
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|k| k.split("</Key>").next())
-            .map(str::to_string)
-            .collect();
-        keys.sort();
-        keys
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        kill_process_group(&mut self.child);
-    }
-}
-
-/// `diffit args…` with the AWS environment of `server` (and nothing from the caller's).
-fn diffit(server: &S3Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", server.endpoint())
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .output()
-        .unwrap()
-}
+use support::s3::S3Server;
+use support::{ok, older_main_checkpoints_copy, text, venv_bin};
 
 /// `(files copied, unchanged)` from sync's summary line.
 fn counts(said: &str) -> (usize, usize) {
@@ -113,17 +15,6 @@ fn counts(said: &str) -> (usize, usize) {
     let copied = line.split(": ").nth(1).unwrap().split(' ').next().unwrap();
     let unchanged = line.rsplit(", ").next().unwrap().split(' ').next().unwrap();
     (copied.parse().unwrap(), unchanged.parse().unwrap())
-}
-
-/// The test process's own handle on the bucket (the same AWS environment as `diffit`'s).
-fn bucket(s3: &S3Server, url: &str) -> remote::Bucket {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    std::env::set_var("AWS_REGION", "us-east-1");
-    std::env::set_var("AWS_ENDPOINT_URL", s3.endpoint());
-    std::env::set_var("AWS_CONFIG_FILE", "/nonexistent");
-    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
-    remote::Bucket::open(&url::Url::parse(url).unwrap()).unwrap()
 }
 
 fn object(b: &remote::Bucket, rel: &str) -> Vec<u8> {
@@ -142,13 +33,13 @@ fn sync_through_a_real_s3_server() {
 }
 
 fn runs_go_to_a_bucket_and_back_copying_only_what_differs(s3: &S3Server) {
-    let b = bucket(s3, "s3://runs/team/checkpoints");
+    let b = s3.bucket("s3://runs/team/checkpoints");
     let dir = tempfile::tempdir().unwrap();
     let local = older_main_checkpoints_copy(dir.path());
     let l = local.to_str().unwrap();
     let bucket = "s3://runs/team/checkpoints";
 
-    let said = ok(diffit(s3, &["sync", l, bucket]));
+    let said = ok(s3.diffit(&["sync", l, bucket]));
     assert_eq!(counts(&said).1, 0, "{said}");
     // The bucket shows the seed's layout, as on disk.
     let keys = s3.keys();
@@ -179,17 +70,14 @@ fn runs_go_to_a_bucket_and_back_copying_only_what_differs(s3: &S3Server) {
     );
 
     // Nothing differs: nothing is copied.
-    let again = ok(diffit(s3, &["sync", l, bucket]));
+    let again = ok(s3.diffit(&["sync", l, bucket]));
     assert_eq!(counts(&again).0, 0, "{again}");
 
     // Back to an empty dir on "another machine": the run verifies and lists, byte for byte.
     let fresh = dir.path().join("fresh");
     let f = fresh.to_str().unwrap();
-    ok(diffit(s3, &["sync", bucket, f]));
-    ok(diffit(
-        s3,
-        &["verify", "--run-number", "1", "--checkpoints", f],
-    ));
+    ok(s3.diffit(&["sync", bucket, f]));
+    ok(s3.diffit(&["verify", "--run-number", "1", "--checkpoints", f]));
     for rel in [
         "run_001/metadata.json",
         "run_001/lora_weights/epoch_003.safetensors",
@@ -200,24 +88,21 @@ fn runs_go_to_a_bucket_and_back_copying_only_what_differs(s3: &S3Server) {
             "{rel} differs after the round trip"
         );
     }
-    let table = ok(diffit(s3, &["train", "--list-runs", "--checkpoints", f]));
+    let table = ok(s3.diffit(&["train", "--list-runs", "--checkpoints", f]));
     assert!(table.contains("diffit_lora_trees"), "{table}");
 
     // The run grows by an epoch there: only the new and changed files go up.
-    ok(diffit(
-        s3,
-        &[
-            "train",
-            "--resume",
-            "--run-number",
-            "1",
-            "--epochs",
-            "4",
-            "--checkpoints",
-            f,
-        ],
-    ));
-    let grown = ok(diffit(s3, &["sync", f, bucket]));
+    ok(s3.diffit(&[
+        "train",
+        "--resume",
+        "--run-number",
+        "1",
+        "--epochs",
+        "4",
+        "--checkpoints",
+        f,
+    ]));
+    let grown = ok(s3.diffit(&["sync", f, bucket]));
     let (copied, unchanged) = counts(&grown);
     assert!(unchanged >= 3, "base and epochs 2-3 stay: {grown}");
     assert!(
@@ -244,7 +129,7 @@ fn a_damaged_file_is_never_uploaded_and_a_second_writer_cannot_clobber_metadata(
     bytes[last] ^= 1;
     std::fs::write(&epoch, &bytes).unwrap();
 
-    let out = diffit(s3, &["sync", l, target]);
+    let out = s3.diffit(&["sync", l, target]);
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
@@ -266,7 +151,7 @@ fn a_damaged_file_is_never_uploaded_and_a_second_writer_cannot_clobber_metadata(
     );
 
     // A writer that read metadata.json, then lost the race to another, fails clearly.
-    let b = bucket(s3, "s3://runs/race");
+    let b = s3.bucket("s3://runs/race");
     b.put_if("run_001/metadata.json", "v1".into(), None)
         .unwrap();
     let (_, read) = b.get("run_001/metadata.json").unwrap().unwrap();

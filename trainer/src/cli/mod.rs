@@ -220,6 +220,8 @@ mod tests {
             save_base_model: Some(false),
             mlflow_uri: None,
             mlflow_experiment: None,
+            mirror: None,
+            staging: None,
         };
         assert_eq!(a.overrides, expected);
         let cli = Cli::try_parse_from(["diffit", "train", "--data", "imgs"]).unwrap();

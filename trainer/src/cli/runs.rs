@@ -49,9 +49,21 @@ pub fn format_runs_table(runs: &[RunListing]) -> String {
     out
 }
 
+/// The checkpoints dir of a command that reads runs from a local disk; an object-store URL
+/// is refused with the way to bring its runs down (`diffit sync`).
+pub(crate) fn local_dir<'a>(dir: &'a Path, command: &str) -> anyhow::Result<&'a Path> {
+    match remote::Location::parse(&dir.to_string_lossy()) {
+        Ok(remote::Location::Objects(url)) => anyhow::bail!(
+            "`diffit {command}` reads runs from a local checkpoints dir, not {url}: bring them \
+             down first with `diffit sync {url} DIR`, then pass --checkpoints DIR"
+        ),
+        _ => Ok(dir),
+    }
+}
+
 /// Prints the table of runs under `base_dir`.
 pub fn print_runs_table(base_dir: &Path) -> anyhow::Result<()> {
-    let runs = list_all_runs(base_dir)?;
+    let runs = list_all_runs(local_dir(base_dir, "runs list")?)?;
     if runs.is_empty() {
         println!("No training runs in {}", base_dir.display());
         return Ok(());
@@ -62,7 +74,7 @@ pub fn print_runs_table(base_dir: &Path) -> anyhow::Result<()> {
 
 /// Prints the summary of run `run_number`.
 pub fn show_run(base_dir: &Path, run_number: u32) -> anyhow::Result<()> {
-    let run = CheckpointManager::open_read_only(base_dir, run_number)
+    let run = CheckpointManager::open_read_only(local_dir(base_dir, "runs show")?, run_number)
         .with_context(|| format!("cannot show run {run_number}"))?;
     print!("{}", run.get_run_summary());
     Ok(())

@@ -8,8 +8,9 @@ use store::CheckpointManager;
 
 /// Verifies a run, printing one line per file; an error (non-zero exit) if any is damaged.
 pub fn verify_run(base_dir: &Path, run_number: u32) -> anyhow::Result<()> {
-    let run = CheckpointManager::open_read_only(base_dir, run_number)
-        .with_context(|| format!("cannot verify run {run_number}"))?;
+    let run =
+        CheckpointManager::open_read_only(super::runs::local_dir(base_dir, "verify")?, run_number)
+            .with_context(|| format!("cannot verify run {run_number}"))?;
     let report = run.verify();
     for path in &report.ok {
         println!("ok       {}", path.display());

@@ -211,6 +211,9 @@ pub struct CheckpointSettings {
     pub save_base_model: bool,
     /// Resume this run from its last valid checkpoint.
     pub resume_from_run: Option<u32>,
+    /// Upload every commit of a local run to this object-store URL in the background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl Default for CheckpointSettings {
@@ -225,6 +228,7 @@ impl Default for CheckpointSettings {
             mode: Mode::Min,
             save_base_model: true,
             resume_from_run: None,
+            mirror: None,
         }
     }
 }
@@ -310,9 +314,17 @@ pub struct Overrides {
     /// Training data: `trees` (procedural) or a folder of PNG/JPEG images.
     #[arg(long, value_name = "trees|DIR", value_parser = DataSource::parse)]
     pub data: Option<DataSource>,
-    /// Directory holding the runs (default: the config's `base_dir`, else `checkpoints`).
-    #[arg(long = "checkpoints", value_name = "DIR")]
+    /// Where the runs are: a directory (default: the config's `base_dir`, else
+    /// `checkpoints`) or an object-store URL (`s3://bucket/prefix`, `gs://…`, `az://…`).
+    #[arg(long = "checkpoints", value_name = "DIR|URL")]
     pub base_dir: Option<PathBuf>,
+    /// Also upload every commit to this bucket (`s3://bucket/prefix`) in the background.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Local directory a bucket's runs are written through (default: under
+    /// `~/.cache/diffit-lora/buckets/`).
+    #[arg(long, value_name = "DIR")]
+    pub staging: Option<PathBuf>,
     /// Run to use: an existing number opens that run, a new number creates it.
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: Option<u32>,
@@ -578,6 +590,9 @@ impl TrainingConfig {
         set(&mut t.seed, &o.seed);
         let c = &mut t.checkpoint;
         set(&mut c.base_dir, &o.base_dir);
+        if o.mirror.is_some() {
+            c.mirror = o.mirror.clone();
+        }
         if o.run_number.is_some() {
             c.run_number = o.run_number;
         }

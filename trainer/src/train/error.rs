@@ -73,6 +73,20 @@ pub enum TrainError {
     /// encoded), not anything the user did.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Object storage failed (opening a bucket, claiming or bringing a run).
+    #[error(transparent)]
+    Remote(Box<remote::RemoteError>),
+    /// The bucket a run is written to could not be brought up to its last commit.
+    #[error(
+        "cannot upload the run to {to}: {reason}; the last checkpoint committed there is \
+         intact, and so is the local copy: resume with --resume when the bucket is reachable"
+    )]
+    Upload {
+        /// `s3://bucket/prefix/run_NNN`.
+        to: String,
+        /// Why.
+        reason: String,
+    },
     /// The loss became NaN or infinite.
     #[error(
         "training diverged at epoch {epoch}, step {step}: loss is {loss}; the epoch was not \

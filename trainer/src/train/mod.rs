@@ -21,6 +21,7 @@ pub mod mlflow;
 pub mod optim;
 pub mod parallel;
 pub mod pretrain;
+pub mod replica;
 pub mod sample;
 pub mod scheduler;
 pub mod session;

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use super::pretrain::{
     base_model_config, cached_base_path, load_base, pretrain, same_weights, save_base,
     PretrainConfig, DEFAULT_PRETRAIN_SEED,
 };
+use super::replica;
 use super::state::{streams, TrainState};
 use super::tensorboard::EventWriter;
 use super::trainer::{FitOutcome, Trainer};
@@ -119,6 +120,7 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
 /// for another config).
 pub fn resolve_base(
     cfg: &TrainingConfig,
+    checkpoints: &Path,
     show: bool,
     stop: &Arc<AtomicBool>,
 ) -> Result<(HashMap<String, Tensor>, Config), TrainError> {
@@ -128,11 +130,7 @@ pub fn resolve_base(
         let loaded = load_base(path, &expected)?;
         return Ok((loaded.tensors, loaded.model_config.unwrap_or(expected)));
     }
-    let cached = cached_base_path(
-        &cfg.training.checkpoint.base_dir,
-        preset,
-        DEFAULT_PRETRAIN_SEED,
-    );
+    let cached = cached_base_path(checkpoints, preset, DEFAULT_PRETRAIN_SEED);
     if cached.exists() {
         // A cached base that does not read back (torn, damaged, another format) is pretrained
         // again rather than failing the run; the cache is ours to rebuild.
@@ -266,7 +264,7 @@ fn resume_base(
     candidates.push((
         "the pretrain cache".into(),
         cached_base_path(
-            &cfg.training.checkpoint.base_dir,
+            manager.layout().base_dir(),
             cfg.model.preset,
             DEFAULT_PRETRAIN_SEED,
         ),
@@ -338,14 +336,21 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
         req.config.training.checkpoint.resume_from_run
     };
 
-    let (cfg, manager, base, model_cfg) = match resume_run {
+    let (cfg, manager, base, model_cfg, replica) = match resume_run {
         Some(run) => {
             let base_dir = req
                 .overrides
                 .base_dir
                 .clone()
                 .unwrap_or_else(|| req.config.training.checkpoint.base_dir.clone());
-            let manager = CheckpointManager::open(&base_dir, run)?;
+            let mirror = req.overrides.mirror.as_deref().or(req
+                .config
+                .training
+                .checkpoint
+                .mirror
+                .as_deref());
+            let placement = replica::place(&base_dir, mirror, req.overrides.staging.as_deref())?;
+            let (manager, replica) = replica::open_for_resume(&placement, run, show)?;
             let saved = manager.load_config()?;
             let mut cfg = TrainingConfig::from_stored(
                 saved
@@ -366,25 +371,28 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.training.checkpoint.run_number = Some(run);
             cfg.validate()?;
             let (base, model_cfg) = resume_base(&manager, &cfg, &saved, requested_base, show)?;
-            (cfg, manager, base, model_cfg)
+            (cfg, manager, base, model_cfg, replica)
         }
         None => {
             let mut cfg = req.config.clone();
             cfg.apply(&req.overrides);
             cfg.validate()?;
-            let manager = CheckpointManager::open_or_create(
-                &cfg.training.checkpoint.base_dir,
-                &cfg.training.experiment_name,
-                cfg.training.checkpoint.run_number,
+            let c = &cfg.training.checkpoint;
+            let placement = replica::place(
+                &c.base_dir,
+                c.mirror.as_deref(),
+                req.overrides.staging.as_deref(),
             )?;
+            let (manager, replica) =
+                replica::create_run(&placement, &cfg.training.experiment_name, c.run_number)?;
             if !manager.metadata().checkpoints.is_empty() {
                 return Err(TrainError::Usage(format!(
                     "run {} already has checkpoints; pass --resume to continue it, or choose another --run-number",
                     manager.run_number()
                 )));
             }
-            let (base, model_cfg) = resolve_base(&cfg, show, &stop)?;
-            (cfg, manager, base, model_cfg)
+            let (base, model_cfg) = resolve_base(&cfg, &placement.local, show, &stop)?;
+            (cfg, manager, base, model_cfg, replica)
         }
     };
     let run_number = manager.run_number();
@@ -422,6 +430,21 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             &cfg.training.checkpoint,
         ))
         .with_callback(tb);
+    if let Some((replica, role)) = replica {
+        say(
+            show,
+            &format!(
+                "{} every commit of run {run_number:03} to {}",
+                match role {
+                    replica::Role::Home => "writing",
+                    replica::Role::Mirror => "mirroring",
+                },
+                replica.bucket_name()
+            ),
+        );
+        // After the checkpoint callback: each push carries what it has just committed.
+        trainer = trainer.with_callback(replica::ReplicaCallback::start(replica, role, show)?);
+    }
     if let Some(mlflow) = super::mlflow::callback_for(shared.clone(), &state) {
         say(
             show,

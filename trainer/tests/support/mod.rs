@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod s3;
+
 /// `diffit args…`, waited for, with no stdin.
 pub fn diffit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_diffit"))

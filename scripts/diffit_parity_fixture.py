@@ -8,7 +8,8 @@ the official `diffit/diffit.py` (NVlabs/DiffiT, commit 9f6f0a57), which this rep
 not vendor:
 
     python3 scripts/diffit_parity_fixture.py PATH/TO/diffit.py \
-        [--out model/tests/fixtures/diffit_official_tiny.safetensors]
+        [--out model/tests/fixtures/diffit_official_tiny.safetensors] \
+        [--pt-out trainer/tests/fixtures/diffit_official_tiny_f16.pt]
 
 On Debian 12, `apt-get install python3-torch python3-torchvision python3-numpy` (torch 1.13;
 timm imports torchvision) and `pip install --no-deps timm==0.9.16 safetensors` in a venv made
@@ -23,6 +24,9 @@ The file holds:
   null class);
 - `parity.stage.*`: the time features, the time token, the condition (time + label token)
   the blocks see, the patch tokens plus positions, each block's output and the final output.
+
+It also writes the same state_dict in float16 with `torch.save` (the zip format), as
+`.pt` files are shared, for `trainer/tests/import.rs` (candle's pickle reader, float16 weights).
 """
 
 import argparse
@@ -89,6 +93,11 @@ def main() -> None:
         type=Path,
         default=Path("model/tests/fixtures/diffit_official_tiny.safetensors"),
     )
+    parser.add_argument(
+        "--pt-out",
+        type=Path,
+        default=Path("trainer/tests/fixtures/diffit_official_tiny_f16.pt"),
+    )
     args = parser.parse_args()
 
     official = load_official(args.diffit_py)
@@ -141,6 +150,14 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=metadata)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {len(tensors)} tensors)")
+
+    half = {
+        k: (v.half() if v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
+    args.pt_out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(half, args.pt_out)
+    print(f"wrote {args.pt_out} ({args.pt_out.stat().st_size} bytes, {len(half)} tensors)")
 
 
 if __name__ == "__main__":

@@ -63,9 +63,17 @@ pub const STATE_DICT: &[(&str, Role)] = &[
     ("final_layer.linear.bias", Role::Same),
 ];
 
-/// How far a file's `pos_embed` may be from ours: both are `f64` sin-cos rounded to `f32`, so
-/// they differ by at most an ulp of values in `[-1, 1]` (6e-8) where the `f64` sines differ.
-const POS_EMBED_TOLERANCE: f32 = 1e-6;
+/// How far a file's `pos_embed` may be from ours: both are the `f64` sin-cos rounded to the
+/// file's type, so they differ by at most an ulp of values in `[-1, 1]` of that type (where
+/// the `f64` sines differ in their last bit): 6e-8 in `f32`, 2⁻¹⁰ in `f16`, 2⁻⁷ in `bf16`.
+/// The hybrid's order or a shifted grid is off by 0.1 or more.
+fn pos_embed_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 2f32.powi(-10),
+        DType::BF16 => 2f32.powi(-7),
+        _ => 1e-6,
+    }
+}
 
 /// One official tensor of a configuration: its name, shape and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,6 +479,7 @@ pub fn import_state_dict(tensors: HashMap<String, Tensor>) -> Result<Imported, S
             )));
             continue;
         }
+        let stored = value.dtype();
         let value = value.to_dtype(DType::F32)?;
         let values = value.flatten_all()?.to_vec1::<f32>()?;
         if values.iter().any(|v| !v.is_finite()) {
@@ -494,7 +503,7 @@ pub fn import_state_dict(tensors: HashMap<String, Tensor>) -> Result<Imported, S
                     &value.reshape((1, n, config.hidden_size))?,
                     &positions,
                 )?;
-                if diff > POS_EMBED_TOLERANCE {
+                if diff > pos_embed_tolerance(stored) {
                     problems.push(bad(format!(
                         "is not the fixed 2-D sin-cos embedding (off by up to {diff:e})"
                     )));
@@ -669,6 +678,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn half_precision_files_import_with_their_rounding() {
+        let cfg = Config::published_tiny();
+        let ours = init_base_tensors(&cfg, &mut Rng::new(11), &Device::Cpu).unwrap();
+        let half: HashMap<String, Tensor> = export_state_dict(&cfg, &ours)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if v.dtype() == DType::F32 {
+                    v.to_dtype(DType::F16).unwrap()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect();
+        let back = import_state_dict(half).unwrap();
+        assert_eq!(back.config, cfg);
+        let w = "blocks.0.attn.qkv.weight";
+        assert_eq!(back.tensors[w].dtype(), DType::F32);
+        assert!(crate::max_abs_diff(&back.tensors[w], &ours[w]) < 1e-3);
     }
 
     #[test]

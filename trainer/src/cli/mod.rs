@@ -5,6 +5,7 @@
 //! error to an exit code with [`exit::exit_code`]).
 
 pub mod exit;
+pub mod official;
 pub mod pretrain;
 pub mod runs;
 pub mod sample;
@@ -52,8 +53,12 @@ pub enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Sample an image grid from a run's checkpoint (base + LoRA fused, DDIM).
     Sample(sample::SampleArgs),
-    /// Export a run's checkpoint as merged weights or a PEFT adapter folder.
+    /// Export a run's checkpoint as merged weights or a PEFT adapter folder, or a run or base
+    /// file as NVlabs' official DiffiT state_dict.
     Export(sample::ExportArgs),
+    /// Convert NVlabs' official DiffiT weights (a state_dict in safetensors or a PyTorch
+    /// .pt/.pth) into a base model file.
+    Import(official::ImportArgs),
     /// Copy runs between a checkpoints dir and object storage (either way): only what
     /// differs, verified by checksum, metadata.json last.
     Sync(sync::SyncArgs),
@@ -140,6 +145,7 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain::pretrain(&args, stop),
         Command::Sample(args) => sample::sample(&args),
         Command::Export(args) => sample::export(&args),
+        Command::Import(args) => official::import(&args),
         Command::Sync(args) => sync::sync(&args),
         Command::Runs {
             command: RunsCommand::Show(args),

@@ -1,9 +1,11 @@
-//! `diffit sample` and `diffit export`: use a trained run's checkpoint.
+//! `diffit sample` and `diffit export`: use a trained run's checkpoint (or, for the official
+//! format, a base file).
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use super::official::{export_official, OfficialSource};
 use super::values;
 use crate::train::error::TrainError;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
@@ -47,18 +49,30 @@ pub enum ExportFormat {
     Merged,
     /// A PEFT adapter folder: adapter_model.safetensors + adapter_config.json.
     Peft,
+    /// NVlabs' official DiffiT state_dict (safetensors), for the published architecture:
+    /// `--checkpoint base` (or `--base FILE`) the base alone, otherwise LoRA fused in.
+    Official,
 }
 
 /// `diffit export` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
     /// The run to export.
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
-    pub run_number: u32,
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = values::count::<u32>(),
+        required_unless_present = "base",
+        conflicts_with = "base"
+    )]
+    pub run_number: Option<u32>,
+    /// A base model file to export instead of a run (`--format official` only).
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Output file (merged) or folder (peft).
+    /// Output file (merged, official) or folder (peft).
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
     /// Checkpoint: best, last or epoch_NNN.
@@ -92,20 +106,52 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
 /// Runs `diffit export`.
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let name = checkpoint_name(&args.checkpoint)?;
-    if name == CheckpointName::Base {
-        return Err(TrainError::Usage(
-            "--checkpoint base has no adapters; export best, last or epoch_NNN".into(),
-        )
-        .into());
-    }
-    let model = load_fused(&args.checkpoints, args.run_number, name)?;
-    let path = match args.format {
-        ExportFormat::Merged => export_merged(&model, &args.out)?,
-        ExportFormat::Peft => {
-            let base = CheckpointName::Base.relative_path(args.run_number);
-            export_peft(&model, &args.out, &base)?
+    let path = match (args.format, &args.base, args.run_number) {
+        (ExportFormat::Official, Some(base), _) => {
+            export_official(&OfficialSource::Base(base.clone()), &args.out)?
+        }
+        (ExportFormat::Official, None, Some(run_number)) => export_official(
+            &OfficialSource::Run {
+                checkpoints: args.checkpoints.clone(),
+                run_number,
+                checkpoint: name,
+            },
+            &args.out,
+        )?,
+        (_, Some(_), _) => {
+            return Err(TrainError::Usage(
+                "--base exports only --format official; merged and peft export a run's \
+                 adapters (pass --run-number)"
+                    .into(),
+            )
+            .into())
+        }
+        (format, None, Some(run_number)) => export_run(args, format, run_number, name)?,
+        (_, None, None) => {
+            return Err(TrainError::Usage("pass --run-number or --base".into()).into())
         }
     };
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// `diffit export --format merged|peft` of a run's adapters.
+fn export_run(
+    args: &ExportArgs,
+    format: ExportFormat,
+    run_number: u32,
+    name: CheckpointName,
+) -> Result<PathBuf, TrainError> {
+    if name == CheckpointName::Base {
+        return Err(TrainError::Usage(
+            "--checkpoint base has no adapters; export best, last or epoch_NNN".into(),
+        ));
+    }
+    let model = load_fused(&args.checkpoints, run_number, name)?;
+    if format == ExportFormat::Peft {
+        let base = CheckpointName::Base.relative_path(run_number);
+        export_peft(&model, &args.out, &base)
+    } else {
+        export_merged(&model, &args.out)
+    }
 }

@@ -439,9 +439,15 @@ pub fn import_state_dict(tensors: HashMap<String, Tensor>) -> Result<Imported, S
         &device,
     )?;
     let n = config.num_tokens();
-    let index: Vec<i64> = relative_position_index(config.grid_size(), &device)?
-        .to_dtype(DType::I64)?
-        .to_vec1()?;
+    // N² entries: computed only when the file holds index buffers of that size (a model
+    // without blocks needs none, whatever its token count).
+    let index: Vec<i64> = if config.depth > 0 {
+        relative_position_index(config.grid_size(), &device)?
+            .to_dtype(DType::I64)?
+            .to_vec1()?
+    } else {
+        Vec::new()
+    };
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for t in &expected {

@@ -190,7 +190,11 @@ fn a_run_written_into_a_bucket_resumes_on_an_empty_machine(
     // Commands that read runs from a disk say how to bring a bucket's runs down.
     let out = s3.diffit(&["runs", "list", "--checkpoints", url]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("diffit sync s3://runs/home DIR"), "{}", text(&out));
+    assert!(
+        text(&out).contains("diffit sync s3://runs/home DIR"),
+        "{}",
+        text(&out)
+    );
 }
 
 fn a_mirrored_run_resumes_from_the_mirror(s3: &S3Server, dir: &Path, reference: &[u8]) {

@@ -24,7 +24,7 @@ use format::layout::{parse_run_dir_name, run_dir_name, BASE_MODEL_DIR, LORA_DIR,
 use format::Metadata;
 
 use super::bucket::{Bucket, ObjectVersion};
-use super::sync::{run_files, sync_run, Guard, Side};
+use super::sync::{run_files, sync_run, Guard, OwnCommits, Side};
 use super::{RemoteError, Result, SyncReport};
 
 /// How many numbers past the highest listed one a claim tries before giving up (other
@@ -40,8 +40,9 @@ pub struct RunReplica {
     /// `s3://bucket/prefix`.
     name: String,
     run: u32,
-    /// The version of the bucket's `metadata.json` this replica wrote (or found) last.
-    committed: Option<ObjectVersion>,
+    /// The version of the bucket's `metadata.json` this replica wrote (or found) last, and
+    /// the bytes it last tried to commit.
+    own: OwnCommits,
     /// The bucket's copy has not been checked yet ([`RunReplica::follow`]).
     unchecked: bool,
 }
@@ -57,7 +58,10 @@ impl RunReplica {
             name: bucket.name().to_string(),
             bucket: Side::Remote(bucket),
             run,
-            committed,
+            own: OwnCommits {
+                committed,
+                attempted: None,
+            },
             unchecked: false,
         }
     }
@@ -131,7 +135,7 @@ impl RunReplica {
             &mut report,
             Guard::AsRead,
         )?;
-        replica.committed = synced.source;
+        replica.own.committed = synced.source;
         if let Some(metadata) = &synced.metadata {
             replica.remove_leftovers(metadata)?;
         }
@@ -170,7 +174,7 @@ impl RunReplica {
                 local: local.join(run_dir_name(self.run)),
             });
         }
-        self.committed = Some(version);
+        self.own.committed = Some(version);
         self.remove_leftovers(&theirs)
     }
 
@@ -215,14 +219,13 @@ impl RunReplica {
             self.unchecked = false;
         }
         let mut report = SyncReport::default();
-        let synced = sync_run(
+        sync_run(
             &self.local,
             &self.bucket,
             self.run,
             &mut report,
-            Guard::Ours(self.committed.as_ref()),
+            Guard::Ours(&mut self.own),
         )?;
-        self.committed = synced.committed;
         Ok(report)
     }
 }

@@ -212,14 +212,25 @@ impl Side {
 }
 
 /// Which version of the destination's `metadata.json` a sync may replace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) enum Guard<'a> {
     /// The version the sync read when it began (`diffit sync`).
     AsRead,
-    /// The version this writer committed last (`None`: none, the run is new to the
-    /// destination): a replica that another writer has moved on from fails before writing.
-    /// Files the new metadata no longer names are removed after the commit.
-    Ours(Option<&'a ObjectVersion>),
+    /// Only this writer's own last commit: a replica that another writer has moved on from
+    /// fails before writing. Files the new metadata no longer names are removed after the
+    /// commit.
+    Ours(&'a mut OwnCommits),
+}
+
+/// What a replica knows of its own commits to the destination.
+#[derive(Debug, Default)]
+pub(crate) struct OwnCommits {
+    /// The version its last commit wrote (`None`: none; the run is new to the destination).
+    pub committed: Option<ObjectVersion>,
+    /// The bytes of its last commit attempt. A commit whose answer was lost (a cut
+    /// connection) may still have landed: when the destination holds exactly these bytes, that
+    /// version is this writer's own.
+    pub attempted: Option<Bytes>,
 }
 
 /// What syncing one run found and did.
@@ -227,8 +238,6 @@ pub(crate) enum Guard<'a> {
 pub(crate) struct RunSynced {
     /// The version of the source's `metadata.json` that was copied.
     pub source: Option<ObjectVersion>,
-    /// The version of the destination's `metadata.json` now.
-    pub committed: Option<ObjectVersion>,
     /// The source's metadata, as copied.
     pub metadata: Option<Metadata>,
 }
@@ -326,25 +335,34 @@ pub(crate) fn sync_run(
         Some((bytes, version)) => (Some(bytes), version),
         None => (None, None),
     };
-    // A replica checks first that nobody else has committed since it did (even an identical
-    // commit: the run has two writers then).
-    let expected = match guard {
+    // A replica checks first that nobody else has committed since it did: the destination
+    // must hold its own last commit, or its last attempt (whose answer may have been lost).
+    let replica = matches!(guard, Guard::Ours(_));
+    let expected = match &guard {
         Guard::AsRead => dst_version.clone(),
-        Guard::Ours(ours) => {
-            if matches!(dst, Side::Remote(_)) && dst_version.as_ref() != ours {
+        Guard::Ours(own) => {
+            let own_after_all = own.attempted.is_some() && dst_bytes == own.attempted;
+            if matches!(dst, Side::Remote(_)) && dst_version != own.committed && !own_after_all {
                 return Err(RemoteError::Superseded {
                     object: dst.name(&meta_rel),
                 });
             }
-            ours.cloned()
+            dst_version.clone()
         }
+    };
+    let mut own = match guard {
+        Guard::Ours(own) => {
+            // What the destination holds now is this writer's.
+            own.committed = dst_version.clone();
+            Some(own)
+        }
+        Guard::AsRead => None,
     };
     if dst_bytes.as_ref() == Some(&meta_bytes) {
         report.runs.push(n);
         report.unchanged += 1;
         return Ok(RunSynced {
             source,
-            committed: dst_version,
             metadata: Some(meta),
         });
     }
@@ -425,10 +443,16 @@ pub(crate) fn sync_run(
         dst.write(&file.rel, bytes)?;
         report.copied += 1;
     }
+    if let Some(own) = own.as_mut() {
+        own.attempted = Some(meta_bytes.clone());
+    }
     let committed = dst.commit(&meta_rel, meta_bytes, expected.as_ref())?;
+    if let Some(own) = own {
+        own.committed = committed;
+    }
     report.copied += 1;
     report.runs.push(n);
-    if let (Guard::Ours(_), Some(old)) = (guard, &dst_meta) {
+    if let (true, Some(old)) = (replica, &dst_meta) {
         // What the replaced metadata named and this one does not (epochs retention removed,
         // a replaced base) is referenced by nothing now.
         let named: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
@@ -440,7 +464,6 @@ pub(crate) fn sync_run(
     }
     Ok(RunSynced {
         source,
-        committed,
         metadata: Some(meta),
     })
 }

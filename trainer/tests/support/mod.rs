@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod faulty_proxy;
 pub mod s3;
 
 /// `diffit args…`, waited for, with no stdin.

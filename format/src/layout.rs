@@ -33,6 +33,9 @@ pub const LOCK_FILE: &str = ".lock";
 pub const TENSOR_EXT: &str = "safetensors";
 /// Marker in the name of temporary files; anything holding it is a crash leftover.
 pub const TEMP_MARKER: &str = ".tmp-";
+/// Suffix of an epoch file's replacement that metadata already names but that is not yet
+/// renamed into place (an epoch losing its optimizer state); a writer finishes the rename.
+pub const PENDING_SUFFIX: &str = ".pending";
 
 /// `run_001`, ..., `run_999`, `run_1000`: at least three digits.
 pub fn run_dir_name(run_number: u32) -> String {

@@ -227,6 +227,10 @@ pub struct CheckpointRecord {
     /// disk for inspection but is never resumed from, pruned, `best` or `last`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// The file keeps the LoRA weights and metrics but no optimizer state
+    /// (`keep_optimizer_last_n`): it can be sampled and exported, not resumed from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weights_only: bool,
     /// Fields unknown to this version.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -236,6 +240,11 @@ impl CheckpointRecord {
     /// Its file is on disk and usable: neither removed by retention nor found damaged.
     pub fn is_live(&self) -> bool {
         !self.removed && self.damaged.is_none()
+    }
+
+    /// Training can resume from it: live, with its optimizer state.
+    pub fn is_resumable(&self) -> bool {
+        self.is_live() && !self.weights_only
     }
 }
 

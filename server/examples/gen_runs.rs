@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
                 global_step: Some(epoch as u64 * 100),
                 removed: epoch <= 5,
                 damaged: None,
+                weights_only: false,
                 extra: Default::default(),
             });
         }

@@ -59,6 +59,7 @@ async fn streaming_a_large_file_keeps_memory_flat() {
         global_step: None,
         removed: false,
         damaged: None,
+        weights_only: false,
         extra: Default::default(),
     });
     write_meta(&layout, &meta);

@@ -44,7 +44,7 @@ pub use listing::{list_all_runs, run_info, RunListing};
 pub use load::{Resume, Which};
 pub use lock::writer_active;
 pub use manager::{now, read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};
-pub use retention::RetentionPolicy;
+pub use retention::{RetentionPlan, RetentionPolicy};
 pub use saved::{SavedBase, SavedCheckpoint};
 pub use tensor_file::{
     read_header, HeaderError, HeaderMetadata, StoredTensor, TensorFile, TensorFileHeader, TensorMap,

@@ -105,7 +105,10 @@ impl CheckpointManager {
         }
     }
 
-    fn load_checkpoint_file(path: &Path, record: &CheckpointRecord) -> Result<LoraCheckpoint> {
+    pub(crate) fn load_checkpoint_file(
+        path: &Path,
+        record: &CheckpointRecord,
+    ) -> Result<LoraCheckpoint> {
         let file = read_tensor_file(path, record_digest(record).as_ref())?;
         let checkpoint = LoraCheckpoint::from_tensor_file(path, file)?;
         if checkpoint.epoch != record.epoch {
@@ -127,12 +130,20 @@ impl CheckpointManager {
     }
 
     /// The newest checkpoint that loads and verifies, passing over damaged ones with a warning
-    /// naming each; `None` for a run with no saved epoch.
+    /// naming each, and never one kept without its optimizer state (`weights_only`); `None`
+    /// for a run with no saved epoch.
     pub fn load_for_resume(&self) -> Result<Option<Resume>> {
-        let mut live: Vec<&CheckpointRecord> = self.metadata.live_checkpoints().collect();
-        if live.is_empty() {
+        let all_live: Vec<&CheckpointRecord> = self.metadata.live_checkpoints().collect();
+        if all_live.is_empty() {
             return Ok(None);
         }
+        let weights_only: Vec<String> = all_live
+            .iter()
+            .filter(|c| c.weights_only)
+            .map(|c| c.epoch.to_string())
+            .collect();
+        let mut live: Vec<&CheckpointRecord> =
+            all_live.into_iter().filter(|c| c.is_resumable()).collect();
         live.sort_by_key(|c| std::cmp::Reverse(c.epoch));
         let (mut skipped, mut skipped_epochs) = (Vec::new(), Vec::new());
         for record in live {
@@ -153,9 +164,16 @@ impl CheckpointManager {
                 }
             }
         }
+        let mut damaged: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        if !weights_only.is_empty() {
+            damaged.push(format!(
+                "epoch {} kept no optimizer state (keep_optimizer_last_n) and cannot be resumed from",
+                weights_only.join(", ")
+            ));
+        }
         Err(StoreError::NoValidCheckpoint {
             run_dir: self.layout.root(),
-            damaged: skipped.iter().map(ToString::to_string).collect(),
+            damaged,
         })
     }
 

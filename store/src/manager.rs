@@ -206,6 +206,7 @@ impl CheckpointManager {
     /// list as live (written but never committed, or removed but not yet deleted) and points
     /// `best`/`last` at the epochs metadata names.
     pub(crate) fn repair(&self) -> Result<()> {
+        self.finish_pending()?;
         let lora_dir = self.layout.lora_dir();
         let entries = match fs::read_dir(&lora_dir) {
             Ok(entries) => entries,

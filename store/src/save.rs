@@ -1,15 +1,16 @@
 //! Saving epochs: the tensor file first, then `metadata.json` naming it (the commit point), then
 //! the `best`/`last` links; and retention, which marks epochs removed before deleting files.
 
+use format::layout::PENDING_SUFFIX;
 use format::{BestCheckpoint, CheckpointName, CheckpointRecord, Mode};
 use serde_json::Map;
 
 use super::atomic::{link_or_copy_unsynced, remove_if_exists, sync_dir};
 use super::best::BestPolicy;
 use super::checkpoint::LoraCheckpoint;
-use super::error::{Result, StoreError};
+use super::error::{IoContext, Result, StoreError};
 use super::manager::{now, upsert_epoch_metrics, CheckpointManager};
-use super::retention::RetentionPolicy;
+use super::retention::{RetentionPlan, RetentionPolicy};
 use super::saved::SavedCheckpoint;
 use super::tensor_file::write_tensor_file;
 
@@ -47,6 +48,7 @@ impl CheckpointManager {
             global_step: Some(checkpoint.global_step),
             removed: false,
             damaged: None,
+            weights_only: false,
             extra: Map::new(),
         };
         let mut next = self.metadata.clone();
@@ -102,26 +104,130 @@ impl CheckpointManager {
         keep_last_n: usize,
         keep_best: bool,
     ) -> Result<Vec<u32>> {
+        Ok(self
+            .apply_retention(RetentionPolicy::new(keep_last_n, keep_best))?
+            .delete)
+    }
+
+    /// Applies a [`RetentionPolicy`] (top-k ranked by the run's monitored metric): deletes what
+    /// it says to delete (entries stay, marked `removed`) and rewrites the epochs that lose
+    /// their optimizer state (entries marked `weights_only`, with the new checksum), in one
+    /// metadata commit. The rewritten files are written whole beside their epoch file first
+    /// (`epoch_NNN.safetensors.pending`) and renamed into place after the commit; a crash in
+    /// between is finished by the next writer ([`CheckpointManager::open`]).
+    pub fn apply_retention(&mut self, policy: RetentionPolicy) -> Result<RetentionPlan> {
         self.require_writer("clean up checkpoints")?;
         let best = self.metadata.best_checkpoint.as_ref().map(|b| b.epoch);
-        let doomed = RetentionPolicy::new(keep_last_n, keep_best)
-            .apply_to_history(&self.metadata.checkpoints, best);
-        if doomed.is_empty() {
-            return Ok(doomed);
+        let ranking = BestPolicy::new(
+            self.metadata
+                .monitor
+                .clone()
+                .unwrap_or_else(|| "val_loss".to_string()),
+            self.metadata.mode.unwrap_or_default(),
+        );
+        let mut plan = policy.plan_history(&self.metadata.checkpoints, best, Some(&ranking));
+        if plan.delete.is_empty() && plan.strip_optimizer.is_empty() {
+            return Ok(plan);
         }
         let mut next = self.metadata.clone();
+        let mut pending = Vec::new();
+        let mut stripped = Vec::new();
+        for &epoch in &plan.strip_optimizer {
+            let Some(record) = self.metadata.checkpoint(epoch) else {
+                continue;
+            };
+            let path = self.layout.checkpoint(CheckpointName::Epoch(epoch));
+            // A file that no longer verifies is left as it is; a resume will find it damaged.
+            let mut checkpoint = match Self::load_checkpoint_file(&path, record) {
+                Ok(checkpoint) => checkpoint,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "not dropping the optimizer state of a checkpoint that does not load: {e}");
+                    continue;
+                }
+            };
+            checkpoint.optimizer_tensors.clear();
+            checkpoint.optimizer = serde_json::Value::Null;
+            let temp = pending_path(&path);
+            let digest =
+                write_tensor_file(&temp, checkpoint.all_tensors(&temp)?, &checkpoint.header())?;
+            if let Some(r) = next.checkpoints.iter_mut().find(|c| c.epoch == epoch) {
+                r.checksum = Some(digest.checksum);
+                r.size = Some(digest.size);
+                r.weights_only = true;
+            }
+            pending.push((temp, path));
+            stripped.push(epoch);
+        }
+        plan.strip_optimizer = stripped;
         for record in next
             .checkpoints
             .iter_mut()
-            .filter(|c| doomed.contains(&c.epoch))
+            .filter(|c| plan.delete.contains(&c.epoch))
         {
             record.removed = true;
         }
         self.commit(next)?;
-        for &epoch in &doomed {
+        for &epoch in &plan.delete {
             remove_if_exists(&self.layout.checkpoint(CheckpointName::Epoch(epoch)))?;
         }
+        for (temp, path) in &pending {
+            std::fs::rename(temp, path).ctx("rename", temp)?;
+        }
         sync_dir(&self.layout.lora_dir())?;
-        Ok(doomed)
+        // `best` was a link to the replaced file; it follows the new one.
+        if let Some(best) = best.filter(|b| plan.strip_optimizer.contains(b)) {
+            self.ensure_link(CheckpointName::Epoch(best), CheckpointName::Best)?;
+        }
+        Ok(plan)
     }
+
+    /// Finishes the renames of [`apply_retention`](Self::apply_retention) that a crash
+    /// interrupted: a pending file whose size metadata records for its epoch replaces the
+    /// epoch file; any other pending file was never committed and is deleted.
+    pub(crate) fn finish_pending(&self) -> Result<()> {
+        let lora_dir = self.layout.lora_dir();
+        let entries = match std::fs::read_dir(&lora_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("list", lora_dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx("list", &lora_dir)?;
+            let temp = entry.path();
+            let Some(target) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(PENDING_SUFFIX))
+                .map(|n| lora_dir.join(n))
+            else {
+                continue;
+            };
+            let epoch = target
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<CheckpointName>().ok());
+            let size = entry.metadata().ctx("stat", &temp)?.len();
+            let committed = match epoch {
+                Some(CheckpointName::Epoch(e)) => self
+                    .metadata
+                    .checkpoint(e)
+                    .is_some_and(|r| r.is_live() && r.weights_only && r.size == Some(size)),
+                _ => false,
+            };
+            if committed {
+                tracing::info!(file = %target.display(), "finished replacing a checkpoint by its weights-only version");
+                std::fs::rename(&temp, &target).ctx("rename", &temp)?;
+            } else {
+                remove_if_exists(&temp)?;
+            }
+        }
+        sync_dir(&lora_dir)
+    }
+}
+
+/// Where the replacement of `epoch_file` waits for its rename.
+fn pending_path(epoch_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = epoch_file.as_os_str().to_owned();
+    name.push(PENDING_SUFFIX);
+    std::path::PathBuf::from(name)
 }

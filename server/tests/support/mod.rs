@@ -188,6 +188,7 @@ pub fn add_epoch(layout: &RunLayout, meta: &mut Metadata, epoch: u32) {
         global_step: Some(epoch as u64 * 10),
         removed: false,
         damaged: None,
+        weights_only: false,
         extra: Default::default(),
     });
 }

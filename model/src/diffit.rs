@@ -12,7 +12,8 @@ use candle_nn::{Init, VarBuilder};
 use super::lora::{matches_target, LoraLinear};
 use super::ops::{gated_add, gelu, softmax};
 use super::params::{
-    bias_table_shape, label_table_shape, linear_specs, InitKind, LinearSpec, LABEL_TABLE,
+    bias_table_shape, label_table_shape, linear_specs, InitKind, LinearSpec, LABEL_EMBEDDER,
+    LABEL_TABLE,
 };
 use super::{Architecture, Config, LoraConfig, ModelError};
 use crate::rng::Rng;
@@ -345,6 +346,8 @@ pub struct DiffiT {
     t_mlp0: LoraLinear,
     t_mlp2: LoraLinear,
     label_table: Option<Tensor>,
+    /// A LoRA adapter `(A, B, scaling)` of the label table ([`LABEL_EMBEDDER`] targeted).
+    label_adapter: Option<(Tensor, Tensor, f64)>,
     blocks: Vec<DiffiTBlock>,
     final_modulation: Option<LoraLinear>,
     final_linear: LoraLinear,
@@ -389,8 +392,21 @@ impl DiffiT {
                 )
             })
             .transpose()?;
+        let label_adapter = match (cfg.label_rows(), &factory.lora) {
+            (Some(rows), Some((l, lvb)))
+                if l.target_modules
+                    .iter()
+                    .any(|t| matches_target(LABEL_EMBEDDER, t)) =>
+            {
+                let (a, b, l) =
+                    LoraLinear::load_adapter(l, lvb, LABEL_EMBEDDER, cfg.hidden_size, rows)?;
+                Some((a, b, l.scaling()))
+            }
+            _ => None,
+        };
         Ok(Self {
             cfg: cfg.clone(),
+            label_adapter,
             x_embedder: factory.linear(&base.pp("x_embedder").pp("proj"))?,
             pos_embed: pos_embed(cfg.grid_size(), cfg.hidden_size, cfg.architecture, &device)?,
             t_mlp0: factory.linear(&base.pp("t_embedder").pp("mlp").pp(0))?,
@@ -487,7 +503,14 @@ impl DiffiT {
                 labels.to_dtype(DType::U32)?
             }
         };
-        Ok(Some(table.index_select(&index, 0)?))
+        let rows = table.index_select(&index, 0)?;
+        let Some((a, b, scaling)) = &self.label_adapter else {
+            return Ok(Some(rows));
+        };
+        // Row `y` of `table + s·B·A` is `table[y] + (s·B[y])·A` (no dropout: an embedding
+        // has no input to drop, as in PEFT).
+        let low = (b.index_select(&index, 0)? * *scaling)?;
+        Ok(Some((rows + low.matmul(a)?)?))
     }
 
     fn run(

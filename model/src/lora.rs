@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::params::{base_tensor_shapes, linear_specs};
+use super::params::{base_tensor_shapes, linear_specs, LABEL_EMBEDDER};
 use super::{Config, LoraConfig, ModelError};
 use crate::rng::Rng;
 use format::tensors::{is_lora_tensor, lora_a_name, lora_b_name, lora_module, OPTIMIZER_PREFIX};
@@ -182,29 +182,36 @@ impl LoraLinear {
 
 /// Module paths that get adapters under `lora` (e.g. `blocks.0.attn.qkv`), in module order.
 pub fn lora_target_paths(cfg: &Config, lora: &LoraConfig) -> Vec<String> {
-    linear_specs(cfg)
+    adapted_modules(cfg, lora)
         .into_iter()
-        .filter(|s| {
-            lora.target_modules
-                .iter()
-                .any(|t| matches_target(&s.path, t))
-        })
-        .map(|s| s.path)
+        .map(|(path, _, _)| path)
         .collect()
+}
+
+/// `(module path, in, out)` of every module with an adapter under `lora`, in module order:
+/// the targeted linear layers, then the label table (as a linear map `hidden → rows`) when the
+/// model has one and [`LABEL_EMBEDDER`] is targeted.
+fn adapted_modules(cfg: &Config, lora: &LoraConfig) -> Vec<(String, usize, usize)> {
+    let targeted = |path: &str| lora.target_modules.iter().any(|t| matches_target(path, t));
+    let mut out: Vec<(String, usize, usize)> = linear_specs(cfg)
+        .into_iter()
+        .filter(|s| targeted(&s.path))
+        .map(|s| (s.path, s.in_dim, s.out_dim))
+        .collect();
+    if let Some(rows) = cfg.label_rows() {
+        if targeted(LABEL_EMBEDDER) {
+            out.push((LABEL_EMBEDDER.to_string(), cfg.hidden_size, rows));
+        }
+    }
+    out
 }
 
 /// Every LoRA tensor name with its shape (`A`: `r × in`, `B`: `out × r`), in module order.
 pub fn lora_tensor_shapes(cfg: &Config, lora: &LoraConfig) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
-    for s in linear_specs(cfg) {
-        if lora
-            .target_modules
-            .iter()
-            .any(|t| matches_target(&s.path, t))
-        {
-            out.push((lora_a_name(&s.path), vec![lora.r, s.in_dim]));
-            out.push((lora_b_name(&s.path), vec![s.out_dim, lora.r]));
-        }
+    for (path, in_dim, out_dim) in adapted_modules(cfg, lora) {
+        out.push((lora_a_name(&path), vec![lora.r, in_dim]));
+        out.push((lora_b_name(&path), vec![out_dim, lora.r]));
     }
     out
 }
@@ -396,6 +403,55 @@ fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adapter_on_the_label_table_learns_classes_and_fuses_into_it() {
+        use crate::{init_base_tensors, DiffiT};
+        let cfg = Config::published_tiny();
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(4);
+        let mut base = init_base_tensors(&cfg, &mut rng, &dev).unwrap();
+        let head = "final_layer.linear.weight";
+        let shape = base[head].dims().to_vec();
+        base.insert(
+            head.into(),
+            (rng.normal_tensor(shape.as_slice(), &dev).unwrap() * 0.3).unwrap(),
+        );
+        let mut lora = LoraConfig {
+            r: 4,
+            ..LoraConfig::default()
+        };
+        lora.target_modules.push(LABEL_EMBEDDER.into());
+        assert!(lora_target_paths(&cfg, &lora).contains(&LABEL_EMBEDDER.to_string()));
+        // Not for a model without labels.
+        assert!(!lora_target_paths(&Config::tiny(), &lora).contains(&LABEL_EMBEDDER.to_string()));
+        let mut adapters = init_lora_tensors(&cfg, &lora, &mut rng, &dev).unwrap();
+        let rows = cfg.label_rows().unwrap();
+        assert_eq!(adapters[&lora_b_name(LABEL_EMBEDDER)].dims(), &[rows, 4]);
+        let build = |base: &HashMap<String, Tensor>, adapters: Option<&HashMap<String, Tensor>>| {
+            let vb = VarBuilder::from_tensors(base.clone(), DType::F32, &dev);
+            let lvb =
+                adapters.map(|a| (&lora, VarBuilder::from_tensors(a.clone(), DType::F32, &dev)));
+            DiffiT::new(&cfg, vb, lvb).unwrap()
+        };
+        let x = rng.normal_tensor((3, 3, 16, 16), &dev).unwrap();
+        let t = Tensor::new(&[10f32, 500., 990.], &dev).unwrap();
+        let y = Tensor::new(&[0u32, 2, 7], &dev).unwrap();
+        let out = |m: &DiffiT| m.forward_labeled(&x, &t, Some(&y), None).unwrap();
+        let plain = out(&build(&base, None));
+        assert_eq!(
+            crate::max_abs_diff(&plain, &out(&build(&base, Some(&adapters)))),
+            0.0
+        );
+        let b = lora_b_name(LABEL_EMBEDDER);
+        let trained = (rng.normal_tensor((rows, 4), &dev).unwrap() * 0.5).unwrap();
+        adapters.insert(b, trained);
+        validate_lora(&cfg, &base, &adapters, &lora).unwrap();
+        let adapted = out(&build(&base, Some(&adapters)));
+        assert!(crate::max_abs_diff(&plain, &adapted) > 1e-3);
+        let fused = fuse_lora_weights(&base, &adapters, &lora).unwrap();
+        assert!(crate::max_abs_diff(&adapted, &out(&build(&fused, None))) < 1e-5);
+    }
 
     #[test]
     fn targets_match_at_dot_boundaries() {

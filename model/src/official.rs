@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn the_table_covers_exactly_our_tensors_plus_the_buffers() {
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let list = official_tensors(&cfg).unwrap();
         let ours: BTreeSet<String> = base_tensor_shapes(&cfg)
             .into_iter()
@@ -640,7 +640,7 @@ mod tests {
 
     #[test]
     fn export_then_import_gives_back_the_weights_and_the_config() {
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let ours = init_base_tensors(&cfg, &mut Rng::new(7), &Device::Cpu).unwrap();
         let official = export_state_dict(&cfg, &ours).unwrap();
         assert_eq!(official["x_embedder.proj.weight"].dims(), &[16, 3, 2, 2]);
@@ -660,7 +660,7 @@ mod tests {
     fn the_patch_kernel_is_the_linear_map_over_patchified_pixels() {
         // Kernel element [o, c, py, px] multiplies pixel (py, px) of channel c; our column for
         // it is (py·p + px)·C + c, the order patchify flattens a patch in.
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let mut ours = init_base_tensors(&cfg, &mut Rng::new(8), &Device::Cpu).unwrap();
         let (h, c, p) = (cfg.hidden_size, cfg.in_channels, cfg.patch_size);
         let w: Vec<f32> = (0..h * p * p * c).map(|v| v as f32).collect();
@@ -688,7 +688,7 @@ mod tests {
 
     #[test]
     fn half_precision_files_import_with_their_rounding() {
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let ours = init_base_tensors(&cfg, &mut Rng::new(11), &Device::Cpu).unwrap();
         let half: HashMap<String, Tensor> = export_state_dict(&cfg, &ours)
             .unwrap()
@@ -711,7 +711,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_named() {
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let ours = init_base_tensors(&cfg, &mut Rng::new(9), &Device::Cpu).unwrap();
         let mut sd: HashMap<String, Tensor> = export_state_dict(&cfg, &ours)
             .unwrap()
@@ -741,7 +741,7 @@ mod tests {
 
     #[test]
     fn wrong_buffers_and_values_are_refused() {
-        let cfg = Config::published_tiny();
+        let cfg = Config::published_fixture();
         let ours = init_base_tensors(&cfg, &mut Rng::new(10), &Device::Cpu).unwrap();
         let sd: HashMap<String, Tensor> = export_state_dict(&cfg, &ours)
             .unwrap()

@@ -102,6 +102,11 @@ pub(crate) fn linear_specs(cfg: &Config) -> Vec<LinearSpec> {
     out
 }
 
+/// Module path of the label embedder's table, as a LoRA target names it: an adapter there is
+/// a low-rank update `B·A` of the `[classes + 1, hidden]` table, so fine-tuning can learn the
+/// classes of its data while the base stays frozen.
+pub const LABEL_EMBEDDER: &str = "y_embedder.embedding_table";
+
 /// Name of the label embedder's table (PyTorch's `nn.Embedding` keeps it as `.weight`).
 pub(crate) const LABEL_TABLE: &str = "y_embedder.embedding_table.weight";
 

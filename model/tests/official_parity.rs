@@ -68,7 +68,7 @@ fn model(cfg: &Config, tensors: HashMap<String, Tensor>) -> DiffiT {
 fn every_stage_matches_the_official_pytorch_model() {
     let (state_dict, parity) = fixture();
     let imported = import_state_dict(state_dict).unwrap();
-    assert_eq!(imported.config, Config::published_tiny());
+    assert_eq!(imported.config, Config::published_fixture());
     let net = model(&imported.config, imported.tensors);
     let labels = &parity["input.y"];
     let trace = net

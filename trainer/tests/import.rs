@@ -85,7 +85,7 @@ fn a_pytorch_checkpoint_imports_and_exports_back_to_the_official_tensors() {
     let config = trainer::train::pretrain::base_model_config(&base)
         .unwrap()
         .unwrap();
-    assert_eq!(config, model::Config::published_tiny());
+    assert_eq!(config, model::Config::published_fixture());
     // Our layout: the patch kernel as a linear map, no buffers.
     let ours = load(&base);
     assert_eq!(ours["x_embedder.proj.weight"].dims(), &[16, 12]);

@@ -1,5 +1,6 @@
 //! Training images: procedural trees (fine-tuning), a generic tree-free set (pretraining),
-//! and a folder of the user's own images.
+//! and a folder of the user's own images; optionally with class labels (the trees' species,
+//! a folder's subfolders).
 //!
 //! Every image is CHW RGB `f32` in `[-1, 1]`. The procedural sets are pure functions of
 //! `(seed, index, size)` and identical on every platform.
@@ -13,7 +14,7 @@ use candle_core::{Device, Tensor};
 use thiserror::Error;
 
 pub use generic::generic_image;
-pub use trees::tree_image;
+pub use trees::{labeled_tree_image, tree_image, TREE_SPECIES};
 
 use crate::rng::Rng;
 
@@ -54,18 +55,26 @@ pub enum DataError {
         /// Values found.
         found: usize,
     },
+    /// Class labels that do not fit the images or the class list.
+    #[error("bad labels: {0}")]
+    BadLabels(String),
     /// Building a tensor failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
-/// `n` square images of `channels × size × size` values in `[-1, 1]`.
+/// `n` square images of `channels × size × size` values in `[-1, 1]`, each with a class
+/// label when the set is labelled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     images: Vec<Vec<f32>>,
     channels: usize,
     size: usize,
     skipped: Vec<String>,
+    /// One label per image (an index into `classes`), or `None` for an unlabelled set.
+    labels: Option<Vec<u32>>,
+    /// The class names, in label order (empty for an unlabelled set).
+    classes: Vec<String>,
 }
 
 impl Dataset {
@@ -84,18 +93,87 @@ impl Dataset {
             channels,
             size,
             skipped: Vec::new(),
+            labels: None,
+            classes: Vec::new(),
         })
     }
 
-    /// `n` procedural tree images (set `seed`).
+    /// `n` procedural tree images (set `seed`), labelled with the species of their main tree
+    /// ([`TREE_SPECIES`]).
     pub fn trees(n: usize, size: usize, seed: u64) -> Self {
-        let images = (0..n as u64).map(|i| tree_image(seed, i, size)).collect();
+        let (images, labels) = (0..n as u64)
+            .map(|i| trees::labeled_tree_image(seed, i, size))
+            .unzip();
         Self {
             images,
             channels: 3,
             size,
             skipped: Vec::new(),
+            labels: Some(labels),
+            classes: TREE_SPECIES.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// This set labelled: `labels[i]` is image `i`'s class, an index into `classes`.
+    pub fn with_labels(
+        mut self,
+        labels: Vec<u32>,
+        classes: Vec<String>,
+    ) -> Result<Self, DataError> {
+        if labels.len() != self.images.len() {
+            return Err(DataError::BadLabels(format!(
+                "{} labels for {} images",
+                labels.len(),
+                self.images.len()
+            )));
+        }
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes.len())
+        {
+            return Err(DataError::BadLabels(format!(
+                "image {i} has label {l}, but there are {} classes",
+                classes.len()
+            )));
+        }
+        self.labels = Some(labels);
+        self.classes = classes;
+        Ok(self)
+    }
+
+    /// This set without its labels (for a model that has no label embedder).
+    pub fn without_labels(mut self) -> Self {
+        self.labels = None;
+        self.classes.clear();
+        self
+    }
+
+    /// One class label per image, if the set is labelled.
+    pub fn labels(&self) -> Option<&[u32]> {
+        self.labels.as_deref()
+    }
+
+    /// The class names in label order (empty for an unlabelled set).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The labels of the images at `indices`, if the set is labelled.
+    pub fn batch_labels(&self, indices: &[usize]) -> Result<Option<Vec<u32>>, DataError> {
+        let Some(labels) = &self.labels else {
+            return Ok(None);
+        };
+        indices
+            .iter()
+            .map(|&i| {
+                labels.get(i).copied().ok_or(DataError::IndexOutOfRange {
+                    index: i,
+                    len: labels.len(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// `n` generic, tree-free images (set `seed`).
@@ -108,6 +186,8 @@ impl Dataset {
             channels: 3,
             size,
             skipped: Vec::new(),
+            labels: None,
+            classes: Vec::new(),
         }
     }
 
@@ -169,6 +249,11 @@ impl Dataset {
             channels: self.channels,
             size: self.size,
             skipped: Vec::new(),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|labels| idx.iter().map(|&i| labels[i]).collect()),
+            classes: self.classes.clone(),
         };
         (pick(&train_idx), pick(&val_idx))
     }
@@ -222,6 +307,38 @@ mod tests {
             ds.batch(&[3], &Device::Cpu),
             Err(DataError::IndexOutOfRange { index: 3, .. })
         ));
+    }
+
+    #[test]
+    fn trees_are_labelled_by_species_and_labels_follow_the_split() {
+        let ds = Dataset::trees(40, 8, 3);
+        assert_eq!(ds.classes().len(), TREE_SPECIES.len());
+        let labels = ds.labels().unwrap().to_vec();
+        assert_eq!(labels.len(), 40);
+        assert!(labels.iter().all(|&l| (l as usize) < TREE_SPECIES.len()));
+        // Several species occur, and the image is the one `tree_image` draws.
+        let mut seen = labels.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert_eq!(ds.image(5).unwrap(), tree_image(3, 5, 8).as_slice());
+        let (tr, va) = ds.split(0.25, 1);
+        for part in [&tr, &va] {
+            for i in 0..part.len() {
+                let j = (0..ds.len())
+                    .find(|&j| ds.image(j) == part.image(i))
+                    .unwrap();
+                assert_eq!(part.labels().unwrap()[i], labels[j]);
+            }
+        }
+        assert_eq!(tr.batch_labels(&[1, 0]).unwrap().unwrap().len(), 2);
+        assert_eq!(Dataset::generic(3, 8, 1).batch_labels(&[0]).unwrap(), None);
+        assert!(Dataset::generic(2, 8, 1)
+            .with_labels(vec![0, 2], vec!["a".into(), "b".into()])
+            .is_err());
+        assert!(Dataset::generic(2, 8, 1)
+            .with_labels(vec![0], vec!["a".into()])
+            .is_err());
     }
 
     #[test]

@@ -15,7 +15,8 @@ enum Season {
     Winter,
 }
 
-/// Tree shape families.
+/// Tree shape families; the main tree's is an image's class label (its index here, named by
+/// [`TREE_SPECIES`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Species {
     Broadleaf,
@@ -36,8 +37,40 @@ pub(crate) fn supersampling(size: usize) -> usize {
     }
 }
 
+/// The class names of the tree set, in label order: the species of each image's main tree.
+pub const TREE_SPECIES: [&str; 7] = [
+    "broadleaf",
+    "conifer",
+    "birch",
+    "palm",
+    "poplar",
+    "willow",
+    "bare",
+];
+
+impl Species {
+    /// This species' class label (its index in [`TREE_SPECIES`]).
+    fn label(self) -> u32 {
+        match self {
+            Species::Broadleaf => 0,
+            Species::Conifer => 1,
+            Species::Birch => 2,
+            Species::Palm => 3,
+            Species::Poplar => 4,
+            Species::Willow => 5,
+            Species::Bare => 6,
+        }
+    }
+}
+
 /// Image `index` of the tree set `seed`: CHW RGB in `[-1, 1]`, anti-aliased.
 pub fn tree_image(seed: u64, index: u64, size: usize) -> Vec<f32> {
+    labeled_tree_image(seed, index, size).0
+}
+
+/// [`tree_image`] with its class label: the species of the main tree (an index into
+/// [`TREE_SPECIES`]).
+pub fn labeled_tree_image(seed: u64, index: u64, size: usize) -> (Vec<f32>, u32) {
     let mut rng = Rng::new(mix_seed(seed ^ 0x7EE5, index));
     let mut c = Canvas::new(size, supersampling(size));
     let season = match rng.below(4) {
@@ -122,7 +155,7 @@ pub fn tree_image(seed: u64, index: u64, size: usize) -> Vec<f32> {
             c.disc(lx, ly, 0.008, hsv(rng.range(10.0, 45.0), 0.8, 0.8), 0.9);
         }
     }
-    c.to_chw()
+    (c.to_chw(), species.label())
 }
 
 fn pick_species(rng: &mut Rng, season: Season) -> Species {

@@ -1,8 +1,11 @@
 //! Loading a folder of the user's own PNG/JPEG images as a training [`Dataset`].
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use image::imageops::FilterType;
+use serde::{Deserialize, Serialize};
 
 use model::data::{DataError, Dataset};
 
@@ -12,7 +15,17 @@ const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 /// Every PNG/JPEG in `dir` (not recursive, sorted by name) as CHW RGB in `[-1, 1]`,
 /// centre-cropped and resized to `size × size`. Unreadable files are skipped with a warning
 /// naming the file (also kept in [`Dataset::skipped`]); a folder with no usable image is an error.
+/// Transparent pixels are composited onto white.
 pub fn load_folder(dir: &Path, size: usize) -> Result<Dataset, DataError> {
+    load_folder_on(dir, size, Background::WHITE)
+}
+
+/// [`load_folder`] with transparent pixels composited onto `background`.
+pub fn load_folder_on(
+    dir: &Path,
+    size: usize,
+    background: Background,
+) -> Result<Dataset, DataError> {
     let io = |source| DataError::Io {
         path: dir.display().to_string(),
         source,
@@ -33,7 +46,7 @@ pub fn load_folder(dir: &Path, size: usize) -> Result<Dataset, DataError> {
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         let result = match ext {
-            Some(e) if EXTENSIONS.contains(&e.as_str()) => load_image(&path, size),
+            Some(e) if EXTENSIONS.contains(&e.as_str()) => load_image(&path, size, background),
             _ => Err("not a .png/.jpg/.jpeg file".to_string()),
         };
         match result {
@@ -65,16 +78,26 @@ pub fn load_folder(dir: &Path, size: usize) -> Result<Dataset, DataError> {
 pub const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads and decodes one file; the error string says why it is unusable.
-fn load_image(path: &Path, size: usize) -> Result<Vec<f32>, String> {
+fn load_image(path: &Path, size: usize, background: Background) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    decode_image(&bytes, size)
+    decode_image_on(&bytes, size, background)
 }
 
 /// Decodes a PNG or JPEG file's bytes (format taken from the content, not a name) into CHW RGB
 /// in `[-1, 1]`, centre-cropped and resized to `size × size`, as [`load_folder`] does for each
 /// file. The error string says why the bytes are unusable; decoding never allocates more than
-/// [`MAX_DECODED_BYTES`] for the picture.
+/// [`MAX_DECODED_BYTES`] for the picture. Transparent pixels are composited onto white.
 pub fn decode_image(bytes: &[u8], size: usize) -> Result<Vec<f32>, String> {
+    decode_image_on(bytes, size, Background::WHITE)
+}
+
+/// [`decode_image`] with transparent pixels composited onto `background` (before resizing, so
+/// whatever RGB a fully transparent pixel holds never shows).
+pub fn decode_image_on(
+    bytes: &[u8],
+    size: usize,
+    background: Background,
+) -> Result<Vec<f32>, String> {
     let side_out = u32::try_from(size)
         .ok()
         .filter(|&s| s > 0)
@@ -85,11 +108,13 @@ pub fn decode_image(bytes: &[u8], size: usize) -> Result<Vec<f32>, String> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
     // `into_rgb8` converts in place of the decoded picture rather than beside a kept copy.
-    let img = reader
-        .decode()
-        .map_err(|e| format!("cannot decode: {e}"))?
-        .into_rgb8();
+    let img = if decoded.color().has_alpha() {
+        composite(&decoded.into_rgba8(), background)
+    } else {
+        decoded.into_rgb8()
+    };
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err("image is empty".into());
@@ -107,4 +132,95 @@ pub fn decode_image(bytes: &[u8], size: usize) -> Result<Vec<f32>, String> {
         }
     }
     Ok(out)
+}
+
+/// `rgba` over an opaque `background`: each channel `c·α + bg·(1 − α)`, rounded.
+fn composite(rgba: &image::RgbaImage, background: Background) -> image::RgbImage {
+    let (w, h) = rgba.dimensions();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let px = rgba.get_pixel(x, y);
+        let alpha = u32::from(px[3]);
+        image::Rgb(std::array::from_fn(|c| {
+            let mixed = u32::from(px[c]) * alpha + u32::from(background.0[c]) * (255 - alpha);
+            // At most 255·255, so the rounded quotient fits a byte.
+            u8::try_from((mixed + 127) / 255).unwrap_or(u8::MAX)
+        }))
+    })
+}
+
+/// The colour transparent pixels are composited onto (`--background`, `data.background`):
+/// white unless chosen. Written `#rrggbb`, `r,g,b` (0–255 each), `white` or `black`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Background(pub [u8; 3]);
+
+impl Background {
+    /// White, the default: what an icon's transparent surroundings look like on a page.
+    pub const WHITE: Background = Background([255, 255, 255]);
+
+    /// True for the default (white), which stored configs leave out.
+    pub fn is_white(&self) -> bool {
+        *self == Self::WHITE
+    }
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::WHITE
+    }
+}
+
+impl FromStr for Background {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad =
+            || format!("background {text:?}: expected #rrggbb, r,g,b (each 0-255), white or black");
+        match text.to_ascii_lowercase().as_str() {
+            "white" => return Ok(Self::WHITE),
+            "black" => return Ok(Background([0, 0, 0])),
+            _ => {}
+        }
+        if let Some(hex) = text.strip_prefix('#') {
+            if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad());
+            return Ok(Background([channel(0)?, channel(2)?, channel(4)?]));
+        }
+        match text
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [r, g, b] => {
+                let channel = |t: &str| t.parse::<u8>().map_err(|_| bad());
+                Ok(Background([channel(r)?, channel(g)?, channel(b)?]))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for Background {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Background> for String {
+    fn from(bg: Background) -> String {
+        bg.to_string()
+    }
+}
+
+impl fmt::Display for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [r, g, b] = self.0;
+        write!(f, "#{r:02x}{g:02x}{b:02x}")
+    }
 }

@@ -228,8 +228,40 @@ mod tests {
             mlflow_experiment: None,
             mirror: None,
             staging: None,
+            keep_optimizer_last_n: None,
+            background: None,
         };
         assert_eq!(a.overrides, expected);
+        // The seed's spelling of --base, keeping everything, the newest moments, a background.
+        let cli = Cli::try_parse_from([
+            "diffit",
+            "train",
+            "--base-model",
+            "b.safetensors",
+            "--keep-last-n",
+            "0",
+            "--keep-optimizer-last-n",
+            "2",
+            "--background",
+            "#102030",
+        ])
+        .unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!("not train")
+        };
+        let o = &a.overrides;
+        assert_eq!(o.base, Some(PathBuf::from("b.safetensors")));
+        assert_eq!((o.keep_last_n, o.keep_optimizer_last_n), (Some(0), Some(2)));
+        assert_eq!(o.background, Some(crate::data::Background([16, 32, 48])));
+        for bad in [
+            ["--keep-optimizer-last-n", "0"],
+            ["--background", "#12345"],
+            ["--keep-last-n", "-1"],
+        ] {
+            let mut args = vec!["diffit", "train"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
         let cli = Cli::try_parse_from(["diffit", "train", "--data", "imgs"]).unwrap();
         let Command::Train(a) = cli.command else {
             panic!("not train")

@@ -18,6 +18,15 @@ where
     RangedI64ValueParser::new().range(1..=MAX_COUNT)
 }
 
+/// A count that may be 0 (`--keep-last-n 0`: keep everything).
+pub fn at_least_zero<T>() -> RangedI64ValueParser<T>
+where
+    T: TryFrom<i64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<i64>>::Error: Send + Sync + 'static + std::error::Error + ToString,
+{
+    RangedI64ValueParser::new().range(0..=MAX_COUNT)
+}
+
 /// A seed: any whole number in `0..=u64::MAX`.
 pub fn seed(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
@@ -37,6 +46,14 @@ pub fn unit_interval(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
         _ => Err("expected a number in [0, 1]".into()),
+    }
+}
+
+/// Any finite number (a guidance scale).
+pub fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err("expected a finite number".into()),
     }
 }
 

@@ -9,7 +9,7 @@ use format::metadata::Metrics;
 use format::{Mode, RunStatus};
 use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
 use model::rng::mix_seed;
-use store::CheckpointManager;
+use store::{CheckpointManager, RetentionPolicy};
 
 use super::error::TrainError;
 use super::state::{streams, TrainState};
@@ -20,7 +20,8 @@ use super::trainer::{Callback, FitOutcome};
 pub type SharedManager = Rc<RefCell<CheckpointManager>>;
 
 /// Saves the base model once and a LoRA checkpoint every `save_every_n_epochs` epochs (and at
-/// the last epoch), keeping `best` by `monitor`/`mode` and the newest `keep_last_n` epochs.
+/// the last epoch), keeping `best` by `monitor`/`mode`, the newest `keep_last_n` epochs (0:
+/// all), the `save_top_k` best, and optimizer state in the newest `keep_optimizer_last_n`.
 #[derive(Debug)]
 pub struct DistributedCheckpointCallback {
     manager: SharedManager,
@@ -30,8 +31,12 @@ pub struct DistributedCheckpointCallback {
     pub mode: Mode,
     /// Save every N epochs.
     pub save_every_n_epochs: u32,
-    /// Epoch files kept.
+    /// Epoch files kept (0: every one).
     pub keep_last_n: u32,
+    /// The k best epochs by `monitor` kept besides the newest.
+    pub save_top_k: u32,
+    /// Epochs that keep AdamW's moments (`None`: all).
+    pub keep_optimizer_last_n: Option<u32>,
     /// Write the base model into the run if it is not there yet.
     pub save_base_model: bool,
     /// Write LoRA checkpoints at all (`training.checkpoint.enabled`).
@@ -49,6 +54,8 @@ impl DistributedCheckpointCallback {
             mode: Mode::Min,
             save_every_n_epochs: 1,
             keep_last_n: 5,
+            save_top_k: 0,
+            keep_optimizer_last_n: None,
             save_base_model: true,
             enabled: true,
             failure: None,
@@ -62,10 +69,22 @@ impl DistributedCheckpointCallback {
             monitor: s.monitor.clone(),
             mode: s.mode,
             save_every_n_epochs: s.save_every_n_epochs.max(1),
-            keep_last_n: s.keep_last_n.max(1),
+            keep_last_n: s.keep_last_n,
+            save_top_k: s.save_top_k,
+            keep_optimizer_last_n: s.keep_optimizer_last_n,
             save_base_model: s.save_base_model,
             enabled: s.enabled,
             failure: None,
+        }
+    }
+
+    /// The retention these settings ask for (the best epoch is always kept).
+    pub fn retention(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last_n: self.keep_last_n as usize,
+            keep_best: true,
+            keep_top_k: self.save_top_k as usize,
+            keep_optimizer_last_n: self.keep_optimizer_last_n.map(|n| n as usize),
         }
     }
 
@@ -130,7 +149,7 @@ impl Callback for DistributedCheckpointCallback {
         let ckpt = state.to_checkpoint(metrics)?;
         let mut m = self.manager.borrow_mut();
         m.save_lora_weights(&ckpt, &self.monitor, self.mode)?;
-        m.cleanup_old_checkpoints(self.keep_last_n as usize, true)?;
+        m.apply_retention(self.retention())?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! is what the dashboard shows and what resuming reads back.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ use format::Mode;
 use model::{Config, LoraConfig};
 
 use crate::cli::values;
+use crate::data::Background;
+
+use super::seed_config::{SeedKeys, SEED_KEYS};
 
 /// Metrics a run can monitor for `best`.
 pub const MONITORABLE: &[&str] = &["val_loss", "train_loss"];
@@ -40,12 +44,12 @@ pub enum ConfigError {
         message: String,
     },
     /// The YAML has keys no setting has (a typo must not be silently ignored).
-    #[error("invalid config {path}: unknown key {}", keys.join(", "))]
+    #[error("invalid config {path}: unknown key {}", keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     UnknownKeys {
         /// The YAML file.
         path: PathBuf,
-        /// Dotted paths of the unknown keys, e.g. `training.epoch`.
-        keys: Vec<String>,
+        /// The unknown keys, each with the closest valid one.
+        keys: Vec<UnknownKey>,
     },
     /// A setting is out of range.
     #[error("invalid setting {key} = {value}: {reason}")]
@@ -109,6 +113,9 @@ pub struct DataSettings {
     pub num_images: usize,
     /// Fraction of the images held out for validation.
     pub val_fraction: f64,
+    /// The colour transparent pixels of the folder's images are composited onto.
+    #[serde(skip_serializing_if = "Background::is_white")]
+    pub background: Background,
 }
 
 impl Default for DataSettings {
@@ -117,6 +124,7 @@ impl Default for DataSettings {
             dir: None,
             num_images: 1024,
             val_fraction: 0.2,
+            background: Background::WHITE,
         }
     }
 }
@@ -131,6 +139,16 @@ pub struct TrainingSettings {
     pub epochs: u32,
     /// Images per optimizer step.
     pub batch_size: usize,
+    /// Images per validation batch (the seed's `batch_size_test`); `batch_size` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_batch_size: Option<usize>,
+    /// Validate every N epochs (and after the last); epochs in between have no `val_loss`.
+    #[serde(skip_serializing_if = "is_one")]
+    pub check_val_every_n_epoch: u32,
+    /// Clip the gradients of each step to this global L2 norm (the seed's
+    /// `gradient_clip_val`); unset: no clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient_clip_val: Option<f64>,
     /// Peak learning rate.
     pub learning_rate: f64,
     /// Floor of the cosine decay.
@@ -177,6 +195,9 @@ impl Default for TrainingSettings {
             experiment_name: store::DEFAULT_EXPERIMENT.into(),
             epochs: 6,
             batch_size: 16,
+            val_batch_size: None,
+            check_val_every_n_epoch: 1,
+            gradient_clip_val: None,
             learning_rate: 2e-3,
             min_lr: 1e-5,
             weight_decay: 0.0,
@@ -201,8 +222,15 @@ pub struct CheckpointSettings {
     pub run_number: Option<u32>,
     /// Save a LoRA checkpoint every N epochs (the last epoch is always saved).
     pub save_every_n_epochs: u32,
-    /// Keep only the newest N epoch files (best and last are kept apart).
+    /// Keep only the newest N epoch files (best and last are kept apart); 0 keeps every one.
     pub keep_last_n: u32,
+    /// Also keep the k best epochs by `monitor` (Lightning's `save_top_k`); 0: only `best`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub save_top_k: u32,
+    /// Keep AdamW's moments only in the newest N epoch files; older ones keep their LoRA
+    /// weights and metrics and can no longer be resumed from. Unset: every epoch keeps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_optimizer_last_n: Option<u32>,
     /// Metric deciding `best`.
     pub monitor: String,
     /// Whether lower or higher `monitor` is better.
@@ -224,6 +252,8 @@ impl Default for CheckpointSettings {
             run_number: None,
             save_every_n_epochs: 1,
             keep_last_n: 5,
+            save_top_k: 0,
+            keep_optimizer_last_n: None,
             monitor: "val_loss".into(),
             mode: Mode::Min,
             save_base_model: true,
@@ -267,6 +297,33 @@ struct StoredConfig {
     training: TrainingSettings,
 }
 
+/// A key of a config file that no setting has, and the valid key closest to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// Its dotted path, e.g. `training.epoch`.
+    pub key: String,
+    /// The closest valid dotted key, e.g. `training.epochs`.
+    pub closest: Option<String>,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.closest {
+            Some(closest) => write!(f, "{} (closest valid key: {closest})", self.key),
+            None => f.write_str(&self.key),
+        }
+    }
+}
+
+/// A config file read: the settings, and one warning per key accepted without effect.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// Defaults overlaid with the file.
+    pub config: TrainingConfig,
+    /// `config FILE: KEY is accepted but has no effect here: WHY`, one per such key.
+    pub warnings: Vec<String>,
+}
+
 /// What `--data` names: the procedural trees (`trees`) or a folder of images.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSource {
@@ -297,7 +354,7 @@ pub struct Overrides {
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Base model to fine-tune (a safetensors file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "base-model", value_name = "FILE")]
     pub base: Option<PathBuf>,
     /// Epochs to train (in total, counting resumed ones).
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
@@ -314,6 +371,10 @@ pub struct Overrides {
     /// Training data: `trees` (procedural) or a folder of PNG/JPEG images.
     #[arg(long, value_name = "trees|DIR", value_parser = DataSource::parse)]
     pub data: Option<DataSource>,
+    /// Colour transparent pixels are composited onto: `#rrggbb`, `r,g,b`, `white` (default)
+    /// or `black`.
+    #[arg(long, value_name = "COLOUR", value_parser = Background::from_str)]
+    pub background: Option<Background>,
     /// Where the runs are: a directory (default: the config's `base_dir`, else
     /// `checkpoints`) or an object-store URL (`s3://bucket/prefix`, `gs://…`, `az://…`).
     #[arg(long = "checkpoints", value_name = "DIR|URL")]
@@ -328,9 +389,13 @@ pub struct Overrides {
     /// Run to use: an existing number opens that run, a new number creates it.
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub run_number: Option<u32>,
-    /// Keep only the newest N epoch files (the best is always kept).
-    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    /// Keep only the newest N epoch files (the best is always kept); 0 keeps every one.
+    #[arg(long, allow_negative_numbers = true, value_parser = values::at_least_zero::<u32>())]
     pub keep_last_n: Option<u32>,
+    /// Keep AdamW's moments only in the newest N epoch files (older ones: weights and
+    /// metrics, not resumable).
+    #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    pub keep_optimizer_last_n: Option<u32>,
     /// Metric that picks the best checkpoint.
     #[arg(long)]
     pub monitor: Option<String>,
@@ -353,7 +418,8 @@ pub struct Overrides {
 }
 
 impl TrainingConfig {
-    /// Defaults overlaid with a YAML file; unknown keys are errors naming the key and file.
+    /// Defaults overlaid with a YAML file (ours or the seed system's keys); unknown keys are
+    /// errors naming the key, the file and the closest valid key.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
@@ -362,39 +428,61 @@ impl TrainingConfig {
         Self::from_yaml_str(&text, path)
     }
 
-    /// Defaults overlaid with YAML text; `path` is only used in messages.
+    /// Defaults overlaid with YAML text; `path` is only used in messages. The seed system's
+    /// own keys are mapped onto ours, each accepted without effect logged as a warning.
     pub fn from_yaml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut unknown = Vec::new();
-        let mut failed_at = None;
-        let cfg = serde_saphyr::with_deserializer_from_str(text, |de| {
-            let mut note_unknown = |key: serde_ignored::Path| unknown.push(dotted_key(&key));
-            let de = serde_ignored::Deserializer::new(de, &mut note_unknown);
-            // An empty document (no keys, only comments) is a valid, all-default config.
-            serde_path_to_error::deserialize::<_, Option<Self>>(de).map_err(|e| {
-                failed_at = Some(e.path().to_string());
-                e.into_inner()
-            })
-        })
-        .map_err(|e| {
-            // One line: the key path, then the parser's message with its line and column.
-            let message = e.render_with_options(serde_saphyr::render_options! {
-                snippets: serde_saphyr::SnippetMode::Off,
-            });
-            ConfigError::Yaml {
-                path: path.to_path_buf(),
-                message: match failed_at.filter(|key| key != ".") {
-                    Some(key) => format!("{key}: {message}"),
-                    None => message,
-                },
+        let loaded = Self::load_yaml_str(text, path)?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(loaded.config)
+    }
+
+    /// [`from_yaml_str`](Self::from_yaml_str), returning the warnings instead of logging them.
+    ///
+    /// The text is read twice, as our sections and as the seed's keys, each pass naming what
+    /// it did not know: a key is unknown only when neither pass knows it (or an enclosing
+    /// key), and every unknown key is reported with the closest valid one.
+    pub fn load_yaml_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let (ours, ours_ignored) = parse_yaml::<Self>(text, path)?;
+        let (seed, seed_ignored) = parse_yaml::<SeedKeys>(text, path)?;
+        let within = |key: &str, outer: &str| {
+            key == outer || key.strip_prefix(outer).is_some_and(|r| r.starts_with('.'))
+        };
+        let mut unknown: Vec<String> = Vec::new();
+        for (keys, others) in [
+            (&ours_ignored, &seed_ignored),
+            (&seed_ignored, &ours_ignored),
+        ] {
+            for key in keys {
+                if others.iter().any(|o| within(key, o)) && !unknown.contains(key) {
+                    unknown.push(key.clone());
+                }
             }
-        })?;
-        if !unknown.is_empty() {
+        }
+        // `training.epoch` is reported, not also its enclosing `training` (when one pass knows
+        // no such section at all).
+        let reported: Vec<String> = unknown
+            .iter()
+            .filter(|k| !unknown.iter().any(|inner| inner != *k && within(inner, k)))
+            .cloned()
+            .collect();
+        if !reported.is_empty() {
+            let valid = valid_keys();
             return Err(ConfigError::UnknownKeys {
                 path: path.to_path_buf(),
-                keys: unknown,
+                keys: reported
+                    .into_iter()
+                    .map(|key| {
+                        let closest = closest_key(&key, &valid);
+                        UnknownKey { key, closest }
+                    })
+                    .collect(),
             });
         }
-        Ok(cfg.unwrap_or_default())
+        let mut config = ours.unwrap_or_default();
+        let warnings = seed.unwrap_or_default().apply(&mut config, path)?;
+        Ok(LoadedConfig { config, warnings })
     }
 
     /// The form a run stores (see [`StoredConfig`]): flat, as the dashboard shows it.
@@ -443,6 +531,19 @@ impl TrainingConfig {
         }
         if t.batch_size == 0 {
             return invalid("training.batch_size", t.batch_size, "must be at least 1");
+        }
+        if t.val_batch_size == Some(0) {
+            return invalid("training.val_batch_size", 0, "must be at least 1");
+        }
+        if t.check_val_every_n_epoch == 0 {
+            return invalid("training.check_val_every_n_epoch", 0, "must be at least 1");
+        }
+        if let Some(clip) = t.gradient_clip_val.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return invalid(
+                "training.gradient_clip_val",
+                clip,
+                "must be a positive number (leave it unset for no clipping)",
+            );
         }
         if t.log_every_n_steps == 0 {
             return invalid(
@@ -502,8 +603,12 @@ impl TrainingConfig {
                 "must be at least 1",
             );
         }
-        if c.keep_last_n == 0 {
-            return invalid("training.checkpoint.keep_last_n", 0, "must be at least 1");
+        if c.keep_optimizer_last_n == Some(0) {
+            return invalid(
+                "training.checkpoint.keep_optimizer_last_n",
+                0,
+                "must be at least 1 (the newest epoch is what a resume needs)",
+            );
         }
         if !MONITORABLE.contains(&c.monitor.as_str()) {
             return invalid(
@@ -537,6 +642,90 @@ impl TrainingConfig {
         }
         Ok(())
     }
+}
+
+/// A YAML file read as `T`: the value (`None` for an empty document) and the dotted keys `T`
+/// did not know.
+fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<(Option<T>, Vec<String>), ConfigError> {
+    let mut ignored = Vec::new();
+    let mut failed_at = None;
+    let value = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut note = |key: serde_ignored::Path| ignored.push(dotted_key(&key));
+        let de = serde_ignored::Deserializer::new(de, &mut note);
+        // An empty document (no keys, only comments) is a valid, all-default config.
+        serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {
+            failed_at = Some(e.path().to_string());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        // One line: the key path, then the parser's message with its line and column.
+        let message = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message: match failed_at.filter(|key| key != ".") {
+                Some(key) => format!("{key}: {message}"),
+                None => message,
+            },
+        }
+    })?;
+    Ok((value, ignored))
+}
+
+/// Every dotted key a config file may hold: ours (from a config with every optional setting
+/// set, so that none is left out of its serialized form) and the seed's.
+fn valid_keys() -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = value {
+            for (key, inner) in map {
+                let dotted = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                walk(&dotted, inner, out);
+                out.push(dotted);
+            }
+        }
+    }
+    let mut full = TrainingConfig::default();
+    let t = &mut full.training;
+    t.val_batch_size = Some(1);
+    t.check_val_every_n_epoch = 2;
+    t.gradient_clip_val = Some(1.0);
+    t.mlflow.tracking_uri = Some(String::new());
+    t.mlflow.experiment_name = Some(String::new());
+    t.checkpoint.mirror = Some(String::new());
+    t.checkpoint.save_top_k = 1;
+    t.checkpoint.keep_optimizer_last_n = Some(1);
+    full.data.background = Background([0, 0, 0]);
+    let mut keys = Vec::new();
+    if let Ok(value) = serde_json::to_value(&full) {
+        walk("", &value, &mut keys);
+    }
+    keys.extend(SEED_KEYS.iter().map(|k| k.to_string()));
+    keys
+}
+
+/// The valid key nearest to `key` by edit distance (ties: the first listed).
+fn closest_key(key: &str, valid: &[String]) -> Option<String> {
+    valid
+        .iter()
+        .min_by_key(|candidate| strsim::levenshtein(key, candidate))
+        .cloned()
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `training.epoch` for a key serde ignored: the YAML keys from the top, without serde's
@@ -582,6 +771,7 @@ impl TrainingConfig {
             Some(DataSource::Trees) => self.data.dir = None,
             Some(DataSource::Folder(dir)) => self.data.dir = Some(dir.clone()),
         }
+        set(&mut self.data.background, &o.background);
         let t = &mut self.training;
         set(&mut t.experiment_name, &o.experiment_name);
         set(&mut t.epochs, &o.epochs);
@@ -597,6 +787,9 @@ impl TrainingConfig {
             c.run_number = o.run_number;
         }
         set(&mut c.keep_last_n, &o.keep_last_n);
+        if o.keep_optimizer_last_n.is_some() {
+            c.keep_optimizer_last_n = o.keep_optimizer_last_n;
+        }
         set(&mut c.monitor, &o.monitor);
         set(&mut c.mode, &o.mode);
         set(&mut c.save_every_n_epochs, &o.save_every_n_epochs);
@@ -708,7 +901,7 @@ training:
             ),
             ("lora:\n  rank: 4\n", "lora.rank"),
             ("model:\n  preset: tiny\n  size: 3\n", "model.size"),
-            ("optimizer: {}\n", "optimizer"),
+            ("optimiser: {}\n", "optimiser"),
         ] {
             let err = TrainingConfig::from_yaml_str(text, Path::new("configs/my.yaml"))
                 .unwrap_err()
@@ -725,7 +918,7 @@ training:
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid config my.yaml: unknown key training.epoch, lora.rank"
+            "invalid config my.yaml: unknown key training.epoch (closest valid key: training.epochs), lora.rank (closest valid key: lora.r)"
         );
     }
 
@@ -773,8 +966,16 @@ training:
                 "training.checkpoint.monitor",
             ),
             (
-                Box::new(|c| c.training.checkpoint.keep_last_n = 0),
-                "training.checkpoint.keep_last_n",
+                Box::new(|c| c.training.checkpoint.keep_optimizer_last_n = Some(0)),
+                "training.checkpoint.keep_optimizer_last_n",
+            ),
+            (
+                Box::new(|c| c.training.gradient_clip_val = Some(-1.0)),
+                "training.gradient_clip_val",
+            ),
+            (
+                Box::new(|c| c.training.check_val_every_n_epoch = 0),
+                "training.check_val_every_n_epoch",
             ),
             (
                 Box::new(|c| c.training.checkpoint.save_every_n_epochs = 0),
@@ -911,5 +1112,169 @@ training:
                 "the model crate knows the preset by the same name"
             );
         }
+    }
+
+    fn seed_fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed_lora_finetuning.yaml")
+    }
+
+    #[test]
+    fn the_seed_systems_own_yaml_maps_onto_our_settings() {
+        let path = seed_fixture();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = TrainingConfig::load_yaml_str(&text, &path).unwrap();
+        let cfg = &loaded.config;
+        let t = &cfg.training;
+        assert_eq!((t.epochs, t.batch_size, t.val_batch_size), (3, 16, Some(8)));
+        assert_eq!(
+            (
+                t.check_val_every_n_epoch,
+                t.log_every_n_steps,
+                t.gradient_clip_val
+            ),
+            (2, 1, Some(1.0))
+        );
+        assert_eq!((t.learning_rate, t.weight_decay), (2e-3, 0.0));
+        assert_eq!((t.warmup_steps, t.min_lr, t.seed), (2, 1e-5, 7));
+        assert_eq!(
+            cfg.model.base,
+            Some(PathBuf::from("pretrained/base_tiny.safetensors"))
+        );
+        let c = &t.checkpoint;
+        assert_eq!(c.base_dir, PathBuf::from("checkpoints"));
+        assert_eq!(c.monitor, "val_loss");
+        assert_eq!(
+            (c.save_top_k, c.keep_last_n, c.keep_optimizer_last_n),
+            (1, 1, Some(1))
+        );
+        assert_eq!((cfg.lora.r, cfg.lora.lora_alpha), (4, 8.0));
+        assert_eq!(cfg.data.dir, None);
+        assert_eq!((cfg.data.val_fraction, cfg.data.num_images), (0.25, 40));
+        cfg.validate().unwrap();
+        // One warning for each key that means nothing here, naming it and the file.
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+        for (warning, key) in loaded
+            .warnings
+            .iter()
+            .zip(["data.num_workers", "data.pin_memory"])
+        {
+            assert!(
+                warning.contains(key) && warning.contains("seed_lora_finetuning.yaml"),
+                "{warning}"
+            );
+        }
+    }
+
+    #[test]
+    fn seed_keys_without_effect_here_warn_once_each() {
+        let text = "precision: 16-mixed\naccelerator: gpu\ndevices: 4\nfreeze_base_model: false\nenable_ema: true\nmodel_config: {hidden_size: 384}\ndataset: cifar100\ndata_config: {root: ./data}\ndata:\n  img_size: 32\n  augmentation: {hflip: 0.5}\noptimizer:\n  type: SGD\n  eps: 1.0e-6\nscheduler:\n  type: step\n  warmup_epochs: 2\nsave_top_k: -1\ngradient_clip_val: 0\n";
+        let loaded = TrainingConfig::load_yaml_str(text, Path::new("seed.yaml")).unwrap();
+        let keys = [
+            "optimizer.type",
+            "optimizer.eps",
+            "scheduler.type",
+            "scheduler.warmup_epochs",
+            "precision",
+            "accelerator",
+            "devices",
+            "freeze_base_model",
+            "enable_ema",
+            "model_config",
+            "dataset",
+            "data_config",
+            "data.img_size",
+            "data.augmentation",
+        ];
+        assert_eq!(loaded.warnings.len(), keys.len(), "{:#?}", loaded.warnings);
+        for (warning, key) in loaded.warnings.iter().zip(keys) {
+            assert!(
+                warning.contains(&format!(": {key} is accepted")),
+                "{warning}"
+            );
+        }
+        // save_top_k: -1 keeps every epoch; gradient_clip_val: 0 is no clipping.
+        assert_eq!(loaded.config.training.checkpoint.keep_last_n, 0);
+        assert_eq!(loaded.config.training.gradient_clip_val, None);
+        // What would silently train something else is refused.
+        let err = TrainingConfig::load_yaml_str(
+            "lora_config:\n  enabled: false\n",
+            Path::new("seed.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lora_config.enabled"), "{err}");
+        let err =
+            TrainingConfig::load_yaml_str("save_top_k: -2\n", Path::new("seed.yaml")).unwrap_err();
+        assert!(err.to_string().contains("save_top_k"), "{err}");
+        let err = TrainingConfig::load_yaml_str("num_epochs: many\n", Path::new("seed.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("num_epochs") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_file_and_the_closest_valid_key() {
+        for (text, key, closest) in [
+            (
+                "training:\n  epoch: 4\n",
+                "training.epoch",
+                "training.epochs",
+            ),
+            ("num_epoch: 3\n", "num_epoch", "num_epochs"),
+            ("optimizer:\n  lrr: 0.1\n", "optimizer.lrr", "optimizer.lr"),
+            (
+                "data:\n  val_splt: 0.1\n",
+                "data.val_splt",
+                "data.val_split",
+            ),
+            (
+                "training:\n  checkpoint:\n    keep_optimizer_last: 2\n",
+                "training.checkpoint.keep_optimizer_last",
+                "training.checkpoint.keep_optimizer_last_n",
+            ),
+            (
+                "data:\n  backgrond: black\n",
+                "data.backgrond",
+                "data.background",
+            ),
+        ] {
+            let err = TrainingConfig::from_yaml_str(text, Path::new("configs/my.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("unknown key {key} (closest valid key: {closest})"))
+                    && err.contains("configs/my.yaml"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_settings_read_from_our_yaml_and_stay_out_of_stored_configs_at_defaults() {
+        let text = "data:\n  background: \"#000000\"\ntraining:\n  val_batch_size: 4\n  gradient_clip_val: 0.5\n  check_val_every_n_epoch: 3\n  checkpoint:\n    keep_last_n: 0\n    save_top_k: 2\n    keep_optimizer_last_n: 1\n";
+        let cfg = TrainingConfig::from_yaml_str(text, Path::new("x.yaml")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.data.background, Background([0, 0, 0]));
+        assert_eq!(TrainingConfig::from_stored(cfg.to_stored()).unwrap(), cfg);
+        let stored = TrainingConfig::default().to_stored();
+        for key in [
+            "val_batch_size",
+            "gradient_clip_val",
+            "check_val_every_n_epoch",
+        ] {
+            assert!(stored.get(key).is_none(), "{key}");
+        }
+        assert!(stored["data"].get("background").is_none());
+        assert!(stored["checkpoint"].get("keep_optimizer_last_n").is_none());
+        let mut flagged = cfg.clone();
+        flagged.apply(&Overrides {
+            background: Some(Background::WHITE),
+            keep_optimizer_last_n: Some(3),
+            ..Overrides::default()
+        });
+        assert_eq!(flagged.data.background, Background::WHITE);
+        assert_eq!(flagged.training.checkpoint.keep_optimizer_last_n, Some(3));
     }
 }

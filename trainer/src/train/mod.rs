@@ -8,7 +8,8 @@
 //! - [`session`]: one `diffit train` end to end (new run or resume).
 //! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
 //! - [`parallel`]: data-parallel loss and gradients over the CPU cores.
-//! - [`config`]: defaults, the seed's YAML, command-line overrides.
+//! - [`config`]: defaults, the seed's YAML, command-line overrides; `seed_config`: the seed
+//!   system's own top-level YAML keys, mapped onto ours.
 //! - [`mlflow`]: MLflow tracking over its REST API, off the training thread.
 //! - [`pretrain`], [`sample`], [`export`], [`tensorboard`].
 
@@ -24,6 +25,7 @@ pub mod pretrain;
 pub mod replica;
 pub mod sample;
 pub mod scheduler;
+mod seed_config;
 pub mod session;
 pub mod state;
 pub mod tensorboard;

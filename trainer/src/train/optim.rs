@@ -109,6 +109,27 @@ pub struct AdamW {
     step: u64,
     exp_avg: BTreeMap<String, Tensor>,
     exp_avg_sq: BTreeMap<String, Tensor>,
+    /// Gradients are scaled down to this global L2 norm before each step (a setting of the
+    /// run, not state: it is not saved, a resumed run sets it from its config).
+    max_grad_norm: Option<f64>,
+}
+
+/// The factor that brings gradients of global L2 norm `norm` down to `max_norm`, as PyTorch's
+/// `clip_grad_norm_` computes it: `max_norm / (norm + 1e-6)`, at most 1.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+/// The global L2 norm of the gradients of `params` (those without a gradient count as 0).
+pub fn global_grad_norm(params: &[(String, Var)], grads: &GradStore) -> Result<f64, OptimError> {
+    let mut sum = 0f64;
+    for (_, var) in params {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            let sq = grad.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+            sum += sq.to_scalar::<f64>()?;
+        }
+    }
+    Ok(sum.sqrt())
 }
 
 impl AdamW {
@@ -120,7 +141,13 @@ impl AdamW {
             step: 0,
             exp_avg: BTreeMap::new(),
             exp_avg_sq: BTreeMap::new(),
+            max_grad_norm: None,
         })
+    }
+
+    /// Clips each step's gradients to this global L2 norm (`None`: no clipping).
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.max_grad_norm = max_norm;
     }
 
     /// Current hyper-parameters.
@@ -150,6 +177,10 @@ impl AdamW {
     pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<(), OptimError> {
         let mut sorted: Vec<&(String, Var)> = params.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let scale = match self.max_grad_norm {
+            Some(max_norm) => clip_factor(global_grad_norm(params, grads)?, max_norm),
+            None => 1.0,
+        };
         self.step += 1;
         let p = self.params;
         // Powers computed in f64 then applied as scalars, exactly as each step recomputes them.
@@ -159,6 +190,13 @@ impl AdamW {
         for (name, var) in sorted {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
+            };
+            let clipped;
+            let grad = if scale < 1.0 {
+                clipped = (grad * scale)?;
+                &clipped
+            } else {
+                grad
             };
             let theta = var.as_tensor();
             let m_prev = match self.exp_avg.get(name) {
@@ -283,6 +321,7 @@ impl AdamW {
             step: state.step,
             exp_avg,
             exp_avg_sq,
+            max_grad_norm: None,
         })
     }
 }
@@ -291,6 +330,58 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn gradients_are_clipped_to_the_global_norm() {
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        assert!((clip_factor(5.0, 1.0) - 0.2).abs() < 1e-6);
+        let params = vars(0.0);
+        let grads = loss(&params).backward().unwrap();
+        let norm = global_grad_norm(&params, &grads).unwrap();
+        // d/dθ Σ(θ − 0.3)² = 2(θ − 0.3), over both tensors.
+        let expected: f64 = params
+            .iter()
+            .flat_map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .map(|t| (2.0 * (f64::from(t) - 0.3)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - expected).abs() < 1e-4, "{norm} vs {expected}");
+        let max_norm = norm / 4.0;
+        let first_moments = |clip: Option<f64>| {
+            let mut opt = AdamW::new(AdamWParams::default()).unwrap();
+            opt.set_max_grad_norm(clip);
+            let ps = vars(0.0);
+            opt.step(&ps, &loss(&ps).backward().unwrap()).unwrap();
+            opt.state_tensors()
+                .into_iter()
+                .filter(|(name, _)| name.starts_with(EXP_AVG_PREFIX))
+                .collect::<Vec<_>>()
+        };
+        // The first moment after one step is (1 − β1)·g: a quarter of it when clipped, and
+        // untouched by a limit above the norm.
+        let plain = first_moments(None);
+        for (limit, factor) in [(max_norm, clip_factor(norm, max_norm)), (norm * 2.0, 1.0)] {
+            let clipped = first_moments(Some(limit));
+            assert_eq!(clipped.len(), 2);
+            for ((name, got), (_, unclipped)) in clipped.iter().zip(&plain) {
+                let diff = (got - (unclipped * factor).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-6, "{name}: {diff}");
+            }
+        }
+    }
 
     fn vars(seed: f32) -> Vec<(String, Var)> {
         let dev = Device::Cpu;

@@ -86,7 +86,7 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
                 )));
             }
             // The loader logs a warning for each file it skips.
-            crate::data::load_folder(dir, size)?
+            crate::data::load_folder_on(dir, size, cfg.data.background)?
         }
         None => Dataset::trees(
             cfg.data.num_images,

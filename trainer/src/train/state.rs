@@ -125,11 +125,12 @@ impl TrainState {
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
 
-        let optimizer = AdamW::new(AdamWParams {
+        let mut optimizer = AdamW::new(AdamWParams {
             lr: t.learning_rate,
             weight_decay: t.weight_decay,
             ..Default::default()
         })?;
+        optimizer.set_max_grad_norm(t.gradient_clip_val);
         let scheduler = LrScheduler::new(
             t.learning_rate,
             t.min_lr.min(t.learning_rate),
@@ -266,6 +267,8 @@ impl TrainState {
         } else {
             AdamW::new(fresh_hp)?
         };
+        self.optimizer
+            .set_max_grad_norm(self.config.training.gradient_clip_val);
         let total = self.total_steps();
         self.scheduler = if load_scheduler {
             serde_json::from_value(ckpt.scheduler.clone()).map_err(|e| {

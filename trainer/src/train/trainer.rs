@@ -45,7 +45,8 @@ pub trait Callback {
     ) -> Result<(), TrainError> {
         Ok(())
     }
-    /// After an epoch's validation; `metrics` holds `train_loss`, `val_loss` and `lr`.
+    /// After an epoch's validation; `metrics` holds `train_loss`, `lr` and, on the epochs that
+    /// were validated (`check_val_every_n_epoch`), `val_loss`.
     fn on_validation_end(
         &mut self,
         _state: &mut TrainState,
@@ -309,25 +310,35 @@ impl Trainer {
                 return Ok(FitOutcome::Interrupted);
             };
             let secs = started.elapsed().as_secs_f64();
-            progress.steps.set_message("validating");
-            let val_loss = self.validate(&state.model, state)?;
+            // Validated every `check_val_every_n_epoch` epochs and after the last; the epochs
+            // in between record no val_loss (and so never become best by it).
+            let every = state.config.training.check_val_every_n_epoch.max(1);
+            let val_loss = if epoch.is_multiple_of(every) || epoch >= total_epochs {
+                progress.steps.set_message("validating");
+                Some(self.validate(&state.model, state)?)
+            } else {
+                None
+            };
             // A diverged epoch is neither recorded nor saved: resuming must start from the last
             // finite state, not from weights that are already NaN.
-            if !val_loss.is_finite() {
+            let watched = val_loss.unwrap_or(train_loss);
+            if !watched.is_finite() {
                 progress.steps.finish_and_clear();
                 progress.epochs.finish_and_clear();
                 return Err(TrainError::Diverged {
                     epoch,
                     step: state.global_step,
-                    loss: val_loss,
+                    loss: watched,
                 });
             }
             state.epoch = epoch;
-            let metrics = Metrics::from([
+            let mut metrics = Metrics::from([
                 ("train_loss".to_string(), train_loss),
-                ("val_loss".to_string(), val_loss),
                 ("lr".to_string(), lr),
             ]);
+            if let Some(val_loss) = val_loss {
+                metrics.insert("val_loss".to_string(), val_loss);
+            }
             state.last_metrics = metrics.clone();
             for cb in callbacks.iter_mut() {
                 cb.on_validation_end(state, &metrics)?;
@@ -336,14 +347,18 @@ impl Trainer {
                 cb.on_epoch_end(state, &metrics)?;
             }
             let ips = self.train.len() as f64 / secs.max(1e-9);
+            let val_text = match val_loss {
+                Some(v) => format!("val_loss={v:.5}"),
+                None => "(not validated)".to_string(),
+            };
             progress.epochs.set_position(u64::from(epoch));
-            progress
-                .epochs
-                .set_message(format!("val_loss {val_loss:.4}"));
+            if let Some(v) = val_loss {
+                progress.epochs.set_message(format!("val_loss {v:.4}"));
+            }
             progress.line(
                 show,
                 &format!(
-                    "epoch {epoch}/{total_epochs}: train_loss={train_loss:.5} val_loss={val_loss:.5} lr={lr:.2e} ({ips:.1} images/s)"
+                    "epoch {epoch}/{total_epochs}: train_loss={train_loss:.5} {val_text} lr={lr:.2e} ({ips:.1} images/s)"
                 ),
             );
         }
@@ -357,7 +372,11 @@ impl Trainer {
             model,
             &self.val,
             &self.schedule,
-            state.config.training.batch_size,
+            state
+                .config
+                .training
+                .val_batch_size
+                .unwrap_or(state.config.training.batch_size),
             state.config.training.seed,
             &state.device,
         )

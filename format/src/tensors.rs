@@ -45,7 +45,8 @@ pub mod meta_keys {
 
 /// `format` value of a LoRA checkpoint.
 pub const LORA_CHECKPOINT_FORMAT: &str = "diffit-lora-checkpoint";
-/// `format` value of a base model file.
+/// `format` value of a base model file. A merged export (LoRA fused into the base) has this
+/// format too, and also the `lora_config` (and `epoch`) of the adapters fused in.
 pub const BASE_MODEL_FORMAT: &str = "diffit-base-model";
 
 /// Name of the LoRA A tensor of `module` (e.g. `blocks.0.attn.qkv`).

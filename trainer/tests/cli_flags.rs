@@ -38,7 +38,12 @@ fn negative_zero_and_non_finite_values_name_the_flag_and_its_range() {
         &["--seed", "0..=18446744073709551615"],
     );
     assert_usage_error(&train("--run-number", "-2"), &["--run-number", "1.."]);
-    assert_usage_error(&train("--keep-last-n", "0"), &["--keep-last-n", "1.."]);
+    // 0 keeps every epoch (as in the seed system); a negative count is still refused.
+    assert_usage_error(&train("--keep-last-n", "-1"), &["--keep-last-n", "0.."]);
+    assert_usage_error(
+        &train("--keep-optimizer-last-n", "0"),
+        &["--keep-optimizer-last-n", "1.."],
+    );
     assert_usage_error(
         &train("--save-every-n-epochs", "-1"),
         &["--save-every-n-epochs", "1.."],

@@ -5,6 +5,7 @@
 //! error to an exit code with [`exit::exit_code`]).
 
 pub mod exit;
+pub mod inspect;
 pub mod official;
 pub mod pretrain;
 pub mod runs;
@@ -49,6 +50,9 @@ pub enum Command {
     },
     /// Check every file of a run against its recorded checksum; non-zero exit if any is damaged.
     Verify(VerifyArgs),
+    /// Show what a safetensors file is: kind, size, header metadata, tensors, checksum (and
+    /// whether it matches the run's metadata when the file is inside a run).
+    Inspect(inspect::InspectArgs),
     /// Train a full base model on the generic (tree-free) set and write it.
     Pretrain(pretrain::PretrainArgs),
     /// Sample an image grid from a run's checkpoint (base + LoRA fused, DDIM).
@@ -154,6 +158,7 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
             command: RunsCommand::List(dir),
         } => runs::print_runs_table(&dir.checkpoints),
         Command::Verify(args) => verify::verify_run(&args.dir.checkpoints, args.run_number),
+        Command::Inspect(args) => inspect::inspect(&args),
     }
 }
 

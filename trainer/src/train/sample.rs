@@ -183,10 +183,19 @@ pub fn export_merged(model: &FusedModel, out: &Path) -> Result<PathBuf, TrainErr
         .collect();
     let config = serde_json::to_string(&model.model_config)
         .map_err(|e| TrainError::Internal(format!("cannot encode model config: {e}")))?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         (meta_keys::FORMAT.to_string(), BASE_MODEL_FORMAT.to_string()),
         (meta_keys::MODEL_CONFIG.to_string(), config),
     ]);
+    // What was fused in, so that the file tells itself apart from a plain base model.
+    if let Some(lora) = &model.lora_config {
+        let lora = serde_json::to_string(lora)
+            .map_err(|e| TrainError::Internal(format!("cannot encode LoRA config: {e}")))?;
+        meta.insert(meta_keys::LORA_CONFIG.to_string(), lora);
+    }
+    if let Some(epoch) = model.epoch {
+        meta.insert(meta_keys::EPOCH.to_string(), epoch.to_string());
+    }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io("create directory", dir, e))?;
     }

@@ -98,6 +98,9 @@ impl CheckpointManager {
                 let removed = match (&c.damaged, c.removed) {
                     (Some(reason), _) => format!("  (damaged: {reason})"),
                     (None, true) => "  (removed)".to_string(),
+                    (None, false) if c.weights_only => {
+                        "  (weights only: cannot be resumed from)".to_string()
+                    }
                     (None, false) => String::new(),
                 };
                 let _ = writeln!(

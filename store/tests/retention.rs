@@ -80,6 +80,14 @@ fn older_epochs_lose_only_their_optimizer_state_and_resume_passes_them_over() {
         assert_eq!(loaded.lora, checkpoint(epoch, 0.0).lora);
         assert_eq!(loaded.metrics["val_loss"], [0.1, 0.3][epoch as usize - 1]);
     }
+    let summary = run.get_run_summary();
+    assert_eq!(
+        summary
+            .matches("(weights only: cannot be resumed from)")
+            .count(),
+        2,
+        "{summary}"
+    );
     // best.safetensors follows the rewritten epoch 1 (it was a link to the old file).
     assert!(run
         .load_lora_weights(Which::Best)
@@ -140,4 +148,36 @@ fn a_rewrite_interrupted_after_its_commit_is_finished_by_the_next_writer() {
         .unwrap()
         .optimizer_tensors
         .is_empty());
+}
+
+#[test]
+fn resume_falls_back_to_the_newest_intact_epoch_that_kept_its_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = CheckpointManager::create(dir.path(), "e").unwrap();
+    let policy = RetentionPolicy {
+        keep_optimizer_last_n: Some(2),
+        ..RetentionPolicy::new(0, true)
+    };
+    for (epoch, loss) in [(1, 0.4), (2, 0.3), (3, 0.2), (4, 0.1)] {
+        run.save_lora_weights(&checkpoint(epoch, loss), "val_loss", Mode::Min)
+            .unwrap();
+        run.apply_retention(policy).unwrap();
+    }
+    let resumable: Vec<u32> = run
+        .metadata()
+        .checkpoints
+        .iter()
+        .filter(|c| c.is_resumable())
+        .map(|c| c.epoch)
+        .collect();
+    assert_eq!(resumable, [3, 4]);
+    fs::write(epoch_file(dir.path(), 4), b"torn").unwrap();
+    let resume = run.resume().unwrap().unwrap();
+    assert_eq!(resume.checkpoint.epoch, 3);
+    assert_eq!(resume.skipped_epochs, [4]);
+    assert!(!resume.checkpoint.optimizer_tensors.is_empty());
+    // Epoch 4 is recorded damaged; epochs 1 and 2 stay as they are, weights only.
+    let meta = run.metadata();
+    assert!(meta.checkpoint(4).unwrap().damaged.is_some());
+    assert!(meta.checkpoint(2).unwrap().weights_only && meta.checkpoint(2).unwrap().is_live());
 }

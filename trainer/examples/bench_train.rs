@@ -53,7 +53,7 @@ fn bench(
         .batch(&idx, &device)
         .map_err(candle_core::Error::wrap)?;
     // One warm-up step (allocations, thread pool start).
-    let (_, grads) = loss_and_grads(model, &x, &schedule, &mut rng, shards, params)?;
+    let (_, grads) = loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params)?;
     opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
     let (mut forward, mut backward, mut update) = (0.0, 0.0, 0.0);
     let start = Instant::now();
@@ -64,7 +64,7 @@ fn bench(
             (Instant::now(), loss.backward()?)
         } else {
             // Forward and backward overlap across shards: all of it counts as backward.
-            let (_, grads) = loss_and_grads(model, &x, &schedule, &mut rng, shards, params)?;
+            let (_, grads) = loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params)?;
             (t0, grads)
         };
         let t2 = Instant::now();

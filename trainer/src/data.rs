@@ -1,7 +1,9 @@
-//! Loading a folder of the user's own PNG/JPEG images as a training [`Dataset`].
+//! Loading a folder of the user's own PNG/JPEG images as a training [`Dataset`]: the images
+//! of the folder itself, or, when it holds none but has subfolders, each subfolder's images as
+//! one class (labelled by the subfolder's name).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use image::imageops::FilterType;
@@ -12,10 +14,13 @@ use model::data::{DataError, Dataset};
 /// Extensions we try to decode; anything else in the folder is skipped with a warning.
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Every PNG/JPEG in `dir` (not recursive, sorted by name) as CHW RGB in `[-1, 1]`,
-/// centre-cropped and resized to `size × size`. Unreadable files are skipped with a warning
-/// naming the file (also kept in [`Dataset::skipped`]); a folder with no usable image is an error.
-/// Transparent pixels are composited onto white.
+/// The images of `dir` as CHW RGB in `[-1, 1]`, centre-cropped and resized to `size × size`.
+/// A folder whose own files include no PNG/JPEG but which has subfolders is a labelled set:
+/// each subfolder (sorted by name, hidden ones left out) is a class and its images (not
+/// recursive) have that class's label. Otherwise every PNG/JPEG in `dir` itself (not
+/// recursive, sorted by name) is loaded, unlabelled. Unreadable files are skipped with a
+/// warning naming the file (also kept in [`Dataset::skipped`]); a folder with no usable image
+/// is an error. Transparent pixels are composited onto white.
 pub fn load_folder(dir: &Path, size: usize) -> Result<Dataset, DataError> {
     load_folder_on(dir, size, Background::WHITE)
 }
@@ -26,28 +31,86 @@ pub fn load_folder_on(
     size: usize,
     background: Background,
 ) -> Result<Dataset, DataError> {
+    let (files, subdirs) = entries(dir)?;
+    let has_images = files.iter().any(|p| image_extension(p).is_some());
+    let mut skipped = Vec::new();
+    if has_images || subdirs.is_empty() {
+        let images = load_images(&files, size, background, &mut skipped);
+        return finish(dir, size, images, None, skipped);
+    }
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut classes = Vec::new();
+    for (files, name) in subdirs
+        .iter()
+        .map(|sub| entries(sub).map(|(files, _)| (files, sub)))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|(files, sub)| (files, class_name(sub)))
+    {
+        let found = load_images(&files, size, background, &mut skipped);
+        if found.is_empty() {
+            let msg = format!(
+                "{}: no readable image in this class folder",
+                dir.join(&name).display()
+            );
+            tracing::warn!("skipping {msg}");
+            skipped.push(msg);
+            continue;
+        }
+        let label = u32::try_from(classes.len()).unwrap_or(u32::MAX);
+        labels.extend(std::iter::repeat_n(label, found.len()));
+        images.extend(found);
+        classes.push(name);
+    }
+    finish(dir, size, images, Some((labels, classes)), skipped)
+}
+
+/// The files and the (non-hidden) subdirectories of `dir`, each sorted by name.
+fn entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     let io = |source| DataError::Io {
         path: dir.display().to_string(),
         source,
     };
-    let mut paths = Vec::new();
+    let (mut files, mut subdirs) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.is_file() {
-            paths.push(path);
+            files.push(path);
+        } else if path.is_dir() && !class_name(&path).starts_with('.') {
+            subdirs.push(path);
         }
     }
-    paths.sort();
+    files.sort();
+    subdirs.sort();
+    Ok((files, subdirs))
+}
+
+fn class_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn image_extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .filter(|e| EXTENSIONS.contains(&e.as_str()))
+}
+
+/// Decodes each of `paths`, noting (and logging) every file it skips.
+fn load_images(
+    paths: &[PathBuf],
+    size: usize,
+    background: Background,
+    skipped: &mut Vec<String>,
+) -> Vec<Vec<f32>> {
     let mut images = Vec::new();
-    let mut skipped = Vec::new();
     for path in paths {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let result = match ext {
-            Some(e) if EXTENSIONS.contains(&e.as_str()) => load_image(&path, size, background),
-            _ => Err("not a .png/.jpg/.jpeg file".to_string()),
+        let result = match image_extension(path) {
+            Some(_) => load_image(path, size, background),
+            None => Err("not a .png/.jpg/.jpeg file".to_string()),
         };
         match result {
             Ok(img) => images.push(img),
@@ -58,6 +121,17 @@ pub fn load_folder_on(
             }
         }
     }
+    images
+}
+
+/// The dataset of what was loaded from `dir`, or the error of a folder without any image.
+fn finish(
+    dir: &Path,
+    size: usize,
+    images: Vec<Vec<f32>>,
+    labels: Option<(Vec<u32>, Vec<String>)>,
+    skipped: Vec<String>,
+) -> Result<Dataset, DataError> {
     if images.is_empty() {
         let detail = if skipped.is_empty() {
             String::new()
@@ -69,7 +143,12 @@ pub fn load_folder_on(
             detail,
         });
     }
-    Ok(Dataset::new(images, 3, size)?.with_skipped(skipped))
+    let data = Dataset::new(images, 3, size)?;
+    let data = match labels {
+        Some((labels, classes)) => data.with_labels(labels, classes)?,
+        None => data,
+    };
+    Ok(data.with_skipped(skipped))
 }
 
 /// Most bytes an image may decode to: a 24-megapixel 16-bit RGBA photo (192 MiB) fits, a file

@@ -302,7 +302,7 @@ fn callbacks_run_in_order_and_a_stop_ends_cleanly() {
     use trainer::train::trainer::Trainer;
     let dir = tempfile::tempdir().unwrap();
     let cfg = quick_config(dir.path(), 4);
-    let (train, val) = load_data(&cfg).unwrap();
+    let (train, val) = load_data(&cfg, &model::Config::tiny()).unwrap();
     let base = trainer::train::pretrain::load_base(tiny_base(), &model::Config::tiny())
         .unwrap()
         .tensors;

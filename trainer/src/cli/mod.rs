@@ -235,6 +235,7 @@ mod tests {
             staging: None,
             keep_optimizer_last_n: None,
             background: None,
+            label_dropout: None,
         };
         assert_eq!(a.overrides, expected);
         // The seed's spelling of --base, keeping everything, the newest moments, a background.

@@ -50,7 +50,7 @@ pub fn pretrain(args: &PretrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<(
         cfg.epochs, cfg.num_images, cfg.seed
     );
     let tensors = run_pretrain(&cfg, true, stop)?;
-    save_base(&args.out, &tensors, &preset.model_config())?;
+    save_base(&args.out, &tensors, &cfg.model)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

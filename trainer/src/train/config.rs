@@ -63,15 +63,26 @@ pub enum ConfigError {
     },
 }
 
-/// The model size presets, as `--preset` and the YAML's `model.preset` name them.
+/// The model presets, as `--preset` and the YAML's `model.preset` name them: our hybrid
+/// (adaLN-Zero, no labels) and the published architecture (class labels, guidance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// For tests: trains in seconds.
+    /// For tests: trains in seconds (hybrid).
     Tiny,
-    /// The demo model.
+    /// The demo model (hybrid).
     #[default]
     Small,
+    /// The published architecture at `tiny` size, labelled with the tree species.
+    #[serde(rename = "published-tiny")]
+    PublishedTiny,
+    /// The published architecture at `small` size, labelled with the tree species.
+    #[serde(rename = "published-small")]
+    PublishedSmall,
+    /// The published architecture at 32×32 with 10 classes, for a GPU.
+    #[serde(rename = "published-32")]
+    #[value(name = "published-32")]
+    Published32,
 }
 
 impl Preset {
@@ -80,9 +91,16 @@ impl Preset {
         match self {
             Preset::Tiny => Config::tiny(),
             Preset::Small => Config::small(),
+            Preset::PublishedTiny => Config::published_tiny(),
+            Preset::PublishedSmall => Config::published_small(),
+            Preset::Published32 => Config::published_32(),
         }
     }
 }
+
+/// The label dropout of a labelled model when the config sets none: the share of training
+/// images conditioned on the null class, which classifier-free guidance needs.
+pub const DEFAULT_LABEL_DROPOUT: f64 = 0.1;
 
 impl std::fmt::Display for Preset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +179,11 @@ pub struct TrainingSettings {
     pub seed: u64,
     /// Per-step metrics (the step's loss and learning rate) are logged every N optimizer steps.
     pub log_every_n_steps: u64,
+    /// For a model with class labels: the probability that a training image's label is
+    /// replaced by the null class (unset: [`DEFAULT_LABEL_DROPOUT`], recorded when a labelled
+    /// run is created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_dropout: Option<f64>,
     /// The seed's checkpoint section.
     pub checkpoint: CheckpointSettings,
     /// MLflow tracking (off unless a tracking URI is given).
@@ -204,6 +227,7 @@ impl Default for TrainingSettings {
             warmup_steps: 4,
             seed: 42,
             log_every_n_steps: 10,
+            label_dropout: None,
             checkpoint: CheckpointSettings::default(),
             mlflow: MlflowSettings::default(),
         }
@@ -409,6 +433,10 @@ pub struct Overrides {
     /// into a run that lacks it.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub save_base_model: Option<bool>,
+    /// For a labelled model: the probability in [0, 1) that a training image is conditioned
+    /// on the null class instead of its label (default 0.1).
+    #[arg(long, allow_hyphen_values = true, value_parser = values::unit_interval)]
+    pub label_dropout: Option<f64>,
     /// Log the run to this MLflow tracking server (`http://HOST:PORT`).
     #[arg(long, value_name = "URI")]
     pub mlflow_uri: Option<String>,
@@ -571,6 +599,9 @@ impl TrainingConfig {
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
             return invalid("training.weight_decay", t.weight_decay, "must be >= 0");
         }
+        if let Some(p) = t.label_dropout.filter(|p| !(0.0..1.0).contains(p)) {
+            return invalid("training.label_dropout", p, "must be in [0, 1)");
+        }
         let d = &self.data;
         if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
             return invalid(
@@ -698,6 +729,7 @@ fn valid_keys() -> Vec<String> {
     t.val_batch_size = Some(1);
     t.check_val_every_n_epoch = 2;
     t.gradient_clip_val = Some(1.0);
+    t.label_dropout = Some(0.1);
     t.mlflow.tracking_uri = Some(String::new());
     t.mlflow.experiment_name = Some(String::new());
     t.checkpoint.mirror = Some(String::new());
@@ -778,6 +810,9 @@ impl TrainingConfig {
         set(&mut t.batch_size, &o.batch_size);
         set(&mut t.learning_rate, &o.learning_rate);
         set(&mut t.seed, &o.seed);
+        if o.label_dropout.is_some() {
+            t.label_dropout = o.label_dropout;
+        }
         let c = &mut t.checkpoint;
         set(&mut c.base_dir, &o.base_dir);
         if o.mirror.is_some() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Device, Var};
 
 use model::data::Dataset;
-use model::diffusion::NoiseSchedule;
+use model::diffusion::{BatchLabels, NoiseSchedule};
 use model::rng::Rng;
 use model::DiffiT;
 
@@ -36,6 +36,9 @@ pub struct Learner<'a> {
     pub global_step: &'a mut u64,
     /// Where the batches are built.
     pub device: &'a Device,
+    /// For a model with labels and a labelled dataset: the probability that an image is
+    /// conditioned on the null class instead (ignored otherwise).
+    pub label_dropout: f64,
 }
 
 /// What one epoch did.
@@ -82,10 +85,16 @@ pub fn train_epoch(
             return Ok(None);
         }
         let x = data.batch(chunk, learner.device)?;
+        let classes = batch_labels(learner.model, data, chunk)?;
+        let labels = classes.as_deref().map(|classes| BatchLabels {
+            classes,
+            dropout: learner.label_dropout,
+        });
         let shards = shard_count(chunk.len(), learner.device);
         let (value, grads) = loss_and_grads(
             learner.model,
             &x,
+            labels,
             schedule,
             learner.noise_rng,
             shards,
@@ -117,4 +126,18 @@ pub fn train_epoch(
         mean: loss_sum / seen.max(1) as f64,
         last_lr: lr,
     }))
+}
+
+/// The labels a batch of `data` is conditioned on: the images' own when both the model (its
+/// label embedder) and the data have labels; `None` (the null class, or no labels at all)
+/// otherwise.
+pub fn batch_labels(
+    model: &DiffiT,
+    data: &Dataset,
+    indices: &[usize],
+) -> Result<Option<Vec<u32>>, TrainError> {
+    if model.config().num_classes.is_none() {
+        return Ok(None);
+    }
+    Ok(data.batch_labels(indices)?)
 }

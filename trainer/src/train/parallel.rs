@@ -13,7 +13,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
-use model::diffusion::{ddpm_loss, NoiseSchedule};
+use model::diffusion::{ddpm_loss_labeled, BatchLabels, NoiseSchedule};
 use model::rng::Rng;
 use model::DiffiT;
 
@@ -45,10 +45,13 @@ pub fn prefer_data_parallel() {
 }
 
 /// The batch's DDPM loss (mean over all images) and its gradients for `params`, computed on
-/// `shards` threads. With one shard this is exactly `ddpm_loss` + `backward` on `rng`.
+/// `shards` threads, each image conditioned on its label in `labels` if given (each shard
+/// draws its own images' label dropout). With one shard this is exactly `ddpm_loss_labeled` +
+/// `backward` on `rng`.
 pub fn loss_and_grads(
     model: &DiffiT,
     x: &Tensor,
+    labels: Option<BatchLabels>,
     schedule: &NoiseSchedule,
     rng: &mut Rng,
     shards: usize,
@@ -56,8 +59,11 @@ pub fn loss_and_grads(
 ) -> candle_core::Result<(f64, GradStore)> {
     let batch = x.dim(0)?;
     let shards = shards.clamp(1, batch.max(1));
+    if labels.is_some_and(|l| l.classes.len() != batch) {
+        candle_core::bail!("a batch of {batch} images needs {batch} labels");
+    }
     if shards == 1 {
-        let loss = ddpm_loss(model, x, schedule, rng)?;
+        let loss = ddpm_loss_labeled(model, x, labels, schedule, rng)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         return Ok((value, loss.backward()?));
     }
@@ -66,15 +72,20 @@ pub fn loss_and_grads(
     let mut start = 0;
     for k in 0..shards {
         let len = batch / shards + usize::from(k < batch % shards);
-        parts.push((x.narrow(0, start, len)?, len, rng.fork()));
+        let part_labels = labels.map(|l| BatchLabels {
+            classes: &l.classes[start..start + len],
+            dropout: l.dropout,
+        });
+        parts.push((x.narrow(0, start, len)?, part_labels, len, rng.fork()));
         start += len;
     }
     let results: Vec<candle_core::Result<(usize, f64, GradStore)>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|(part, len, mut shard_rng)| {
+            .map(|(part, part_labels, len, mut shard_rng)| {
                 s.spawn(move || {
-                    let loss = ddpm_loss(model, &part, schedule, &mut shard_rng)?;
+                    let loss =
+                        ddpm_loss_labeled(model, &part, part_labels, schedule, &mut shard_rng)?;
                     let value = f64::from(loss.to_scalar::<f32>()?);
                     Ok((len, value, loss.backward()?))
                 })
@@ -130,6 +141,7 @@ mod tests {
     use super::*;
     use candle_core::DType;
     use candle_nn::{VarBuilder, VarMap};
+    use model::diffusion::ddpm_loss;
     use model::{init_base_tensors, Config};
 
     /// A tiny model whose parameters all train, with a non-zero head so gradients are real.
@@ -172,7 +184,7 @@ mod tests {
             .unwrap();
         let schedule = NoiseSchedule::default();
         let (loss, grads) =
-            loss_and_grads(&model, &x, &schedule, &mut Rng::new(3), 2, &params).unwrap();
+            loss_and_grads(&model, &x, None, &schedule, &mut Rng::new(3), 2, &params).unwrap();
 
         // The same shards by hand: images 0..3 and 3..5, each on its fork of the RNG.
         let mut rng = Rng::new(3);
@@ -197,7 +209,7 @@ mod tests {
 
         // One shard is the plain loss on the caller's RNG.
         let (single, _) =
-            loss_and_grads(&model, &x, &schedule, &mut Rng::new(3), 1, &params).unwrap();
+            loss_and_grads(&model, &x, None, &schedule, &mut Rng::new(3), 1, &params).unwrap();
         let plain = ddpm_loss(&model, &x, &schedule, &mut Rng::new(3)).unwrap();
         assert_eq!(single, f64::from(plain.to_scalar::<f32>().unwrap()));
     }

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
 use format::CheckpointName;
-use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule};
+use model::diffusion::{to_rgb8, DdimSampler, Guidance, NoiseSchedule};
 use model::{fuse_lora_weights, Config, DiffiT, LoraConfig};
 use store::{CheckpointManager, Which};
 
@@ -31,6 +31,8 @@ pub struct FusedModel {
     pub lora: HashMap<String, Tensor>,
     /// The epoch the adapters come from.
     pub epoch: Option<u32>,
+    /// The class names the run recorded, in label order (empty without labels).
+    pub classes: Vec<String>,
 }
 
 impl FusedModel {
@@ -55,6 +57,13 @@ pub fn load_fused(
             reason: format!("model_config is missing or invalid: {e}"),
         })?;
     let base_tensors: HashMap<String, Tensor> = map_to_candle(&base.tensors, &Device::Cpu)?;
+    // Older runs and unlabelled ones record no class names.
+    let classes: Vec<String> = manager
+        .load_config()
+        .ok()
+        .and_then(|config| config.get("classes").cloned())
+        .and_then(|names| serde_json::from_value(names).ok())
+        .unwrap_or_default();
     let which = match checkpoint {
         CheckpointName::Base => {
             return Ok(FusedModel {
@@ -63,6 +72,7 @@ pub fn load_fused(
                 tensors: base_tensors,
                 lora: HashMap::new(),
                 epoch: None,
+                classes,
             })
         }
         CheckpointName::Best => Which::Best,
@@ -84,7 +94,37 @@ pub fn load_fused(
         tensors,
         lora,
         epoch: Some(ckpt.epoch),
+        classes,
     })
+}
+
+impl FusedModel {
+    /// The label of `class`: a class name the run recorded, or a number below the model's
+    /// class count.
+    pub fn class_label(&self, class: &str) -> Result<u32, TrainError> {
+        let Some(n) = self.model_config.num_classes else {
+            return Err(TrainError::Usage(
+                "--class: this model has no class labels (its preset is not a published one)"
+                    .into(),
+            ));
+        };
+        if let Some(i) = self.classes.iter().position(|c| c == class) {
+            return Ok(i as u32);
+        }
+        match class.parse::<u32>() {
+            Ok(label) if (label as usize) < n => Ok(label),
+            _ => {
+                let names = if self.classes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" or one of {}", self.classes.join(", "))
+                };
+                Err(TrainError::Usage(format!(
+                    "--class {class}: expected a class number below {n}{names}"
+                )))
+            }
+        }
+    }
 }
 
 /// White pixels between (and around) the images of a [`grid`].
@@ -131,14 +171,16 @@ pub fn grid(
     Ok((w, h, out))
 }
 
-/// Samples `n` images with `steps` DDIM steps of `eta` from `seed` and writes them as a PNG grid;
-/// returns the path written.
+/// Samples `n` images with `steps` DDIM steps of `eta` from `seed`, with classifier-free
+/// guidance when given, and writes them as a PNG grid; returns the path written.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_grid(
     model: &FusedModel,
     n: usize,
     seed: u64,
     steps: usize,
     eta: f64,
+    guidance: Option<Guidance>,
     out: &Path,
 ) -> Result<PathBuf, TrainError> {
     if n == 0 || steps == 0 {
@@ -148,15 +190,20 @@ pub fn sample_grid(
     }
     let device = Device::Cpu;
     let net = model.network()?;
-    let images = ddim_sample(
-        &net,
+    let mut sampler = DdimSampler::new(
         &NoiseSchedule::default(),
-        n,
-        seed,
         steps,
-        eta,
+        n,
+        &model.model_config,
+        seed,
         &device,
-    )?;
+    )?
+    .with_eta(eta);
+    if let Some(guidance) = guidance {
+        sampler = sampler.with_guidance(guidance)?;
+    }
+    while sampler.step(&net)? {}
+    let images = sampler.finish()?;
     let rgb = to_rgb8(&images)?;
     let size = model.model_config.image_size;
     let cols = (n as f64).sqrt().ceil() as usize;

@@ -20,7 +20,7 @@ use crate::tensors::map_to_candle;
 use super::callbacks::{
     DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
 };
-use super::config::{Overrides, TrainingConfig};
+use super::config::{Overrides, TrainingConfig, DEFAULT_LABEL_DROPOUT};
 use super::error::TrainError;
 use super::pretrain::{
     base_model_config, cached_base_path, load_base, pretrain, same_weights, save_base,
@@ -74,9 +74,11 @@ fn say(show: bool, text: &str) {
     }
 }
 
-/// Loads the fine-tuning images for `cfg` and splits them.
-pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError> {
-    let size = cfg.model.preset.model_config().image_size;
+/// Loads the fine-tuning images for `cfg` at `model`'s image size and splits them. For a model
+/// with a label embedder the images keep their labels (the trees' species, a folder's class
+/// subfolders), which must fit its classes; for one without, the labels are dropped.
+pub fn load_data(cfg: &TrainingConfig, model: &Config) -> Result<(Dataset, Dataset), TrainError> {
+    let size = model.image_size;
     let all = match &cfg.data.dir {
         Some(dir) => {
             if !dir.is_dir() {
@@ -100,6 +102,22 @@ pub fn load_data(cfg: &TrainingConfig) -> Result<(Dataset, Dataset), TrainError>
             all.len()
         )));
     }
+    let all = match model.num_classes {
+        None => all.without_labels(),
+        Some(n) if all.classes().len() > n => {
+            let source = match &cfg.data.dir {
+                Some(dir) => format!("--data {}", dir.display()),
+                None => "the procedural trees".into(),
+            };
+            return Err(TrainError::Usage(format!(
+                "{source} has {} classes ({}), but the model's label embedder has {n}: use fewer \
+                 class subfolders or a base made for more classes",
+                all.classes().len(),
+                all.classes().join(", ")
+            )));
+        }
+        Some(_) => all,
+    };
     let (train, val) = all.split(
         cfg.data.val_fraction,
         mix_seed(cfg.training.seed, streams::SPLIT),
@@ -127,6 +145,27 @@ pub fn resolve_base(
     let preset = cfg.model.preset;
     let expected = preset.model_config();
     if let Some(path) = &cfg.model.base {
+        // A published model (one `diffit import` made, or a published preset's) brings its
+        // own sizes and classes: its header config is the network, whatever the preset.
+        let expected = match base_model_config(path)? {
+            Some(found) if !found.architecture.is_hybrid() => {
+                if !found.same_sizes(&expected) {
+                    say(
+                        show,
+                        &format!(
+                            "the base {} is a published DiffiT of its own sizes ({} px, width {}, {} blocks, {} classes); training it as it is, not as the {preset} preset",
+                            path.display(),
+                            found.image_size,
+                            found.hidden_size,
+                            found.depth,
+                            found.num_classes.unwrap_or(0)
+                        ),
+                    );
+                }
+                found
+            }
+            _ => expected,
+        };
         let loaded = load_base(path, &expected)?;
         return Ok((loaded.tensors, loaded.model_config.unwrap_or(expected)));
     }
@@ -195,8 +234,11 @@ fn resumed_model_config(
             "the model_config of run {run}'s base model is not a model config: {e}"
         ))
     })?;
-    // Older runs may lack newer model features; they resume as they were made.
-    if saved.validate().is_err() || saved.image_size != preset.image_size {
+    // Older runs may lack newer model features; they resume as they were made. A published
+    // base may have sizes of its own (`--base` of an imported model).
+    if saved.validate().is_err()
+        || (saved.architecture.is_hybrid() && saved.image_size != preset.image_size)
+    {
         return Err(TrainError::Resume(format!(
             "run {run}'s base model was saved for {saved:?}, which does not fit the {} preset",
             cfg.model.preset
@@ -314,6 +356,23 @@ fn resume_base(
     )))
 }
 
+/// What a new run of a model with a label embedder records: the label table gets a LoRA
+/// adapter (added to the default targets, so the run can learn its data's classes while the
+/// base stays frozen) and the label dropout is fixed at its default unless set. A resumed run
+/// keeps what it recorded; a model without labels changes nothing.
+fn label_settings(cfg: &mut TrainingConfig, model: &Config) {
+    if model.num_classes.is_none() {
+        return;
+    }
+    let lora = &mut cfg.lora;
+    if lora.target_modules == model::LoraConfig::default().target_modules {
+        lora.target_modules.push(model::LABEL_EMBEDDER.to_string());
+    }
+    cfg.training
+        .label_dropout
+        .get_or_insert(DEFAULT_LABEL_DROPOUT);
+}
+
 /// Runs a training request to its end (or to a requested stop).
 pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainReport, TrainError> {
     let show = req.show_progress;
@@ -398,7 +457,21 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
     let run_number = manager.run_number();
     let run_dir = manager.run_dir();
     let logs = manager.logs_dir();
-    let (train, val) = load_data(&cfg)?;
+    let mut cfg = cfg;
+    if resume_run.is_none() {
+        label_settings(&mut cfg, &model_cfg);
+    }
+    let (train, val) = load_data(&cfg, &model_cfg)?;
+    if !train.classes().is_empty() {
+        say(
+            show,
+            &format!(
+                "classes: {} (label dropout {})",
+                train.classes().join(", "),
+                cfg.training.label_dropout.unwrap_or(DEFAULT_LABEL_DROPOUT)
+            ),
+        );
+    }
     say(
         show,
         &format!(
@@ -411,6 +484,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
     );
     let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
     let mut state = TrainState::new(cfg.clone(), model_cfg, base, Device::Cpu, steps)?;
+    state.classes = train.classes().to_vec();
     let shared = Rc::new(RefCell::new(manager));
     let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
     if !req.log_samples {

@@ -85,6 +85,8 @@ pub struct TrainState {
     pub last_metrics: Metrics,
     /// Epoch of the checkpoint this state was resumed from, if any.
     pub resumed_from: Option<u32>,
+    /// The class names of a labelled run, in label order (empty without labels).
+    pub classes: Vec<String>,
 }
 
 impl TrainState {
@@ -155,6 +157,7 @@ impl TrainState {
             steps_per_epoch: steps_per_epoch.max(1),
             last_metrics: Metrics::new(),
             resumed_from: None,
+            classes: Vec::new(),
         })
     }
 
@@ -175,11 +178,17 @@ impl TrainState {
     /// The run's whole configuration as `config.json` stores it (and MLflow logs it as params):
     /// the training config in its stored form, the LoRA config and the model config.
     pub fn run_config(&self) -> Value {
-        serde_json::json!({
+        let mut config = serde_json::json!({
             "training": self.config.to_stored(),
             "lora": self.lora_config,
             "model": self.model_config,
-        })
+        });
+        // The class names, so that samples can be asked for by name (not in unlabelled runs,
+        // whose config.json stays as older versions wrote it).
+        if let (false, Some(map)) = (self.classes.is_empty(), config.as_object_mut()) {
+            map.insert("classes".into(), serde_json::json!(self.classes));
+        }
+        config
     }
 
     /// This state as a checkpoint of the epoch just completed.

@@ -12,11 +12,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use format::metadata::Metrics;
 use model::data::Dataset;
-use model::diffusion::{ddpm_eval_loss, NoiseSchedule};
+use model::diffusion::{ddpm_eval_loss_labeled, NoiseSchedule};
 use model::rng::{mix_seed, Rng};
 use model::DiffiT;
 
-use super::epoch::{train_epoch, Learner, StepProgress};
+use super::config::DEFAULT_LABEL_DROPOUT;
+use super::epoch::{batch_labels, train_epoch, Learner, StepProgress};
 use super::error::TrainError;
 use super::state::{streams, TrainState};
 
@@ -100,7 +101,8 @@ impl std::fmt::Debug for Trainer {
 }
 
 /// Mean validation loss of `model` over `val`: each batch uses its own RNG seeded from
-/// `(seed, repeat, batch)`, so the number is comparable across epochs and runs.
+/// `(seed, repeat, batch)`, so the number is comparable across epochs and runs. A labelled
+/// model sees every image's label (no dropout).
 pub fn validation_loss(
     model: &DiffiT,
     val: &Dataset,
@@ -116,7 +118,9 @@ pub fn validation_loss(
         for (b, chunk) in indices.chunks(batch_size.max(1)).enumerate() {
             let mut rng = Rng::new(mix_seed(mix_seed(val_seed, repeat), b as u64));
             let x = val.batch(chunk, device)?;
-            let loss = ddpm_eval_loss(model, &x, schedule, &mut rng)?.to_scalar::<f32>()?;
+            let labels = batch_labels(model, val, chunk)?;
+            let loss = ddpm_eval_loss_labeled(model, &x, labels.as_deref(), schedule, &mut rng)?
+                .to_scalar::<f32>()?;
             total += f64::from(loss) * chunk.len() as f64;
             count += chunk.len();
         }
@@ -400,6 +404,11 @@ impl Trainer {
             noise_rng: &mut state.noise_rng,
             global_step: &mut state.global_step,
             device: &state.device,
+            label_dropout: state
+                .config
+                .training
+                .label_dropout
+                .unwrap_or(DEFAULT_LABEL_DROPOUT),
         };
         let started = Instant::now();
         let done = train_epoch(

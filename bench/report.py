@@ -110,7 +110,23 @@ def main():
         rows.append((f"5. Peak RSS streaming a {server['stream_bytes'] / 2**30:.0f} GiB checkpoint",
                      f"{server['stream_peak_rss_kib'] / 1024:.1f} MiB", "–", "–", "flat", "info"))
 
-    rows.append(("6. GPU training (`--features cuda`)", "not measured", "no GPU on this machine",
+    listed = k.get("bucket_listing", [None])[0]
+    if listed:
+        secs = listed["bucket_ms"] / 1000
+        rows.append((f"6. Listing {listed['runs']:,} runs in a bucket (moto, loopback)",
+                     f"{fmt(listed['bucket_ms'])} ms (`remote::list_runs`)",
+                     f"{fmt(listed['local_ms'])} ms (the same runs on disk)",
+                     f"{listed['bucket_ms'] / listed['local_ms']:.1f}×", "< 2 s",
+                     verdict(secs, 2.0, False)))
+    stored = k.get("bucket_bytes", [None])[0]
+    if stored:
+        mib = lambda b: f"{b / 2**20:.1f} MiB"
+        rows.append((f"6. Bytes, {stored['runs']} runs × 10 epochs in a bucket",
+                     mib(stored["bucket_bytes"]),
+                     f"{mib(stored['disk_bytes'])} (on disk: base shared, best/last links)",
+                     f"{stored['bucket_bytes'] / stored['disk_bytes']:.2f}×", "–", "info"))
+
+    rows.append(("7. GPU training (`--features cuda`)", "not measured", "no GPU on this machine",
                  "–", "–", "n/a"))
 
     cpu = "unknown CPU"

@@ -7,9 +7,10 @@
 #   3. bytes on disk: 3 runs x 10 epochs vs the seed's scheme and a full model per epoch
 #   4. browser: ms per DDIM step in headless Chromium vs native; click -> image for `small`
 #   5. server: /api/runs requests/s at 10,000 runs vs nginx; peak RSS streaming a 1 GiB file
+#   6. bucket: listing 1,000 runs in an S3 server (moto) vs on disk; bytes of 3 runs in a bucket
 #
 # Not part of `make test`. Installs PyTorch (CPU use only) into .venv-bench the first time.
-# Env: BENCH_OUT (default bench/RESULTS.md), SKIP_TORCH=1, SKIP_BROWSER=1, SKIP_SERVER=1,
+# Env: BENCH_OUT (default bench/RESULTS.md), SKIP_TORCH=1, SKIP_BROWSER=1, SKIP_SERVER=1, SKIP_BUCKET=1,
 #      TRAIN_EPOCHS (default 3), SAMPLE_STEPS (default 50).
 set -euo pipefail
 
@@ -26,7 +27,7 @@ collect() { grep '^BENCH ' | sed 's/^BENCH //' >>"$LINES" || true; }
 
 log "building (release)"
 cargo build --release -p trainer -p server
-cargo build --release -p trainer -p store --examples
+cargo build --release -p trainer -p store -p remote --examples
 R=target/release
 
 # --- 1. Training -----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ fi
 # --- 2 and 3. Checkpoint I/O and disk ----------------------------------------------------------
 log "checkpoint save and listing (bench_store), disk use (bench_disk)"
 "$R/examples/bench_store" "$WORK" | tee -a /dev/stderr | collect
-"$R/examples/bench_disk" "$WORK" | tee -a /dev/stderr | collect
+"$R/examples/bench_disk" "$WORK" "$WORK/disk-runs" | tee -a /dev/stderr | collect
 
 # --- 4. Browser sampling ------------------------------------------------------------------------
 if [ -z "${SKIP_BROWSER:-}" ]; then
@@ -103,6 +104,20 @@ if [ -z "${SKIP_SERVER:-}" ]; then
         $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
     fi
     server/benches/serve_bench.sh | tee -a /dev/stderr | collect
+fi
+
+# --- 6. Runs in a bucket ----------------------------------------------------------------------
+if [ -z "${SKIP_BUCKET:-}" ]; then
+    log "bucket: listing 1,000 runs and the bytes of 3 runs x 10 epochs (moto on loopback)"
+    scripts/setup-python.sh
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1 &
+    moto=$!
+    for _ in $(seq 100); do curl -sf -X PUT "http://127.0.0.1:$port/runs" >/dev/null && break; sleep 0.2; done
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+        AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
+        "$R/examples/bench_bucket" s3://runs/bench/ "$WORK/disk-runs" 1000 | tee -a /dev/stderr | collect
+    kill "$moto"
 fi
 
 python3 bench/report.py "$LINES" "$OUT"

@@ -222,6 +222,28 @@ impl Bucket {
         })
     }
 
+    /// Many objects at once (up to `concurrency` requests in flight), in the order asked;
+    /// `None` for an object that does not exist.
+    pub fn get_many(&self, rels: &[String], concurrency: usize) -> Vec<Result<Option<Bytes>>> {
+        use futures_util::StreamExt as _;
+        self.runtime.block_on(async {
+            futures_util::stream::iter(rels.iter().map(|rel| async move {
+                match self.store.get(&self.key(rel)).await {
+                    Ok(got) => got
+                        .bytes()
+                        .await
+                        .map(Some)
+                        .map_err(|e| self.failed("read", rel, e)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.failed("read", rel, e)),
+                }
+            }))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await
+        })
+    }
+
     /// The object's size; `None` when there is no such object.
     pub fn size(&self, rel: &str) -> Result<Option<u64>> {
         let key = self.key(rel);

@@ -16,12 +16,14 @@
 //! and `~/.aws/config`.
 
 pub mod bucket;
+pub mod listing;
 pub mod location;
 pub mod profile;
 pub mod replica;
 pub mod sync;
 
 pub use bucket::{Bucket, ObjectVersion};
+pub use listing::list_runs;
 pub use location::Location;
 pub use replica::{Mirror, MirrorReport, RetryPolicy, RunReplica};
 pub use sync::{sync, SyncReport};

@@ -40,7 +40,7 @@ pub use checkpoint::LoraCheckpoint;
 pub use checksum::FileDigest;
 pub use error::{Result, StoreError};
 pub use hooks::{NoHooks, SaveHooks};
-pub use listing::{list_all_runs, run_info, RunListing};
+pub use listing::{list_all_runs, run_info, run_info_from_json, RunListing};
 pub use load::{Resume, Which};
 pub use lock::writer_active;
 pub use manager::{now, read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};

@@ -67,8 +67,30 @@ struct ListedBest {
 /// Reads one run's row (the API's [`RunInfo`]).
 pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
     let m = read_metadata_as(layout, |m: &ListedMetadata| m.run_number)?;
+    Ok(row(m, writer_active(layout)))
+}
+
+/// One run's row from the bytes of its `metadata.json` read elsewhere (an object store), for
+/// run `run_number`; `writer_active` says whether a writer is known to hold it. The error says
+/// what is wrong with the bytes.
+pub fn run_info_from_json(
+    bytes: &[u8],
+    run_number: u32,
+    writer_active: bool,
+) -> std::result::Result<RunInfo, String> {
+    let m: ListedMetadata = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if m.run_number != run_number {
+        return Err(format!(
+            "run_number is {}, but the directory is run {run_number}",
+            m.run_number
+        ));
+    }
+    Ok(row(m, writer_active))
+}
+
+fn row(m: ListedMetadata, writer_active: bool) -> RunInfo {
     let monitor = m.monitor.unwrap_or_else(|| "val_loss".to_string());
-    Ok(RunInfo {
+    RunInfo {
         experiment_name: m.experiment_name,
         created_at: m.created_at,
         updated_at: m.updated_at,
@@ -86,8 +108,8 @@ pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
             monitor,
         }),
         base_val_loss: m.base_metrics.get("val_loss").copied(),
-        writer_active: writer_active(layout),
-    })
+        writer_active,
+    }
 }
 
 /// Every run under `base_dir`, by number. A missing `base_dir` has no runs; directories not

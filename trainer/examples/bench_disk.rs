@@ -4,7 +4,7 @@
 //! model per epoch, both computed from the sizes of the very files written here.
 //! Prints a `BENCH {json}` line; asserts nothing.
 //!
-//! `cargo run --release -p trainer --example bench_disk [-- DIR]`
+//! `cargo run --release -p trainer --example bench_disk [-- DIR [KEEP_IN]]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::collections::HashSet;
@@ -45,7 +45,11 @@ fn main() -> anyhow::Result<()> {
             .nth(1)
             .unwrap_or_else(|| std::env::temp_dir().display().to_string()),
     )?;
-    let root = holder.path().join("checkpoints");
+    // A second argument keeps the runs there (bench/run.sh measures them in a bucket too).
+    let root = std::env::args().nth(2).map_or_else(
+        || holder.path().join("checkpoints"),
+        std::path::PathBuf::from,
+    );
     let device = Device::Cpu;
     let cfg = Config::small();
     let lora_cfg = LoraConfig::default();

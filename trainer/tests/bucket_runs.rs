@@ -187,8 +187,15 @@ fn a_run_written_into_a_bucket_resumes_on_an_empty_machine(
     assert!(said.contains("run 002"), "{said}");
     let listed = s3.bucket(url).list_dirs().unwrap();
     assert_eq!(listed, vec!["run_001".to_string(), "run_002".to_string()]);
-    // Commands that read runs from a disk say how to bring a bucket's runs down.
-    let out = s3.diffit(&["runs", "list", "--checkpoints", url]);
+    // The bucket's runs list as a disk's do; commands that need the files say how to bring
+    // them down.
+    let table = ok(s3.diffit(&["runs", "list", "--checkpoints", url]));
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("1 ") || l.starts_with("2 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let out = s3.diffit(&["runs", "show", "1", "--checkpoints", url]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("diffit sync s3://runs/home DIR"),

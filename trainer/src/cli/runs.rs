@@ -61,11 +61,18 @@ pub(crate) fn local_dir<'a>(dir: &'a Path, command: &str) -> anyhow::Result<&'a 
     }
 }
 
-/// Prints the table of runs under `base_dir`.
+/// Prints the table of runs under `base_dir`, a checkpoints dir or an object-store URL.
 pub fn print_runs_table(base_dir: &Path) -> anyhow::Result<()> {
-    let runs = list_all_runs(local_dir(base_dir, "runs list")?)?;
+    let location = remote::Location::parse(&base_dir.to_string_lossy())?;
+    let runs = match &location {
+        remote::Location::Local(dir) => list_all_runs(dir)?,
+        remote::Location::Objects(url) => {
+            let bucket = remote::Bucket::open(url)?;
+            remote::list_runs(&bucket).with_context(|| format!("cannot list the runs in {url}"))?
+        }
+    };
     if runs.is_empty() {
-        println!("No training runs in {}", base_dir.display());
+        println!("No training runs in {location}");
         return Ok(());
     }
     print!("{}", format_runs_table(&runs));

@@ -1,0 +1,108 @@
+//! Runs in a bucket, measured against the same runs on a disk (`make bench`, with an
+//! S3-compatible server on loopback; the AWS environment points at it):
+//!
+//! 1. listing: `remote::list_runs` over RUNS runs in the bucket vs `store::list_all_runs` over
+//!    the same runs on disk (median of 5 each);
+//! 2. bytes: the checkpoints dir given (3 runs × 10 epochs written by `bench_disk`) synced into
+//!    the bucket, the bucket's object bytes vs the disk's allocated bytes.
+//!
+//! Prints `BENCH {json}` lines; asserts nothing.
+//!
+//! `cargo run --release -p remote --example bench_bucket -- s3://runs/bench [CHECKPOINTS] [RUNS]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Benchmarks fail loudly.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use format::layout::{run_dir_name, METADATA_FILE};
+use format::Metadata;
+use remote::{Bucket, Location};
+
+fn median_ms(mut f: impl FnMut() -> usize, expect: usize) -> f64 {
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(f(), expect);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+/// Allocated bytes under `dir`, each hard-linked file once (what `du` reports).
+fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            total += disk_usage(&entry.path(), seen);
+        } else if seen.insert((meta.dev(), meta.ino())) {
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let url = url::Url::parse(args.get(1).map_or("s3://runs/bench/", String::as_str)).unwrap();
+    let runs: u32 = args.get(3).map_or(1000, |n| n.parse().unwrap());
+    let listing = url.join("listing/").unwrap();
+    let bucket = Bucket::open(&listing).unwrap();
+    let disk = tempfile::tempdir().unwrap();
+
+    // RUNS runs with a few epochs' metadata each, in the bucket and on disk.
+    for n in 1..=runs {
+        let mut meta = Metadata::new(n, "bench", "2026-12-01T12:00:00");
+        meta.training_config = serde_json::json!({"learning_rate": 1e-3, "epochs": 10});
+        let bytes = serde_json::to_vec_pretty(&meta).unwrap();
+        let rel = format!("{}/{METADATA_FILE}", run_dir_name(n));
+        bucket.put(&rel, bytes.clone().into()).unwrap();
+        let dir = disk.path().join(run_dir_name(n));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(METADATA_FILE), &bytes).unwrap();
+    }
+    let expect = runs as usize;
+    let bucket_ms = median_ms(|| remote::list_runs(&bucket).unwrap().len(), expect);
+    let local_ms = median_ms(|| store::list_all_runs(disk.path()).unwrap().len(), expect);
+    println!(
+        "BENCH {}",
+        serde_json::json!({"kind": "bucket_listing", "runs": runs,
+                           "bucket_ms": bucket_ms, "local_ms": local_ms})
+    );
+
+    if let Some(checkpoints) = args.get(2).filter(|p| !p.is_empty()) {
+        let dir = Path::new(checkpoints);
+        // bench_disk writes through the store alone, without the trainer's config.json.
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let config = entry.path().join(format::layout::CONFIG_FILE);
+            if entry.path().join(METADATA_FILE).exists() && !config.exists() {
+                std::fs::write(config, b"{}").unwrap();
+            }
+        }
+        let stored = url.join("stored/").unwrap();
+        let report = remote::sync(
+            &Location::Local(dir.to_path_buf()),
+            &Location::Objects(stored.clone()),
+            None,
+        )
+        .unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let bucket_bytes: u64 = Bucket::open(&stored)
+            .unwrap()
+            .list("")
+            .unwrap()
+            .iter()
+            .map(|(_, size)| size)
+            .sum();
+        println!(
+            "BENCH {}",
+            serde_json::json!({"kind": "bucket_bytes", "runs": report.runs.len(),
+                               "bucket_bytes": bucket_bytes,
+                               "disk_bytes": disk_usage(dir, &mut HashSet::new())})
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! Sampling in the browser gives the native sampler's image: a tiny run trained by the real
 //! trainer, sampled by `diffit sample --n 1` and by the dashboard (LoRA fused in wasm) with the
 //! same checkpoint, seed and steps; the pixels agree within 1/255 on average and 8/255 at most.
-//! Also prints the browser's time per step next to the native one.
+//! Also prints the browser's time per step next to the native one. A labelled run of the
+//! published architecture sampled with a class and a guidance scale (`--class --cfg-scale`)
+//! agrees the same way, and the page offers its classes by name.
 //!
 //! The same page then checks the base model cache: a reload takes the base from Cache Storage,
 //! and a cached copy damaged in place (same size, valid header, garbage weights) is rejected by
@@ -13,12 +15,16 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
 use format::layout::RunLayout;
 use serde_json::{json, Value};
 use support::{Browser, Server};
+use trainer::train::config::Preset;
+use trainer::train::pretrain::{pretrain, save_base, PretrainConfig};
 use trainer::train::sample::GRID_GAP;
 
 const SEED: u64 = 7;
@@ -40,6 +46,38 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
         .to_rgb8();
     (image.width(), image.height(), image.into_raw())
+}
+
+/// Checks the browser's canvas (`width`×`height` RGBA) against the native one-image PNG: the
+/// same pixels within 1/255 on average and 8/255 at most. The PNG is a one-image grid: the
+/// image scaled up by a whole factor, inside a white border of GRID_GAP pixels.
+fn assert_matches_native(native_png: &Path, width: u32, height: u32, rgba: &[u8], what: &str) {
+    let (png_w, png_h, rgb) = read_png(native_png);
+    let gap = GRID_GAP as u32;
+    let (cell_w, cell_h) = (png_w.saturating_sub(2 * gap), png_h.saturating_sub(2 * gap));
+    assert!(
+        width > 0 && height > 0 && cell_w % width == 0 && cell_h % height == 0,
+        "canvas {width}x{height} vs PNG {png_w}x{png_h} (border {gap})"
+    );
+    let scale = cell_w / width;
+    assert_eq!(cell_h / height, scale, "square scaling");
+    let (mut sum, mut max, mut count) = (0u64, 0u8, 0u64);
+    for y in 0..height {
+        for x in 0..width {
+            let canvas_at = ((y * width + x) * 4) as usize;
+            let png_at = (((gap + y * scale) * png_w + gap + x * scale) * 3) as usize;
+            for c in 0..3 {
+                let d = rgba[canvas_at + c].abs_diff(rgb[png_at + c]);
+                sum += d as u64;
+                max = max.max(d);
+                count += 1;
+            }
+        }
+    }
+    let mean = sum as f64 / count as f64;
+    println!("{what}: mean abs diff {mean:.4}/255, max {max}/255 over {count} values");
+    assert!(mean <= 1.0, "{what}: mean abs diff {mean}/255 > 1/255");
+    assert!(max <= 8, "{what}: max abs diff {max}/255 > 8/255");
 }
 
 /// Clicks Sample and waits for the LoRA canvas to finish (`Ok`) or the page to show an error
@@ -250,6 +288,11 @@ async fn browser_sample_matches_native_sampler() {
     browser.set_field("seed", &SEED.to_string()).await;
     browser.set_field("steps", &STEPS.to_string()).await;
     browser.set_field("count", "1").await;
+    assert_eq!(
+        browser.count(r#"[data-field="class"]"#).await,
+        0,
+        "a model without labels has no class selector"
+    );
 
     let (width, height, rgba) = sample_in_browser(&browser).await;
     let (total_ms, step_ms, source, _) = stats(&browser).await;
@@ -257,34 +300,7 @@ async fn browser_sample_matches_native_sampler() {
     assert_eq!(source, "network", "a fresh profile downloads the base");
     browser.screenshot("sample-browser").await;
 
-    // The native PNG is a one-image grid: the same image scaled up by a whole factor, inside
-    // a white border of GRID_GAP pixels.
-    let (png_w, png_h, rgb) = read_png(&native_png);
-    let gap = GRID_GAP as u32;
-    let (cell_w, cell_h) = (png_w.saturating_sub(2 * gap), png_h.saturating_sub(2 * gap));
-    assert!(
-        width > 0 && height > 0 && cell_w % width == 0 && cell_h % height == 0,
-        "canvas {width}x{height} vs PNG {png_w}x{png_h} (border {gap})"
-    );
-    let scale = cell_w / width;
-    assert_eq!(cell_h / height, scale, "square scaling");
-    let (mut sum, mut max, mut count) = (0u64, 0u8, 0u64);
-    for y in 0..height {
-        for x in 0..width {
-            let canvas_at = ((y * width + x) * 4) as usize;
-            let png_at = (((gap + y * scale) * png_w + gap + x * scale) * 3) as usize;
-            for c in 0..3 {
-                let d = rgba[canvas_at + c].abs_diff(rgb[png_at + c]);
-                sum += d as u64;
-                max = max.max(d);
-                count += 1;
-            }
-        }
-    }
-    let mean = sum as f64 / count as f64;
-    println!("browser vs native: mean abs diff {mean:.4}/255, max {max}/255 over {count} values");
-    assert!(mean <= 1.0, "mean abs diff {mean}/255 > 1/255");
-    assert!(max <= 8, "max abs diff {max}/255 > 8/255");
+    assert_matches_native(&native_png, width, height, &rgba, "browser vs native");
 
     // After a reload the base comes from the browser's cache, not the network.
     browser.client.refresh().await.expect("reload");
@@ -396,5 +412,117 @@ async fn browser_sample_matches_native_sampler() {
     assert!(
         cached_bases(&browser).await.is_empty(),
         "a damaged base is not cached"
+    );
+}
+
+/// The class and guidance scale of the labelled check (a scale ≠ 1: both halves, conditional
+/// and null class, in one batch).
+const CLASS: &str = "conifer";
+const CFG_SCALE: &str = "3";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guided_browser_sample_matches_native_sampler() {
+    if !support::browser_available() {
+        return;
+    }
+    let (diffit, server_bin) = support::workspace_binaries();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let checkpoints = dir.path().join("checkpoints");
+
+    // A labelled run of the published architecture, made quickly: a base pretrained for two
+    // steps (enough for a non-zero head), then one epoch on 40 tree images (their species).
+    let model = Preset::PublishedTiny.model_config();
+    let pre = PretrainConfig {
+        model: model.clone(),
+        epochs: 1,
+        num_images: 32,
+        batch_size: 16,
+        ..PretrainConfig::for_preset(Preset::PublishedTiny)
+    };
+    let tensors = pretrain(&pre, false, &Arc::new(AtomicBool::new(false))).expect("pretrain");
+    let base = dir.path().join("base.safetensors");
+    save_base(&base, &tensors, &model).expect("save the base");
+    let yaml = dir.path().join("quick.yaml");
+    std::fs::write(
+        &yaml,
+        "data:\n  num_images: 40\ntraining:\n  batch_size: 8\n  warmup_steps: 1\n",
+    )
+    .expect("write the config");
+    run(
+        Command::new(&diffit)
+            .args(["train", "--preset", "published-tiny", "--epochs", "1"])
+            .arg("--config")
+            .arg(&yaml)
+            .arg("--base")
+            .arg(&base)
+            .arg("--checkpoints")
+            .arg(&checkpoints),
+        "diffit train (published-tiny)",
+    );
+
+    let native = |out: &Path, guided: bool| {
+        let mut command = Command::new(&diffit);
+        command
+            .args(["sample", "--run-number", "1", "--checkpoint", CHECKPOINT])
+            .args(["--n", "1", "--seed", &SEED.to_string()])
+            .args(["--steps", &STEPS.to_string()])
+            .arg("--out")
+            .arg(out)
+            .arg("--checkpoints")
+            .arg(&checkpoints);
+        if guided {
+            command.args(["--class", CLASS, "--cfg-scale", CFG_SCALE]);
+        }
+        run(&mut command, "diffit sample");
+    };
+    let guided_png = support::artifacts_dir().join("sample-native-guided.png");
+    let unguided_png = dir.path().join("unguided.png");
+    native(&guided_png, true);
+    native(&unguided_png, false);
+    assert_ne!(
+        read_png(&guided_png).2,
+        read_png(&unguided_png).2,
+        "guidance changes the image"
+    );
+
+    let server = Server::start(&server_bin, &checkpoints);
+    let browser = Browser::start().await;
+    let page = format!("{}/#/runs/1/sample?checkpoint={CHECKPOINT}", server.url);
+    browser
+        .client
+        .goto(&page)
+        .await
+        .expect("open the sample view");
+    let select = browser
+        .wait_for(r#"select[data-field="class"]"#, Duration::from_secs(30))
+        .await;
+    let names = select.text().await.expect("class names");
+    for species in model::data::TREE_SPECIES {
+        assert!(
+            names.contains(species),
+            "the selector names {species}: {names}"
+        );
+    }
+    let label = model::data::TREE_SPECIES
+        .iter()
+        .position(|s| *s == CLASS)
+        .expect("a tree species");
+    select
+        .select_by_value(&label.to_string())
+        .await
+        .expect("choose the class");
+    browser.set_field("cfg-scale", CFG_SCALE).await;
+    browser.set_field("seed", &SEED.to_string()).await;
+    browser.set_field("steps", &STEPS.to_string()).await;
+    browser.set_field("count", "1").await;
+
+    let (width, height, rgba) = sample_in_browser(&browser).await;
+    browser.screenshot("sample-browser-guided").await;
+    assert_matches_native(
+        &guided_png,
+        width,
+        height,
+        &rgba,
+        &format!("guided (class {CLASS}, scale {CFG_SCALE}) browser vs native"),
     );
 }

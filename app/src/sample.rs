@@ -1,6 +1,7 @@
-//! The sample view: pick a checkpoint, seed, steps and count; the browser downloads the base
-//! (cached by checksum) and the LoRA weights, fuses them, runs DDIM step by step and draws the
-//! base and base+LoRA images side by side as they denoise.
+//! The sample view: pick a checkpoint, seed, steps and count (and, for a labelled run, a class
+//! and a guidance scale); the browser downloads the base (cached by checksum) and the LoRA
+//! weights, fuses them, runs DDIM step by step and draws the base and base+LoRA images side by
+//! side as they denoise.
 
 use std::rc::Rc;
 
@@ -9,6 +10,8 @@ use format::Metadata;
 use leptos::html::Canvas;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use model::diffusion::DEFAULT_CFG_SCALE;
+use serde_json::Value;
 use wasm_bindgen::{Clamped, JsCast};
 
 use crate::api::fetch_run;
@@ -16,7 +19,7 @@ use crate::base_cache::BaseSource;
 use crate::error::ErrorBox;
 use crate::now_ms;
 use crate::route::Route;
-use crate::sampler::{load_models, Models, Sampling};
+use crate::sampler::{load_models, model_config_from_metadata, ClassGuidance, Models, Sampling};
 
 /// Largest count of images per model, to keep the page responsive.
 const MAX_COUNT: usize = 16;
@@ -50,6 +53,33 @@ pub fn checkpoint_choices(meta: &Metadata) -> Vec<(String, String)> {
     choices
 }
 
+/// The class selector of a labelled run: `(label, name)` for each class, the names from its
+/// `config.json` (`classes`, written by the trainer; `class N` where it names none), the count
+/// from its model config (`config.json`'s `model`, else the one its metadata records). `None`
+/// for a model without labels.
+pub fn class_choices(meta: &Metadata, config: Option<&Value>) -> Option<Vec<(u32, String)>> {
+    let count = config
+        .and_then(|c| c.get("model"))
+        .and_then(|m| m.get("num_classes"))
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .or_else(|| model_config_from_metadata(meta).and_then(|c| c.num_classes))?;
+    let names = config
+        .and_then(|c| c.get("classes"))
+        .and_then(Value::as_array);
+    Some(
+        (0..count as u32)
+            .map(|label| {
+                let name = names
+                    .and_then(|n| n.get(label as usize))
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("class {label}"), str::to_string);
+                (label, name)
+            })
+            .collect(),
+    )
+}
+
 /// The form's values, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -61,14 +91,19 @@ pub struct Request {
     pub steps: usize,
     /// Images per model.
     pub count: usize,
+    /// The class to guide towards (`None`: unconditional, as `diffit sample` without `--class`).
+    pub guidance: Option<ClassGuidance>,
 }
 
-/// Parses the form fields into a [`Request`], or says which field is wrong.
+/// Parses the form fields into a [`Request`], or says which field is wrong. `class` is a label
+/// number or empty (unconditional, `scale` then unused).
 pub fn parse_request(
     checkpoint: &str,
     seed: &str,
     steps: &str,
     count: &str,
+    class: &str,
+    scale: &str,
 ) -> Result<Request, String> {
     let checkpoint: CheckpointName = checkpoint.parse().map_err(|e| format!("{e}"))?;
     if checkpoint == CheckpointName::Base {
@@ -92,11 +127,27 @@ pub fn parse_request(
     if !(1..=MAX_COUNT).contains(&count) {
         return Err(format!("count must be between 1 and {MAX_COUNT}"));
     }
+    let guidance = match class.trim() {
+        "" => None,
+        class => {
+            let class = class
+                .parse()
+                .map_err(|_| format!("class {class:?} is not a class number"))?;
+            let scale: f64 = scale
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite())
+                .ok_or_else(|| format!("guidance scale {scale:?} is not a number"))?;
+            Some(ClassGuidance { class, scale })
+        }
+    };
     Ok(Request {
         checkpoint,
         seed,
         steps,
         count,
+        guidance,
     })
 }
 
@@ -175,7 +226,7 @@ pub fn SampleView(
                     let checkpoint = checkpoint.clone();
                     detail.get().map(|result| match result {
                         Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
-                        Ok(detail) => view! { <SamplePanel meta=detail.metadata checkpoint=checkpoint/> }.into_any(),
+                        Ok(detail) => view! { <SamplePanel meta=detail.metadata config=detail.config checkpoint=checkpoint/> }.into_any(),
                     })
                 }}
             </Suspense>
@@ -250,9 +301,10 @@ fn stats_line(s: &Stats) -> String {
 }
 
 #[component]
-fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
+fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>) -> impl IntoView {
     let run = meta.run_number;
     let choices = checkpoint_choices(&meta);
+    let classes = class_choices(&meta, config.as_ref());
     let initial = checkpoint
         .filter(|c| choices.iter().any(|(v, _)| v == c))
         .or_else(|| choices.first().map(|c| c.0.clone()));
@@ -261,6 +313,9 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
     let steps = RwSignal::new("20".to_string());
     let count = RwSignal::new("1".to_string());
     let with_base = RwSignal::new(true);
+    // The class as a label number, empty for unconditional sampling.
+    let class = RwSignal::new(String::new());
+    let cfg_scale = RwSignal::new(DEFAULT_CFG_SCALE.to_string());
 
     let phase = RwSignal::new(Phase::Idle);
     let status = RwSignal::new(String::new());
@@ -284,6 +339,8 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
             &seed.get_untracked(),
             &steps.get_untracked(),
             &count.get_untracked(),
+            &class.get_untracked(),
+            &cfg_scale.get_untracked(),
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -323,9 +380,15 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                     }
                 };
                 let size = models.config.image_size;
-                let mut sampling =
-                    Sampling::new(&models, request.seed, request.steps, request.count, compare)
-                        .map_err(|e| e.to_string())?;
+                let mut sampling = Sampling::new(
+                    &models,
+                    request.seed,
+                    request.steps,
+                    request.count,
+                    compare,
+                    request.guidance,
+                )
+                .map_err(|e| e.to_string())?;
                 let steps_started = now_ms();
                 let mut yielded_at = f64::NEG_INFINITY;
                 loop {
@@ -388,12 +451,40 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
         })
         .collect_view();
     let file_name = move |side: &str| {
+        let class = class.get_untracked();
+        let guided = if class.is_empty() {
+            String::new()
+        } else {
+            format!("-class{class}-cfg{}", cfg_scale.get_untracked())
+        };
         format!(
-            "run{run:03}-{}-seed{}-{side}.png",
+            "run{run:03}-{}-seed{}{guided}-{side}.png",
             chosen.get_untracked(),
             seed.get_untracked()
         )
     };
+    let guidance_fields = classes.map(|classes| {
+        let options = classes
+            .into_iter()
+            .map(|(label, name)| {
+                let value = label.to_string();
+                view! { <option value=value>{name}</option> }
+            })
+            .collect_view();
+        view! {
+            <label>
+                "Class"
+                <select data-field="class" on:change=move |ev| class.set(event_target_value(&ev))>
+                    <option value="" selected=true>"none (unconditional)"</option>
+                    {options}
+                </select>
+            </label>
+            <label title="Classifier-free guidance: 1 samples the class plainly, more pushes harder towards it">
+                "Guidance"
+                <input type="number" step="0.5" data-field="cfg-scale" prop:value=cfg_scale prop:disabled=move || class.get().is_empty() on:input=move |ev| cfg_scale.set(event_target_value(&ev))/>
+            </label>
+        }
+    });
 
     view! {
         <form class="sample-form" on:submit=|ev| ev.prevent_default()>
@@ -413,6 +504,7 @@ fn SamplePanel(meta: Metadata, checkpoint: Option<String>) -> impl IntoView {
                 "Count"
                 <input type="number" min="1" max=MAX_COUNT data-field="count" prop:value=count on:input=move |ev| count.set(event_target_value(&ev))/>
             </label>
+            {guidance_fields}
             <label class="inline">
                 <input type="checkbox" data-field="compare-base" prop:checked=with_base on:change=move |ev| with_base.set(event_target_checked(&ev))/>
                 " Compare with the base"
@@ -471,21 +563,66 @@ mod tests {
 
     #[test]
     fn requests_are_checked() {
-        let r = parse_request("best", "7", "20", "2").unwrap();
+        let r = parse_request("best", "7", "20", "2", "", "x").unwrap();
         assert_eq!(
             r,
             Request {
                 checkpoint: CheckpointName::Best,
                 seed: 7,
                 steps: 20,
-                count: 2
+                count: 2,
+                guidance: None,
             }
         );
-        assert!(parse_request("base", "7", "20", "1").is_err());
-        assert!(parse_request("epoch_1", "7", "20", "1").is_err());
-        assert!(parse_request("last", "-1", "20", "1").is_err());
-        assert!(parse_request("last", "1", "0", "1").is_err());
-        assert!(parse_request("last", "1", "10", "17").is_err());
+        let parse =
+            |checkpoint, seed, steps, count| parse_request(checkpoint, seed, steps, count, "", "2");
+        assert!(parse("base", "7", "20", "1").is_err());
+        assert!(parse("epoch_1", "7", "20", "1").is_err());
+        assert!(parse("last", "-1", "20", "1").is_err());
+        assert!(parse("last", "1", "0", "1").is_err());
+        assert!(parse("last", "1", "10", "17").is_err());
+    }
+
+    #[test]
+    fn a_class_comes_with_its_guidance_scale() {
+        let r = parse_request("last", "1", "10", "1", "3", " 2.5 ").unwrap();
+        assert_eq!(
+            r.guidance,
+            Some(ClassGuidance {
+                class: 3,
+                scale: 2.5
+            })
+        );
+        let e = parse_request("last", "1", "10", "1", "3", "").unwrap_err();
+        assert!(e.contains("guidance scale"), "{e}");
+        assert!(parse_request("last", "1", "10", "1", "3", "inf").is_err());
+        assert!(parse_request("last", "1", "10", "1", "-1", "2").is_err());
+    }
+
+    #[test]
+    fn labelled_runs_offer_their_classes_by_name() {
+        let meta = Metadata::new(1, "e", "t");
+        let config = serde_json::json!({
+            "model": { "num_classes": 3 },
+            "classes": ["broadleaf", "conifer"],
+        });
+        assert_eq!(
+            class_choices(&meta, Some(&config)).unwrap(),
+            [
+                (0, "broadleaf".to_string()),
+                (1, "conifer".to_string()),
+                (2, "class 2".to_string())
+            ]
+        );
+        // Without labels: no selector.
+        let unlabelled =
+            serde_json::json!({ "model": serde_json::to_value(model::Config::tiny()).unwrap() });
+        assert_eq!(class_choices(&meta, Some(&unlabelled)), None);
+        assert_eq!(class_choices(&meta, None), None);
+        // Without a config.json, the model config the metadata records.
+        let mut meta = meta;
+        meta.training_config = serde_json::json!({ "preset": "published-tiny" });
+        assert_eq!(class_choices(&meta, None).unwrap().len(), 7);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use format::layout::CheckpointName;
 use format::tensors::meta_keys;
 use format::Metadata;
-use model::diffusion::{to_rgb8, DdimSampler, NoiseSchedule, DEFAULT_ETA};
+use model::diffusion::{to_rgb8, DdimSampler, Guidance, NoiseSchedule, DEFAULT_ETA};
 use model::{fuse_lora_weights, validate_lora, Config, DiffiT, LoraConfig};
 use serde_json::Value;
 
@@ -44,6 +44,14 @@ pub enum SampleError {
     /// A tensor operation failed while sampling.
     #[error("sampling failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The class asked for is not one the model has.
+    #[error("class {class} is out of range: {classes}")]
+    NoSuchClass {
+        /// The class asked for.
+        class: u32,
+        /// What the model has (`the model has 7 classes`, `the model has no class labels`).
+        classes: String,
+    },
 }
 
 /// Both models of a comparison, ready to sample.
@@ -164,6 +172,36 @@ pub async fn load_models(
     })
 }
 
+/// Classifier-free guidance towards one class, for every image of a sampling run (what
+/// `diffit sample --class C --cfg-scale S` does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassGuidance {
+    /// The class label (`< num_classes`).
+    pub class: u32,
+    /// The guidance scale.
+    pub scale: f64,
+}
+
+/// The sampler's guidance for `count` images of `guidance`'s class, checked against `config`.
+fn guidance_for(
+    config: &Config,
+    guidance: ClassGuidance,
+    count: usize,
+) -> Result<Guidance, SampleError> {
+    match config.num_classes {
+        Some(n) if (guidance.class as usize) < n => Ok(Guidance {
+            classes: vec![guidance.class; count],
+            scale: guidance.scale,
+        }),
+        n => Err(SampleError::NoSuchClass {
+            class: guidance.class,
+            classes: n.map_or("the model has no class labels".into(), |n| {
+                format!("the model has {n} classes")
+            }),
+        }),
+    }
+}
+
 /// One sampling run: the fused model and (optionally) the base alone, from the same noise.
 pub struct Sampling {
     lora: DdimSampler,
@@ -171,18 +209,28 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// Prepares `count` images per model with `steps` DDIM steps from `seed`.
+    /// Prepares `count` images per model with `steps` DDIM steps from `seed`, guided towards
+    /// a class when `guidance` is given (both models: the base has the same label table).
     pub fn new(
         models: &Models,
         seed: u64,
         steps: usize,
         count: usize,
         with_base: bool,
+        guidance: Option<ClassGuidance>,
     ) -> Result<Self, SampleError> {
         let schedule = NoiseSchedule::default();
-        let make = || {
-            DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu)
-                .map(|s| s.with_eta(DEFAULT_ETA))
+        let guidance = guidance
+            .map(|g| guidance_for(&models.config, g, count))
+            .transpose()?;
+        let make = || -> Result<DdimSampler, SampleError> {
+            let sampler =
+                DdimSampler::new(&schedule, steps, count, &models.config, seed, &Device::Cpu)?
+                    .with_eta(DEFAULT_ETA);
+            Ok(match &guidance {
+                Some(g) => sampler.with_guidance(g.clone())?,
+                None => sampler,
+            })
         };
         Ok(Sampling {
             lora: make()?,
@@ -238,5 +286,27 @@ mod tests {
         assert_eq!(model_config_from_metadata(&meta), Some(Config::tiny()));
         meta.training_config = serde_json::json!({});
         assert_eq!(model_config_from_metadata(&meta), None);
+    }
+
+    #[test]
+    fn guidance_needs_a_class_the_model_has() {
+        let guided = ClassGuidance {
+            class: 2,
+            scale: 3.0,
+        };
+        let g = guidance_for(&Config::published_tiny(), guided, 3).unwrap();
+        assert_eq!(g.classes, [2, 2, 2]);
+        assert_eq!(g.scale, 3.0);
+        let too_high = ClassGuidance {
+            class: Config::published_tiny().num_classes.unwrap() as u32,
+            ..guided
+        };
+        let e = guidance_for(&Config::published_tiny(), too_high, 1).unwrap_err();
+        assert!(e.to_string().contains("7 classes"), "{e}");
+        let e = guidance_for(&Config::tiny(), guided, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "class 2 is out of range: the model has no class labels"
+        );
     }
 }

@@ -443,6 +443,10 @@ impl DdimSampler {
 /// estimates are never re-noised away and end up as patch-sized colour blocks in the image.
 pub const DEFAULT_ETA: f64 = 1.0;
 
+/// The classifier-free guidance scale `diffit sample --class` and the dashboard's sampler use
+/// unless told otherwise.
+pub const DEFAULT_CFG_SCALE: f64 = 2.0;
+
 /// Samples `n` images with `steps` DDIM steps of the given `eta` from `seed`;
 /// `[n, C, H, W]` in `[-1, 1]`.
 pub fn ddim_sample(

@@ -11,7 +11,7 @@ use crate::train::error::TrainError;
 use crate::train::sample::{export_merged, export_peft, load_fused, sample_grid};
 use format::layout::DEFAULT_BASE_DIR;
 use format::CheckpointName;
-use model::diffusion::{Guidance, DEFAULT_ETA};
+use model::diffusion::{Guidance, DEFAULT_CFG_SCALE, DEFAULT_ETA};
 
 /// `diffit sample` flags.
 #[derive(Debug, Clone, Args)]
@@ -95,9 +95,6 @@ fn checkpoint_name(text: &str) -> Result<CheckpointName, TrainError> {
     text.parse::<CheckpointName>()
         .map_err(|e| TrainError::Usage(format!("--checkpoint: {e}")))
 }
-
-/// The guidance scale `diffit sample --class` uses unless told otherwise.
-pub const DEFAULT_CFG_SCALE: f64 = 2.0;
 
 /// Runs `diffit sample`.
 pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use format::tensors::{
 use format::CheckpointName;
 use store::{CheckpointManager, HeaderError};
 
-use crate::train::export::{PEFT_CONFIG_FILE, PEFT_PREFIX, PEFT_WEIGHTS_FILE};
+use crate::train::export::{is_peft_lora_tensor, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
 use crate::train::TrainError;
 
 /// `diffit inspect FILE`.
@@ -208,9 +208,7 @@ pub fn inspect_file(path: &Path, limit: Option<usize>) -> Result<Inspection, Tra
     };
     let parameter_count = sum_where(&|_| true);
     let optimizer_parameter_count = sum_where(&|n| n.starts_with(OPTIMIZER_PREFIX));
-    let lora_parameter_count = sum_where(&|n| {
-        is_lora_tensor(n) || n.strip_prefix(PEFT_PREFIX).is_some_and(is_lora_tensor)
-    });
+    let lora_parameter_count = sum_where(&|n| is_lora_tensor(n) || is_peft_lora_tensor(n));
     let format = meta.remove(meta_keys::FORMAT);
     let json = |meta: &mut BTreeMap<String, String>, key: &str| -> Option<Value> {
         let text = meta.remove(key)?;
@@ -238,10 +236,7 @@ pub fn inspect_file(path: &Path, limit: Option<usize>) -> Result<Inspection, Tra
         .transpose()?;
     let base_checksum = meta.remove(meta_keys::BASE_CHECKSUM);
     let format_version = meta.remove(meta_keys::FORMAT_VERSION);
-    let is_peft = !entries.is_empty()
-        && entries
-            .iter()
-            .all(|e| e.name.strip_prefix(PEFT_PREFIX).is_some_and(is_lora_tensor));
+    let is_peft = !entries.is_empty() && entries.iter().all(|e| is_peft_lora_tensor(&e.name));
     let kind = match format.as_deref() {
         Some(LORA_CHECKPOINT_FORMAT) => FileKind::LoraCheckpoint,
         Some(BASE_MODEL_FORMAT) if lora_config.is_some() => FileKind::MergedExport,

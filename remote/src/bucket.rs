@@ -358,6 +358,16 @@ impl Bucket {
 
     /// Every object under `rel` (recursively), as paths relative to the prefix with sizes.
     pub fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_versions(rel)?
+            .into_iter()
+            .map(|(rel, size, _)| (rel, size))
+            .collect())
+    }
+
+    /// Every object under `rel` (recursively) with its size and ETag, as
+    /// [`Bucket::list`] gives them.
+    pub fn list_versions(&self, rel: &str) -> Result<Vec<(String, u64, Option<String>)>> {
         let key = self.key(rel);
         let strip = self.prefix.as_ref().len();
         self.runtime.block_on(async {
@@ -372,7 +382,7 @@ impl Bucket {
                 .map(|m| {
                     let full = m.location.as_ref();
                     let rel = full.get(strip..).unwrap_or(full).trim_start_matches('/');
-                    (rel.to_string(), m.size)
+                    (rel.to_string(), m.size, m.e_tag)
                 })
                 .collect())
         })

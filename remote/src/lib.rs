@@ -16,6 +16,7 @@
 //! and `~/.aws/config`.
 
 pub mod bucket;
+pub mod follow;
 pub mod listing;
 pub mod location;
 pub mod profile;
@@ -23,6 +24,7 @@ pub mod replica;
 pub mod sync;
 
 pub use bucket::{Bucket, ObjectVersion};
+pub use follow::{FollowRound, Follower};
 pub use listing::list_runs;
 pub use location::Location;
 pub use replica::{Mirror, MirrorReport, RetryPolicy, RunReplica};

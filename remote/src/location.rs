@@ -81,6 +81,24 @@ fn redact(text: &str) -> String {
     }
 }
 
+/// A directory under the user's cache (`$XDG_CACHE_HOME`, else `~/.cache`) for the local copy
+/// of a bucket location's runs: `diffit-lora/<purpose>/<the URL, one path component>`.
+pub fn cache_dir(purpose: &str, url: &url::Url) -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let name: String = url
+        .as_str()
+        .trim_end_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    cache.join("diffit-lora").join(purpose).join(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

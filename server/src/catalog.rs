@@ -102,12 +102,17 @@ pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
         Err(err) => return broken(broken_reason(err.into())),
     }
     match run_info(&layout) {
-        Ok(info) => RunSummary {
-            run_number: n,
-            status: RunState::of(info.recorded_status, info.writer_active),
-            error: None,
-            info: Some(info),
-        },
+        Ok(mut info) => {
+            if root.follows_bucket() {
+                info.writer_active = info.recorded_status == RunStatus::Running;
+            }
+            RunSummary {
+                run_number: n,
+                status: RunState::of(info.recorded_status, info.writer_active),
+                error: None,
+                info: Some(info),
+            }
+        }
         Err(err) => broken(strip_root(root, &err.to_string())),
     }
 }
@@ -124,6 +129,12 @@ pub fn may_be_running(summary: &RunSummary) -> bool {
 
 /// Whether the run's writer lock is held right now.
 pub fn writer_active_now(root: &CheckpointsRoot, n: u32) -> bool {
+    if root.follows_bucket() {
+        // Decided by the recorded status, which the rescan reads anyway.
+        return root.layout(n).is_some_and(|layout| {
+            store::read_metadata(&layout).is_ok_and(|m| m.status == RunStatus::Running)
+        });
+    }
     root.layout(n).is_some_and(|layout| writer_active(&layout))
 }
 

@@ -13,9 +13,17 @@ use server::{static_app, AppState, ServerConfig};
 #[derive(Debug, Parser)]
 #[command(name = "diffit-server", version)]
 struct Args {
-    /// Checkpoints dir holding run_NNN folders.
-    #[arg(long, default_value = DEFAULT_BASE_DIR)]
-    checkpoints: PathBuf,
+    /// Checkpoints dir holding run_NNN folders, or a bucket (`s3://bucket/prefix`, `gs://…`,
+    /// `az://…`), whose runs are followed into a local copy (--cache) and served from it.
+    #[arg(long, default_value = DEFAULT_BASE_DIR, value_name = "DIR|URL")]
+    checkpoints: String,
+    /// Where a bucket's runs are copied to be served [default: under
+    /// ~/.cache/diffit-lora/served/].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Seconds between looks at a bucket for changed runs.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    bucket_poll: f64,
     /// Address to listen on; loopback unless asked otherwise. Any other address requires an
     /// access token.
     #[arg(long, default_value = "127.0.0.1")]
@@ -45,9 +53,23 @@ async fn main() -> anyhow::Result<()> {
     if !app_dir.join("index.html").is_file() {
         tracing::warn!(app_dir = %app_dir.display(), "no dashboard built here; run `make app` (the API works without it)");
     }
-    if !args.checkpoints.is_dir() {
-        tracing::warn!(checkpoints = %args.checkpoints.display(), "checkpoints dir does not exist yet; listing no runs until it does");
-    }
+    let location = remote::Location::parse(&args.checkpoints).context("--checkpoints")?;
+    let (checkpoints, follows_bucket) = match &location {
+        remote::Location::Local(dir) => {
+            if !dir.is_dir() {
+                tracing::warn!(checkpoints = %dir.display(), "checkpoints dir does not exist yet; listing no runs until it does");
+            }
+            (dir.clone(), false)
+        }
+        remote::Location::Objects(url) => {
+            let cache = args
+                .cache
+                .clone()
+                .unwrap_or_else(|| remote::location::cache_dir("served", url));
+            follow_bucket(url, &cache, args.bucket_poll)?;
+            (cache, true)
+        }
+    };
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -57,13 +79,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading the address bound for {addr}"))?;
     let given = args.token.is_some();
     let token = access::token_for(args.host, args.token)?;
-    let mut config = ServerConfig::new(&args.checkpoints, app_dir);
+    let mut config = ServerConfig::new(&checkpoints, app_dir);
     config.token = token.clone();
+    config.follows_bucket = follows_bucket;
     let state = AppState::start(config).await;
-    println!(
-        "diffit-server listening on http://{local}/ (checkpoints: {})",
-        args.checkpoints.display()
-    );
+    println!("diffit-server listening on http://{local}/ (checkpoints: {location})");
     match &token {
         None => {}
         Some(_) if given => println!(
@@ -91,6 +111,57 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("serving")
+}
+
+/// Brings the bucket's runs into `cache` once (so the first listing has them), then follows
+/// it every `poll` seconds, on a thread of its own: the bucket client blocks on its own runtime,
+/// which must not run inside the server's.
+fn follow_bucket(url: &url::Url, cache: &std::path::Path, poll: f64) -> anyhow::Result<()> {
+    if !(poll.is_finite() && poll > 0.0) {
+        anyhow::bail!("--bucket-poll {poll}: give a positive number of seconds");
+    }
+    let interval = std::time::Duration::from_secs_f64(poll);
+    let (url, cache) = (url.clone(), cache.to_path_buf());
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("bucket-follower".into())
+        .spawn(move || {
+            let first = remote::Bucket::open(&url)
+                .map(|bucket| remote::Follower::new(bucket, &cache))
+                .and_then(|mut follower| follower.round().map(|round| (follower, round)));
+            let mut follower = match first {
+                Ok((follower, round)) => {
+                    tracing::info!(
+                        runs = round.updated.len(),
+                        files = round.files,
+                        cache = %cache.display(),
+                        "brought the bucket's runs down"
+                    );
+                    let _ = first_tx.send(Ok(()));
+                    follower
+                }
+                Err(e) => {
+                    let _ = first_tx.send(
+                        Err(anyhow::Error::new(e)).context(format!("cannot list the runs in {url}")),
+                    );
+                    return;
+                }
+            };
+            loop {
+                std::thread::sleep(interval);
+                match follower.round() {
+                    Ok(round) if !round.updated.is_empty() => {
+                        tracing::info!(runs = ?round.updated, files = round.files, "runs changed in the bucket");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot look at {url}: {e}"),
+                }
+            }
+        })
+        .context("starting the bucket follower")?;
+    first_rx
+        .recv()
+        .context("the bucket follower stopped before its first look")?
 }
 
 /// Names a browser can use for `ip`: for the wildcard address, this machine's name and

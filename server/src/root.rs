@@ -20,6 +20,9 @@ use crate::error::ApiError;
 pub struct CheckpointsRoot {
     given: PathBuf,
     canonical: RwLock<Option<PathBuf>>,
+    /// The dir is a copy of a bucket's runs (`remote::Follower`): no writer works here, so
+    /// a run's recorded status is taken as it is (a bucket has no writer locks).
+    follows_bucket: bool,
 }
 
 /// Why a confined open failed.
@@ -67,7 +70,21 @@ impl CheckpointsRoot {
         Self {
             given,
             canonical: RwLock::new(None),
+            follows_bucket: false,
         }
+    }
+
+    /// A root that is a local copy of a bucket's runs (see the field).
+    pub fn following_bucket(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            follows_bucket: true,
+            ..Self::new(dir)
+        }
+    }
+
+    /// Whether the dir is a copy of a bucket's runs.
+    pub fn follows_bucket(&self) -> bool {
+        self.follows_bucket
     }
 
     /// The dir as configured (absolute).

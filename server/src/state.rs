@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// The token every request must carry; `None` serves anyone who can connect (loopback
     /// only: see `access::token_for`).
     pub token: Option<AccessToken>,
+    /// The checkpoints dir is a local copy of a bucket's runs (`remote::Follower`).
+    pub follows_bucket: bool,
 }
 
 impl ServerConfig {
@@ -38,6 +40,7 @@ impl ServerConfig {
             app_dir: app_dir.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             token: None,
+            follows_bucket: false,
         }
     }
 }
@@ -89,7 +92,11 @@ impl AppState {
     pub async fn start(config: ServerConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
-            root: CheckpointsRoot::new(config.checkpoints_dir),
+            root: if config.follows_bucket {
+                CheckpointsRoot::following_bucket(config.checkpoints_dir)
+            } else {
+                CheckpointsRoot::new(config.checkpoints_dir)
+            },
             app_dir: config.app_dir,
             token: config.token,
             files: FileFactsCache::default(),

@@ -49,22 +49,6 @@ pub struct Placement {
     pub remote: Option<(url::Url, Role)>,
 }
 
-/// The staging directory for a bucket's runs when `--staging` is not given: one per bucket
-/// location under the user's cache directory.
-fn default_staging(url: &url::Url) -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let name: String = url
-        .as_str()
-        .trim_end_matches('/')
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    cache.join("diffit-lora").join("buckets").join(name)
-}
-
 fn remote_error(e: remote::RemoteError) -> TrainError {
     TrainError::Remote(Box::new(e))
 }
@@ -103,7 +87,10 @@ pub fn place(
             remote: Some((url, Role::Mirror)),
         }),
         (Location::Objects(url), None) => Ok(Placement {
-            local: staging.map_or_else(|| default_staging(&url), Path::to_path_buf),
+            local: staging.map_or_else(
+                || remote::location::cache_dir("buckets", &url),
+                Path::to_path_buf,
+            ),
             remote: Some((url, Role::Home)),
         }),
         (Location::Objects(_), Some(_)) => Err(TrainError::Usage(

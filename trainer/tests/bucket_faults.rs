@@ -60,14 +60,8 @@ fn train_args(checkpoints: &str, staging: &Path, resume: bool) -> Vec<String> {
 
 /// `diffit` on one core against `endpoint` (the server, or the proxy in front of it).
 fn diffit_via(s3: &S3Server, endpoint: &str, args: &[String]) -> Command {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(args)
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .stdin(Stdio::null());
-    s3.env(&mut cmd).env("AWS_ENDPOINT_URL", endpoint);
+    let mut cmd = s3.one_core_command(args);
+    cmd.env("AWS_ENDPOINT_URL", endpoint);
     cmd
 }
 

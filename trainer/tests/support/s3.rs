@@ -107,8 +107,9 @@ impl S3Server {
             .unwrap()
     }
 
-    /// `diffit args…` against this server on one core (see [`super::diffit_one_core`]).
-    pub fn diffit_one_core(&self, args: &[&str]) -> Output {
+    /// The command `diffit args…` on one core (see [`super::diffit_one_core`]) against this
+    /// server, not started.
+    pub fn one_core_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"])
             .arg(env!("CARGO_BIN_EXE_diffit"))
@@ -116,7 +117,13 @@ impl S3Server {
             .env_remove("CANDLE_NUM_THREADS")
             .env_remove("RAYON_NUM_THREADS")
             .stdin(Stdio::null());
-        self.env(&mut cmd).output().unwrap()
+        self.env(&mut cmd);
+        cmd
+    }
+
+    /// `diffit args…` against this server on one core, waited for.
+    pub fn diffit_one_core(&self, args: &[&str]) -> Output {
+        self.one_core_command(args).output().unwrap()
     }
 
     /// The test process's own handle on `url` in this server (the AWS environment is set

@@ -8,6 +8,11 @@
 #   scripts/fuzz.sh build                 only build the targets
 #   scripts/fuzz.sh list                  the targets
 #
+# The targets of the trainer's parsers need fuzz/Cargo.toml's `trainer` feature, which links
+# candle: a smoke run without named targets leaves them out (an instrumented candle is most of a
+# cold fuzz build: minutes, ~2 GB of memory and disk), and their seeds replay in
+# trainer/tests/fuzz_regressions.rs; a campaign, `build`, and any run naming one build them.
+#
 # Environment:
 #   FUZZ_SECONDS    seconds per target (smoke 15, campaign 600)
 #   FUZZ_RUNS       inputs per target instead of a time (libFuzzer's -runs)
@@ -37,8 +42,20 @@ MODE=${1:-smoke}
 log() { printf '\033[1mfuzz:\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# The [[bin]] sections of fuzz/Cargo.toml.
-all_targets() { awk '/^\[\[bin\]\]/ { bin = 1 } bin && /^name = / { gsub(/"/, "", $3); print $3; bin = 0 }' fuzz/Cargo.toml; }
+# The [[bin]] sections of fuzz/Cargo.toml: "NAME FEATURE" per target, FEATURE "-" when none is
+# required.
+target_table() {
+    awk 'function flush() { if (name != "") print name, (feature == "" ? "-" : feature); name = ""; feature = "" }
+         /^\[/ { flush() }
+         /^\[\[bin\]\]/ { bin = 1; next }
+         /^\[/ { bin = 0 }
+         bin && /^name = / { gsub(/"/, "", $3); name = $3 }
+         bin && /^required-features = / { feature = $0; sub(/^[^"]*"/, "", feature); sub(/".*/, "", feature) }
+         END { flush() }' fuzz/Cargo.toml
+}
+all_targets() { target_table | cut -d ' ' -f 1; }
+light_targets() { target_table | awk '$2 == "-" { print $1 }'; }
+needs_feature() { target_table | awk -v t="$1" '$1 == t && $2 != "-" { found = 1 } END { exit !found }'; }
 
 case $MODE in
     smoke) SECONDS_PER_TARGET=${FUZZ_SECONDS:-15} ;;
@@ -65,6 +82,20 @@ cargo_fuzz_install() {
 command -v cargo >/dev/null || die "cargo (rustup) is required"
 cache_install "$CARGO_FUZZ_ENTRY" cargo_fuzz_ok cargo_fuzz_install
 
+# --- Which targets, and so which features. ---
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    if [ "$MODE" = smoke ]; then mapfile -t TARGETS < <(light_targets); else mapfile -t TARGETS < <(all_targets); fi
+fi
+FEATURES=()
+for target in "${TARGETS[@]}"; do
+    all_targets | grep -qx "$target" || die "no fuzz target $target (scripts/fuzz.sh list)"
+    if needs_feature "$target"; then FEATURES=(--features trainer); fi
+done
+if [ "$MODE" = smoke ] && [ $# -eq 0 ]; then
+    log "smoke: the trainer's targets ($(target_table | awk '$2 != "-" { printf "%s%s", sep, $1; sep = ", " }')) are left out (their seeds replay in cargo test; scripts/fuzz.sh smoke TARGET or make fuzz runs them)"
+fi
+
 # --- Build: every target at once, with coverage instrumentation, overflow checks and debug
 # assertions (cargo-fuzz's defaults), no sanitizer. ---
 rustc --version | grep -q nightly || export RUSTC_BOOTSTRAP=1
@@ -81,13 +112,10 @@ if [ "$MODE" = smoke ]; then export RUSTFLAGS="${RUSTFLAGS:-} -Cdebuginfo=0"; fi
 build_start=$(date +%s)
 log "building the fuzz targets ($(rustc --version); $(free_space) free in $TARGET_DIR)"
 env -u CARGO_TARGET_DIR nice -n "$NICE" "$CARGO_FUZZ" build -s none --fuzz-dir "$ROOT/fuzz" \
-    --target-dir "$TARGET_DIR" ||
+    --target-dir "$TARGET_DIR" "${FEATURES[@]}" ||
     die "the instrumented build failed with $(free_space) free in $TARGET_DIR and $(free_memory) of memory available"
 log "built in $(($(date +%s) - build_start)) s"
 [ "$MODE" = build ] && exit 0
-
-TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(all_targets)
 
 # Scratch space for the targets' files (tmpfs when there is one), removed afterwards.
 SCRATCH_PARENT=$TARGET_DIR

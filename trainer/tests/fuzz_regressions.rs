@@ -1,5 +1,6 @@
 //! Hostile `--data` images (see fuzz/fuzz_targets/image_decode.rs): inputs that once made the
-//! decoder misbehave, or that a size limit exists for, kept so the fix stays.
+//! decoder misbehave, or that a size limit exists for, kept so the fix stays; and the seed
+//! corpora of the trainer's fuzz targets, which `make test`'s fuzz smoke run leaves out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -110,4 +111,73 @@ fn a_zero_training_size_is_an_error_not_a_panic() {
     let png = png_claiming(4, 4, &zlib_black_rows(4, 4));
     let err = decode_image(&png, 0).unwrap_err();
     assert!(err.contains("resize"), "{err}");
+}
+
+/// The seed corpus of one of the trainer's fuzz targets: fuzz/corpus/<target>/, every file.
+fn seeds(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no seeds in {}", dir.display());
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+/// The fuzz smoke run of `make test` leaves out the targets that link candle, so their seeds are
+/// replayed here, each held to its target's property and more: a seed is a valid input.
+#[test]
+fn the_yaml_config_seeds_parse_validate_and_round_trip_through_the_stored_form() {
+    use trainer::train::config::TrainingConfig;
+    for (path, bytes) in seeds("yaml_config") {
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let cfg = TrainingConfig::from_yaml_str(text, &path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let stored = cfg.to_stored();
+        let back = TrainingConfig::from_stored(stored.clone()).unwrap();
+        assert_eq!(back.to_stored(), stored, "{}", path.display());
+    }
+}
+
+#[test]
+fn the_stored_config_seeds_read_back_unchanged() {
+    use trainer::train::config::TrainingConfig;
+    for (path, bytes) in seeds("stored_config") {
+        let saved: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let section = saved.get("training").cloned().unwrap_or(saved);
+        let cfg = TrainingConfig::from_stored(section)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let stored = cfg.to_stored();
+        let back = TrainingConfig::from_stored(stored.clone()).unwrap();
+        assert_eq!(back.to_stored(), stored, "{}", path.display());
+        back.validate().unwrap();
+    }
+}
+
+#[test]
+fn the_image_seeds_decode_to_pixels_in_range() {
+    const SIZE: usize = 8;
+    for (path, bytes) in seeds("image_decode") {
+        let pixels =
+            decode_image(&bytes, SIZE).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(pixels.len(), 3 * SIZE * SIZE, "{}", path.display());
+        assert!(
+            pixels.iter().all(|v| (-1.0..=1.0).contains(v)),
+            "{}: pixel values outside [-1, 1]",
+            path.display()
+        );
+    }
 }

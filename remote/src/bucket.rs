@@ -1,5 +1,7 @@
 //! [`Bucket`]: a blocking handle on one prefix of an object store.
 
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -14,6 +16,9 @@ use object_store::{
     ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
     WriteMultipart,
 };
+
+use store::atomic::{sync_dir, temp_path_for};
+use store::checksum::{digest_bytes, FileDigest, HashingWriter};
 
 use super::profile::active_profile;
 use super::{RemoteError, Result};
@@ -284,6 +289,150 @@ impl Bucket {
         })
     }
 
+    /// Streams the object into the file `path`, written atomically (a temporary file in its
+    /// directory, fsync'd and renamed), hashing it on the way: `path` is replaced only when the
+    /// bytes match `expected` (the checksum and size the run records); otherwise nothing is left
+    /// behind and the error names the object. The object is never held in memory whole.
+    /// Returns the bytes written.
+    pub fn download(&self, rel: &str, path: &Path, expected: &FileDigest) -> Result<u64> {
+        use futures_util::StreamExt as _;
+        let key = self.key(rel);
+        let io = |action, source| RemoteError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let temp = temp_path_for(path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| io("create a temporary file for", e))?;
+        let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let streamed = self.runtime.block_on(async {
+            let got = match self.store.get(&key).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(RemoteError::Damaged {
+                        object: self.object_name(rel),
+                        reason: "metadata names it but it is missing".into(),
+                    })
+                }
+                Err(e) => return Err(self.failed("read", rel, e)),
+            };
+            let mut chunks = got.into_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| self.failed("read", rel, e))?;
+                out.write_all(&chunk).map_err(|e| io("write", e))?;
+            }
+            Ok(())
+        });
+        let finished = streamed.and_then(|()| {
+            let got = out.digest();
+            if got != *expected {
+                return Err(RemoteError::Damaged {
+                    object: self.object_name(rel),
+                    reason: format!(
+                        "{} bytes with checksum {}, metadata records {} bytes with {}",
+                        got.size, got.checksum, expected.size, expected.checksum
+                    ),
+                });
+            }
+            let file = out
+                .into_inner()
+                .into_inner()
+                .map_err(|e| io("write", e.into_error()))?;
+            file.sync_all().map_err(|e| io("fsync", e))?;
+            drop(file);
+            std::fs::rename(&temp, path).map_err(|e| io("rename into place", e))?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(got.size)
+        });
+        if finished.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        finished
+    }
+
+    /// Uploads the file `path` as the object, streaming it in parts above [`MULTIPART_PART`]
+    /// and hashing it on the way: the object appears only when the bytes read match `expected`
+    /// (a file changed under the upload aborts it, and an unfinished multipart upload leaves no
+    /// object). Returns the bytes uploaded.
+    pub fn upload_file(&self, rel: &str, path: &Path, expected: &FileDigest) -> Result<u64> {
+        use std::io::Read as _;
+        let io = |action, source| RemoteError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mismatch = |got: &FileDigest| RemoteError::Damaged {
+            object: path.display().to_string(),
+            reason: format!(
+                "{} bytes with checksum {}, metadata records {} bytes with {}",
+                got.size, got.checksum, expected.size, expected.checksum
+            ),
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| io("open", e))?;
+        if expected.size <= MULTIPART_PART as u64 {
+            let mut bytes = Vec::with_capacity(expected.size as usize);
+            file.read_to_end(&mut bytes).map_err(|e| io("read", e))?;
+            let got = digest_bytes(&bytes);
+            if got != *expected {
+                return Err(mismatch(&got));
+            }
+            self.put(rel, Bytes::from(bytes))?;
+            return Ok(got.size);
+        }
+        let key = self.key(rel);
+        self.runtime.block_on(async {
+            let upload = self
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| self.failed("start the upload of", rel, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+            let mut hasher = HashingWriter::new(std::io::sink());
+            let mut part = vec![0u8; MULTIPART_PART];
+            let read_all = loop {
+                let n = match file.read(&mut part) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(io("read", e)),
+                };
+                if let Err(e) = hasher.write_all(&part[..n]) {
+                    break Err(io("read", e));
+                }
+                // At most a few parts are in flight at once.
+                if let Err(e) = writer.wait_for_capacity(4).await {
+                    break Err(self.failed("write", rel, e));
+                }
+                writer.write(&part[..n]);
+            };
+            let got = hasher.digest();
+            let outcome = read_all.and_then(|()| {
+                if got == *expected {
+                    Ok(())
+                } else {
+                    Err(mismatch(&got))
+                }
+            });
+            match outcome {
+                Ok(()) => {
+                    writer
+                        .finish()
+                        .await
+                        .map_err(|e| self.failed("write", rel, e))?;
+                    Ok(got.size)
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
     /// Writes `rel` only if it is still at `expected` (or, with `None`, only if it does not
     /// exist): the commit of a run's `metadata.json`. Another writer's change in between is a
     /// [`RemoteError::Conflict`].
@@ -402,5 +551,89 @@ impl Bucket {
                 .filter_map(|p| p.filename().map(str::to_string))
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn bucket() -> Bucket {
+        Bucket::open(&url::Url::parse("memory:///runs").unwrap()).unwrap()
+    }
+
+    /// Bytes that differ everywhere, so a misplaced part changes the checksum.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn files_stream_both_ways_checked_in_one_part_and_in_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = bucket();
+        for (name, len) in [("small", 1000), ("large", 2 * MULTIPART_PART + 12_345)] {
+            let bytes = pattern(len);
+            let expected = digest_bytes(&bytes);
+            let src = dir.path().join(name);
+            std::fs::write(&src, &bytes).unwrap();
+            let rel = format!("run_001/{name}");
+            assert_eq!(
+                bucket.upload_file(&rel, &src, &expected).unwrap(),
+                len as u64
+            );
+            assert_eq!(bucket.get(&rel).unwrap().unwrap().0, bytes);
+
+            let back = dir.path().join(format!("{name}.back"));
+            assert_eq!(bucket.download(&rel, &back, &expected).unwrap(), len as u64);
+            assert_eq!(std::fs::read(&back).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_their_checksum_are_neither_uploaded_nor_downloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = bucket();
+        for len in [1000, MULTIPART_PART + 1] {
+            let bytes = pattern(len);
+            let src = dir.path().join("file");
+            std::fs::write(&src, &bytes).unwrap();
+            let mut wrong = digest_bytes(&bytes);
+            wrong.checksum = digest_bytes(b"something else").checksum;
+
+            let rel = format!("run_001/epoch_{len}");
+            let err = bucket.upload_file(&rel, &src, &wrong).unwrap_err();
+            assert!(matches!(err, RemoteError::Damaged { .. }), "{err}");
+            assert!(
+                bucket.get(&rel).unwrap().is_none(),
+                "a mismatched upload left an object"
+            );
+
+            bucket.put(&rel, Bytes::from(bytes.clone())).unwrap();
+            let dst = dir.path().join(format!("copy_{len}"));
+            std::fs::write(&dst, b"what was there").unwrap();
+            let err = bucket.download(&rel, &dst, &wrong).unwrap_err();
+            assert!(err.to_string().contains(&rel), "{err}");
+            assert_eq!(std::fs::read(&dst).unwrap(), b"what was there");
+        }
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["copy_1000", "copy_8388609", "file"],
+            "temporary files left"
+        );
+
+        let missing = bucket.download("run_001/nothing", &dir.path().join("x"), &wrong_digest());
+        assert!(matches!(missing, Err(RemoteError::Damaged { .. })));
+        assert!(!dir.path().join("x").exists());
+    }
+
+    fn wrong_digest() -> FileDigest {
+        digest_bytes(b"")
     }
 }

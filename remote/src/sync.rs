@@ -15,7 +15,7 @@ use format::layout::{parse_run_dir_name, run_dir_name, LOGS_DIR, METADATA_FILE};
 use format::RunLayout;
 use format::{CheckpointName, Metadata};
 use store::atomic::{link_or_copy_atomic, write_bytes_atomic};
-use store::checksum::{digest_bytes, digest_file};
+use store::checksum::{digest_bytes, digest_file, FileDigest};
 use store::writer_active;
 
 use super::bucket::{Bucket, ObjectVersion};
@@ -35,6 +35,18 @@ pub struct SyncReport {
     pub bytes: u64,
     /// Runs that could not be synced, with why (the others were).
     pub failed: Vec<(u32, String)>,
+}
+
+/// Creates the directory `path` goes in.
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) => std::fs::create_dir_all(parent).map_err(|source| RemoteError::Io {
+            action: "create directory",
+            path: parent.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// One end of a sync.
@@ -160,17 +172,40 @@ impl Side {
         match self {
             Side::Local(dir) => {
                 let path = Self::path(dir, rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|source| RemoteError::Io {
-                        action: "create directory",
-                        path: parent.to_path_buf(),
-                        source,
-                    })?;
-                }
+                create_parent(&path)?;
                 write_bytes_atomic(&path, &bytes)?;
                 Ok(())
             }
             Side::Remote(bucket) => bucket.put(rel, bytes),
+        }
+    }
+
+    /// Copies the tensor file `rel` from this side to `dst` without holding it in memory, when
+    /// one side is a disk and the other a bucket: the bytes are hashed as they pass and `dst`
+    /// gets the file only if they match `checksum`/`size`. `None` for the other pairs, which
+    /// the caller copies through memory.
+    fn stream_to(&self, dst: &Side, rel: &str, checksum: &str, size: u64) -> Result<Option<u64>> {
+        let expected = FileDigest {
+            checksum: checksum.to_string(),
+            size,
+        };
+        match (self, dst) {
+            (Side::Remote(bucket), Side::Local(dir)) => {
+                let path = Self::path(dir, rel);
+                create_parent(&path)?;
+                bucket.download(rel, &path, &expected).map(Some)
+            }
+            (Side::Local(dir), Side::Remote(bucket)) => {
+                let path = Self::path(dir, rel);
+                if !path.exists() {
+                    return Err(RemoteError::Damaged {
+                        object: path.display().to_string(),
+                        reason: "metadata names it but it is missing".into(),
+                    });
+                }
+                bucket.upload_file(rel, &path, &expected).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -416,6 +451,14 @@ pub(crate) fn sync_run(
                 continue;
             }
             fetched = ours;
+        }
+        if let (Some((checksum, size)), None) = (&file.digest, &fetched) {
+            // Tensor files between a disk and a bucket stream, checked on the way.
+            if let Some(bytes) = src.stream_to(dst, &file.rel, checksum, *size)? {
+                report.bytes += bytes;
+                report.copied += 1;
+                continue;
+            }
         }
         let fetched = match fetched {
             Some(read) => Some(read),

@@ -62,6 +62,11 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// The wrapped writer.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
     /// The digest of everything written so far.
     pub fn digest(&self) -> FileDigest {
         FileDigest {

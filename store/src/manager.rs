@@ -102,6 +102,15 @@ impl CheckpointManager {
             });
         }
         let lock = acquire_writer_lock(&layout)?;
+        // A run copied by a tool that skips empty directories (`aws s3 sync`, a pull of a run
+        // with no epoch yet) lacks them; the writer makes them again.
+        for dir in [
+            layout.base_model_dir(),
+            layout.lora_dir(),
+            layout.logs_dir(),
+        ] {
+            fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        }
         for dir in [layout.root(), layout.base_model_dir(), layout.lora_dir()] {
             for leftover in remove_temp_leftovers(&dir)? {
                 tracing::info!(file = %leftover.display(), "removed an interrupted write");

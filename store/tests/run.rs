@@ -285,6 +285,28 @@ fn reopened_run_resumes_with_status_and_summary() {
 }
 
 #[cfg(unix)]
+/// `aws s3 sync` and a pull from a bucket copy files, not empty directories: a run with its
+/// config and base but no epoch yet arrives without `lora_weights/` and `logs/`, and its writer
+/// still saves.
+#[test]
+fn a_run_copied_without_its_empty_directories_opens_and_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = CheckpointManager::create(dir.path(), "e").unwrap();
+    run.save_base_model(&base_tensors(2.0), &json!({"depth": 2}))
+        .unwrap();
+    drop(run);
+    let root = dir.path().join("run_001");
+    for sub in ["lora_weights", "logs"] {
+        std::fs::remove_dir(root.join(sub)).unwrap();
+    }
+
+    let mut run = CheckpointManager::open(dir.path(), 1).unwrap();
+    run.save_lora_weights(&checkpoint(1, 0.5), "val_loss", Mode::Min)
+        .unwrap();
+    assert!(root.join("logs").is_dir());
+    assert_eq!(run.load_for_resume().unwrap().unwrap().checkpoint.epoch, 1);
+}
+
 #[test]
 fn a_failure_is_recorded_with_its_reason_and_cleared_by_the_next_status() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,13 +29,29 @@ pub struct S3Server {
 impl S3Server {
     /// Starts `moto_server` from the venv's `bin` on a free loopback port and creates `runs`.
     pub fn start(bin: &Path) -> S3Server {
+        Self::launch(Command::new(bin.join("moto_server")).args(["-H", "127.0.0.1", "-p"]))
+    }
+
+    /// Starts moto answering one request at a time (support/moto_serial.py), where a
+    /// conditional create is atomic as S3's is; threaded moto checks and writes in two steps.
+    pub fn start_serial(bin: &Path) -> S3Server {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_serial.py");
+        Self::launch(
+            Command::new(bin.join("python"))
+                .arg(script)
+                .arg("127.0.0.1"),
+        )
+    }
+
+    /// Runs `command PORT` with a free loopback port, and waits until it serves S3.
+    fn launch(command: &mut Command) -> S3Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(bin.join("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = command
+            .arg(port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -51,7 +67,8 @@ impl S3Server {
                 "PUT /runs HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
                 server.addr
             );
-            if http(&server.addr, &put).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            let created = |reply: String| reply.split_whitespace().nth(1) == Some("200");
+            if http(&server.addr, &put).is_some_and(created) {
                 break;
             }
             assert!(Instant::now() < deadline, "moto_server did not start");

@@ -28,6 +28,7 @@ fn a_bucket_run_survives_faults() {
     let dir = tempfile::tempdir().unwrap();
     let reference = uninterrupted_local_run(dir.path());
     throttled_failed_and_cut_requests_are_retried(&s3, dir.path(), &reference);
+    an_endpoint_restarted_mid_upload_is_waited_for(&s3, dir.path(), &reference);
     an_endpoint_that_stays_down_stops_training_clearly(&s3, dir.path(), &reference);
     sigkill_at_twenty_instants(&s3, dir.path(), &reference);
     a_large_upload_cut_midway_leaves_no_object(&s3);
@@ -120,6 +121,46 @@ fn throttled_failed_and_cut_requests_are_retried(s3: &S3Server, dir: &Path, refe
     assert!(faults >= 10, "{faults} faults in {requests} requests");
     eprintln!("flaky endpoint: {faults} faults injected in {requests} requests");
     let copy = dir.join("flaky-copy");
+    let meta = check_bucket_run(s3, url, &copy);
+    assert_eq!(meta.status, format::RunStatus::Finished);
+    assert!(last_epoch_file(&copy) == reference, "{said}");
+}
+
+/// The endpoint goes away in the middle of an upload (the connection cut halfway through the
+/// body, every connection refused for 3 s) and comes back: the retries span the gap, training
+/// goes on and the run ends as an uninterrupted one.
+fn an_endpoint_restarted_mid_upload_is_waited_for(s3: &S3Server, dir: &Path, reference: &[u8]) {
+    let proxy = FaultyProxy::start(s3.addr());
+    let down = proxy.down.clone();
+    let triggered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // After the claim and the first commits, the next upload with a body.
+    proxy.set_plan(move |n, method, body| {
+        if n < 20 || method != "PUT" || body == 0 || triggered.swap(true, Ordering::SeqCst) {
+            return Fault::Pass;
+        }
+        down.store(true, Ordering::SeqCst);
+        let down = down.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            down.store(false, Ordering::SeqCst);
+        });
+        Fault::CutMidBody
+    });
+    let url = "s3://runs/restarted";
+    let out = run(diffit_via(
+        s3,
+        &proxy.endpoint(),
+        &train_args(url, &dir.join("restarted"), false),
+    ));
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let refused = proxy.refused.load(Ordering::SeqCst);
+    assert!(
+        refused >= 1,
+        "no request came while the endpoint was down: {said}"
+    );
+    eprintln!("restarted endpoint: {refused} connection(s) refused while it was down");
+    let copy = dir.join("restarted-copy");
     let meta = check_bucket_run(s3, url, &copy);
     assert_eq!(meta.status, format::RunStatus::Finished);
     assert!(last_epoch_file(&copy) == reference, "{said}");

@@ -37,6 +37,8 @@ pub struct FaultyProxy {
     pub faults: Arc<AtomicUsize>,
     /// Refuse every connection (an endpoint that is down).
     pub down: Arc<AtomicBool>,
+    /// Connections refused while down.
+    pub refused: Arc<AtomicUsize>,
     plan: Arc<Mutex<Box<Plan>>>,
 }
 
@@ -93,13 +95,15 @@ impl FaultyProxy {
             requests: Arc::new(AtomicUsize::new(0)),
             faults: Arc::new(AtomicUsize::new(0)),
             down: Arc::new(AtomicBool::new(false)),
+            refused: Arc::new(AtomicUsize::new(0)),
             plan: Arc::new(Mutex::new(Box::new(|_, _, _| Fault::Pass))),
         };
-        let (stop, requests, faults, down, plan) = (
+        let (stop, requests, faults, down, refused, plan) = (
             proxy.stop.clone(),
             proxy.requests.clone(),
             proxy.faults.clone(),
             proxy.down.clone(),
+            proxy.refused.clone(),
             proxy.plan.clone(),
         );
         let upstream = upstream.to_string();
@@ -113,6 +117,7 @@ impl FaultyProxy {
                     }
                 };
                 if down.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
                     drop(client);
                     continue;
                 }

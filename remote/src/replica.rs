@@ -261,6 +261,8 @@ pub struct MirrorReport {
     pub failed_attempts: u32,
     /// Why the bucket is behind the local run at the end, if it is.
     pub behind: Option<String>,
+    /// Whether it is behind because another writer committed to the run there.
+    pub superseded: bool,
 }
 
 #[derive(Debug, Default)]
@@ -362,6 +364,12 @@ impl Mirror {
         }
     }
 
+    /// Whether another writer committed to the run in the bucket, so that this mirror pushes
+    /// nothing more (its [`Mirror::wait`] errors say so).
+    pub fn superseded(&self) -> bool {
+        lock(&self.shared).superseded.is_some()
+    }
+
     /// Pushes what is left (waiting at most `deadline` for it), stops the worker and says
     /// what was done. A push still running at the deadline is abandoned with the thread: the
     /// bucket then holds the last complete commit, never a part of one.
@@ -398,6 +406,7 @@ impl Mirror {
         state.stop = true;
         let mut report = state.report.clone();
         report.behind = outcome;
+        report.superseded = state.superseded.is_some();
         drop(state);
         self.shared.1.notify_all();
         if report.behind.is_none() {

@@ -27,6 +27,7 @@ fn runs_in_a_real_s3_server() {
     a_mirrored_run_resumes_from_the_mirror(&s3, dir.path(), &reference);
     concurrent_creators_get_distinct_numbers(&bin, dir.path());
     a_second_writer_fails_before_writing(&s3, dir.path());
+    two_trainers_resuming_one_run_leave_it_to_one(&s3, dir.path());
     an_unreachable_mirror_never_fails_training(&s3, dir.path());
 }
 
@@ -341,6 +342,57 @@ fn a_second_writer_fails_before_writing(s3: &S3Server, dir: &Path) {
         .unwrap()
         .0;
     assert_eq!(now, theirs, "nothing of the first writer's is overwritten");
+}
+
+/// Two `diffit train --resume` of one bucket run at once, from two machines: whichever commits
+/// second stops with an error naming the run and the other writer, the other finishes the run,
+/// and the bucket's copy verifies with every epoch.
+fn two_trainers_resuming_one_run_leave_it_to_one(s3: &S3Server, dir: &Path) {
+    let url = "s3://runs/race";
+    ok(s3.diffit_one_core(&train_args(
+        url,
+        "1",
+        &["--staging", dir.join("race-first").to_str().unwrap()],
+    )));
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ["race-a", "race-b"]
+            .map(|machine| {
+                let staging = dir.join(machine);
+                scope.spawn(move || {
+                    s3.diffit_one_core(&resume_args(
+                        url,
+                        "3",
+                        &["--staging", staging.to_str().unwrap()],
+                    ))
+                })
+            })
+            .into_iter()
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (won, lost): (Vec<&Output>, Vec<&Output>) =
+        outputs.iter().partition(|out| out.status.success());
+    assert_eq!(
+        (won.len(), lost.len()),
+        (1, 1),
+        "{}\n---\n{}",
+        text(&outputs[0]),
+        text(&outputs[1])
+    );
+    let said = text(lost[0]);
+    assert!(
+        said.contains("s3://runs/race/run_001/metadata.json")
+            && said.contains("another writer")
+            && said.contains("stopped training"),
+        "{said}"
+    );
+    let copy = dir.join("race-copy");
+    ok(s3.diffit(&["sync", url, copy.to_str().unwrap()]));
+    verify_run_1(copy.to_str().unwrap());
+    let meta = store::read_metadata(&format::RunLayout::new(&copy, 1)).unwrap();
+    assert_eq!(meta.status, format::RunStatus::Finished);
+    let epochs: Vec<u32> = meta.live_checkpoints().map(|c| c.epoch).collect();
+    assert_eq!(epochs, [1, 2, 3]);
 }
 
 /// A mirror whose endpoint does not answer: training finishes, the local run is complete, and

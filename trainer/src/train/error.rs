@@ -87,6 +87,17 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+    /// Another process committed to the run in its bucket since this one last did.
+    #[error(
+        "{reason}: this process stopped training; the run in {to} is the other writer's, and \
+         this process's own copy stays in its local directory"
+    )]
+    Superseded {
+        /// `s3://bucket/prefix/run_NNN`.
+        to: String,
+        /// What the bucket reported.
+        reason: String,
+    },
     /// The loss became NaN or infinite.
     #[error(
         "training diverged at epoch {epoch}, step {step}: loss is {loss}; the epoch was not \

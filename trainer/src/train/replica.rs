@@ -225,10 +225,17 @@ impl ReplicaCallback {
             Role::Mirror => Ok(()),
         };
         self.longest_wait = self.longest_wait.max(started.elapsed());
-        outcome.map_err(|why| TrainError::Upload {
-            to: mirror.name().to_string(),
-            reason: why,
-        })
+        outcome.map_err(|why| upload_error(mirror.name().to_string(), why, mirror.superseded()))
+    }
+}
+
+/// Why a bucket-home run stopped: another writer took the run over, or the bucket could not be
+/// brought up to date.
+fn upload_error(to: String, reason: String, superseded: bool) -> TrainError {
+    if superseded {
+        TrainError::Superseded { to, reason }
+    } else {
+        TrainError::Upload { to, reason }
     }
 }
 
@@ -276,10 +283,7 @@ impl Callback for ReplicaCallback {
         }
         match (report.behind, self.role) {
             (None, _) => Ok(()),
-            (Some(why), Role::Home) => Err(TrainError::Upload {
-                to: name,
-                reason: why,
-            }),
+            (Some(why), Role::Home) => Err(upload_error(name, why, report.superseded)),
             (Some(why), Role::Mirror) => {
                 tracing::warn!(
                     "the mirror {name} is behind the local run: {why}; the local run is complete: \

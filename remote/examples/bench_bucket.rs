@@ -1,8 +1,9 @@
 //! Runs in a bucket, measured against the same runs on a disk (`make bench`, with an
 //! S3-compatible server on loopback; the AWS environment points at it):
 //!
-//! 1. listing: `remote::list_runs` over RUNS runs in the bucket vs `store::list_all_runs` over
-//!    the same runs on disk (median of 5 each);
+//! 1. listing: `remote::list_runs` over RUNS runs in the bucket (with its run index, and with
+//!    the index removed, reading every run's metadata) vs `store::list_all_runs` over the same
+//!    runs on disk (median of 5 each);
 //! 2. bytes: the checkpoints dir given (3 runs × 10 epochs written by `bench_disk`) synced into
 //!    the bucket, the bucket's object bytes vs the disk's allocated bytes.
 //!
@@ -54,24 +55,39 @@ fn main() {
     let bucket = Bucket::open(&listing).unwrap();
     let disk = tempfile::tempdir().unwrap();
 
-    // RUNS runs with a few epochs' metadata each, in the bucket and on disk.
+    // RUNS runs with a few epochs' metadata each, on disk, synced into the bucket (which keeps
+    // the run index as every writer does).
     for n in 1..=runs {
         let mut meta = Metadata::new(n, "bench", "2026-12-01T12:00:00");
+        meta.status = format::RunStatus::Finished;
         meta.training_config = serde_json::json!({"learning_rate": 1e-3, "epochs": 10});
-        let bytes = serde_json::to_vec_pretty(&meta).unwrap();
-        let rel = format!("{}/{METADATA_FILE}", run_dir_name(n));
-        bucket.put(&rel, bytes.clone().into()).unwrap();
         let dir = disk.path().join(run_dir_name(n));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(METADATA_FILE), &bytes).unwrap();
+        std::fs::write(
+            dir.join(METADATA_FILE),
+            serde_json::to_vec_pretty(&meta).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format::layout::CONFIG_FILE), b"{}").unwrap();
     }
+    let report = remote::sync(
+        &Location::Local(disk.path().to_path_buf()),
+        &Location::Objects(listing.clone()),
+        None,
+    )
+    .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
     let expect = runs as usize;
     let bucket_ms = median_ms(|| remote::list_runs(&bucket).unwrap().len(), expect);
     let local_ms = median_ms(|| store::list_all_runs(disk.path()).unwrap().len(), expect);
+    // Without the index, every run's metadata is read (64 at a time).
+    bucket.delete(remote::index::INDEX_OBJECT).unwrap();
+    let unindexed_ms = median_ms(|| remote::list_runs(&bucket).unwrap().len(), expect);
     println!(
         "BENCH {}",
         serde_json::json!({"kind": "bucket_listing", "runs": runs,
-                           "bucket_ms": bucket_ms, "local_ms": local_ms})
+                           "bucket_ms": bucket_ms, "unindexed_ms": unindexed_ms,
+                           "local_ms": local_ms})
     );
 
     if let Some(checkpoints) = args.get(2).filter(|p| !p.is_empty()) {

@@ -8,6 +8,8 @@
 //!   `metadata.json` last and conditional on the version it replaces.
 //! - [`RunReplica`] / [`Mirror`]: a run kept in a bucket while it trains (claimed run numbers,
 //!   pushes conditional on this writer's last commit, pulls for resuming elsewhere).
+//! - [`index`]: the prefix's run index, which the commit protocol keeps equal to the committed
+//!   metadata of every run it calls settled, so a listing reads two objects, not one per run.
 //!
 //! S3 settings come from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` for
@@ -17,6 +19,7 @@
 
 pub mod bucket;
 pub mod follow;
+pub mod index;
 pub mod listing;
 pub mod location;
 pub mod profile;

@@ -24,6 +24,7 @@ use format::layout::{parse_run_dir_name, run_dir_name, BASE_MODEL_DIR, LORA_DIR,
 use format::Metadata;
 
 use super::bucket::{Bucket, ObjectVersion};
+use super::index;
 use super::sync::{run_files, sync_run, Guard, OwnCommits, Side};
 use super::{RemoteError, Result, SyncReport};
 
@@ -96,7 +97,13 @@ impl RunReplica {
                     reason: e.to_string(),
                 })?;
             match bucket.put_if(&metadata_rel(run), Bytes::from(bytes), None) {
-                Ok(version) => return Ok(Self::new(bucket, local, run, Some(version))),
+                Ok(version) => {
+                    // Marked only once the number is ours (marking a number another trainer
+                    // took would replace their mark): a number reused after its run was deleted
+                    // by hand may still have that run's settled entry until here.
+                    index::mark_writing(&bucket, &[run])?;
+                    return Ok(Self::new(bucket, local, run, Some(version)));
+                }
                 Err(RemoteError::Conflict { object }) => {
                     if requested.is_some() {
                         return Err(RemoteError::RunExists { object });
@@ -219,13 +226,24 @@ impl RunReplica {
             self.unchecked = false;
         }
         let mut report = SyncReport::default();
-        sync_run(
+        let synced = sync_run(
             &self.local,
             &self.bucket,
             self.run,
             &mut report,
             Guard::Ours(&mut self.own),
         )?;
+        // The run index's rule 2, once the run stops being written.
+        if let (Side::Remote(bucket), Some(meta)) = (&self.bucket, &synced.metadata) {
+            if let Some(row) = index::ends_writing(meta.status)
+                .then(|| index::row_of(meta))
+                .flatten()
+            {
+                if let Err(e) = index::settle(bucket, &[(self.run, row)]) {
+                    tracing::warn!("the run index of {} stays as it is: {e}", bucket.name());
+                }
+            }
+        }
         Ok(report)
     }
 }

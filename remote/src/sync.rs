@@ -19,6 +19,7 @@ use store::checksum::{digest_bytes, digest_file, FileDigest};
 use store::writer_active;
 
 use super::bucket::{Bucket, ObjectVersion};
+use super::index;
 use super::location::Location;
 use super::{RemoteError, Result};
 
@@ -489,6 +490,10 @@ pub(crate) fn sync_run(
     if let Some(own) = own.as_mut() {
         own.attempted = Some(meta_bytes.clone());
     }
+    if let Side::Remote(bucket) = dst {
+        // The run index's rule 1: marked as being written before the commit (once per stretch).
+        index::mark_writing(bucket, &[n])?;
+    }
     let committed = dst.commit(&meta_rel, meta_bytes, expected.as_ref())?;
     if let Some(own) = own {
         own.committed = committed;
@@ -521,10 +526,29 @@ pub fn sync(src: &Location, dst: &Location, only: Option<u32>) -> Result<SyncRep
         None => from.run_numbers()?,
     };
     let mut report = SyncReport::default();
+    // Into a bucket, the run index is marked for every run at once, and settled at once after.
+    if let Side::Remote(bucket) = &to {
+        index::mark_writing(bucket, &numbers)?;
+    }
+    let mut rows = Vec::new();
     for n in numbers {
-        if let Err(e) = sync_run(&from, &to, n, &mut report, Guard::AsRead) {
-            tracing::warn!("run {n}: {e}");
-            report.failed.push((n, e.to_string()));
+        match sync_run(&from, &to, n, &mut report, Guard::AsRead) {
+            Ok(synced) => rows.extend(
+                synced
+                    .metadata
+                    .as_ref()
+                    .and_then(index::row_of)
+                    .map(|r| (n, r)),
+            ),
+            Err(e) => {
+                tracing::warn!("run {n}: {e}");
+                report.failed.push((n, e.to_string()));
+            }
+        }
+    }
+    if let Side::Remote(bucket) = &to {
+        if let Err(e) = index::settle(bucket, &rows) {
+            tracing::warn!("the run index of {} stays as it is: {e}", bucket.name());
         }
     }
     Ok(report)

@@ -100,6 +100,38 @@ fn metadata_in(s3: &S3Server, url: &str, run: u32) -> format::Metadata {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The bucket's run list as the run index gives it equals the list read from every run's
+/// metadata (the index removed for that, then put back); returns how many runs the index has
+/// settled.
+fn assert_index_agrees(s3: &S3Server, url: &str) -> usize {
+    let bucket = s3.bucket(url);
+    let index = remote::index::read_index(&bucket)
+        .unwrap()
+        .unwrap_or_default();
+    let with_index = remote::list_runs(&bucket).unwrap();
+    let saved = bucket.get(remote::index::INDEX_OBJECT).unwrap();
+    bucket.delete(remote::index::INDEX_OBJECT).unwrap();
+    let from_metadata = remote::list_runs(&bucket).unwrap();
+    if let Some((bytes, _)) = saved {
+        bucket.put(remote::index::INDEX_OBJECT, bytes).unwrap();
+    }
+    let rows = |listing: &[store::RunListing]| -> Vec<(u32, Option<format::api::RunInfo>)> {
+        listing
+            .iter()
+            .map(|row| (row.run_number, row.info.as_ref().ok().cloned()))
+            .collect()
+    };
+    assert_eq!(
+        rows(&with_index),
+        rows(&from_metadata),
+        "the run index disagrees with the metadata in {url}"
+    );
+    with_index
+        .iter()
+        .filter(|row| index.settled(row.run_number).is_some())
+        .count()
+}
+
 /// Every object `meta` names exists in the bucket under `prefix` (the commit point's promise).
 fn assert_names_only_complete_objects(s3: &S3Server, prefix: &str, meta: &format::Metadata) {
     let keys = s3.keys();
@@ -188,6 +220,8 @@ fn a_run_written_into_a_bucket_resumes_on_an_empty_machine(
     assert!(said.contains("run 002"), "{said}");
     let listed = s3.bucket(url).list_dirs().unwrap();
     assert_eq!(listed, vec!["run_001".to_string(), "run_002".to_string()]);
+    // Both finished: the run index lists them without reading their metadata.
+    assert_eq!(assert_index_agrees(s3, url), 2);
     // The bucket's runs list as a disk's do; commands that need the files say how to bring
     // them down.
     let table = ok(s3.diffit(&["runs", "list", "--checkpoints", url]));
@@ -296,6 +330,8 @@ fn concurrent_creators_get_distinct_numbers(bin: &Path, dir: &Path) {
     }
     let expected: Vec<String> = (1..=16).map(|n| format!("run_{n:03}")).collect();
     assert_eq!(serial.bucket(url).list_dirs().unwrap(), expected);
+    // Sixteen writers updated the run index at once (conditional writes, retried): none lost.
+    assert_eq!(assert_index_agrees(&serial, url), 16);
     for n in 1..=16 {
         let meta = metadata_in(&serial, url, n);
         assert_eq!(meta.status, format::RunStatus::Finished, "run {n}");
@@ -393,6 +429,9 @@ fn two_trainers_resuming_one_run_leave_it_to_one(s3: &S3Server, dir: &Path) {
     assert_eq!(meta.status, format::RunStatus::Finished);
     let epochs: Vec<u32> = meta.live_checkpoints().map(|c| c.epoch).collect();
     assert_eq!(epochs, [1, 2, 3]);
+    // The run was settled after its first training, then resumed twice at once: the index
+    // still agrees with what was committed last.
+    assert_index_agrees(s3, url);
 }
 
 /// A mirror whose endpoint does not answer: training finishes, the local run is complete, and

@@ -120,6 +120,13 @@ def main():
                      f"{fmt(listed['local_ms'])} ms (the same runs on disk)",
                      f"{listed['bucket_ms'] / listed['local_ms']:.1f}×", "< 2 s",
                      verdict(secs, 2.0, False)))
+    stall = k.get("mirror_stall", [None])[0]
+    if stall:
+        share = stall["longest_wait_ms"] / 1000 / stall["epoch_seconds"]
+        rows.append(("6. Stall per save with `--mirror s3://…`, `small`",
+                     f"{fmt(stall['longest_wait_ms'])} ms (the longest a save waited)",
+                     f"{fmt(stall['epoch_seconds'], 2)} s epoch",
+                     f"{share * 100:.2f} %", "< 5 %", verdict(share, 0.05, False)))
     stored = k.get("bucket_bytes", [None])[0]
     if stored:
         mib = lambda b: f"{b / 2**20:.1f} MiB"

@@ -7,7 +7,8 @@
 #   3. bytes on disk: 3 runs x 10 epochs vs the seed's scheme and a full model per epoch
 #   4. browser: ms per DDIM step in headless Chromium vs native; click -> image for `small`
 #   5. server: /api/runs requests/s at 10,000 runs vs nginx; peak RSS streaming a 1 GiB file
-#   6. bucket: listing 1,000 runs in an S3 server (moto) vs on disk; bytes of 3 runs in a bucket
+#   6. bucket: listing 1,000 runs in an S3 server (moto) vs on disk; bytes of 3 runs in a bucket;
+#      the longest a save waits for a --mirror upload vs an epoch of `small`
 #
 # Not part of `make test`. Installs PyTorch (CPU use only) into .venv-bench the first time.
 # Env: BENCH_OUT (default bench/RESULTS.md), SKIP_TORCH=1, SKIP_BROWSER=1, SKIP_SERVER=1, SKIP_BUCKET=1,
@@ -117,6 +118,21 @@ if [ -z "${SKIP_BUCKET:-}" ]; then
     AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
         AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
         "$R/examples/bench_bucket" s3://runs/bench/ "$WORK/disk-runs" 1000 | tee -a /dev/stderr | collect
+    log "mirror: diffit train --preset small --mirror s3://… (the longest a save waited vs an epoch)"
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+        AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
+        "$R/diffit" train --preset small --epochs 2 --base "$WORK/base.safetensors" \
+        --checkpoints "$WORK/mirrored" --mirror s3://runs/bench/mirror 2>&1 | tee "$WORK/mirror.log"
+    python3 - "$WORK/mirror.log" >>"$LINES" <<'PY'
+import json, re, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+images = int(re.search(r"(\d+) training / \d+ validation images", text).group(1))
+rates = [float(m) for m in re.findall(r"epoch \d+/\d+: .*?\(([\d.]+) images/s\)", text)]
+waited = float(re.search(r"the longest a save waited: ([\d.]+) ms", text).group(1))
+# The training part of the fastest epoch: the shortest epoch, so the largest share.
+print(json.dumps({"kind": "mirror_stall", "longest_wait_ms": waited,
+                  "epoch_seconds": images / max(rates)}))
+PY
     kill "$moto"
 fi
 

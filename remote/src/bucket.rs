@@ -124,6 +124,14 @@ fn retry_config() -> Result<RetryConfig, String> {
     })
 }
 
+/// Why bytes read do not match what their run records: the reason of a [`RemoteError::Damaged`].
+pub(crate) fn mismatch_reason(got: &FileDigest, checksum: &str, size: u64) -> String {
+    format!(
+        "{} bytes with checksum {}, metadata records {size} bytes with {checksum}",
+        got.size, got.checksum
+    )
+}
+
 impl Bucket {
     /// Opens the object store `url` names (`s3://`, `gs://`, `az://`, `memory://`).
     pub fn open(url: &url::Url) -> Result<Bucket> {
@@ -332,10 +340,7 @@ impl Bucket {
             if got != *expected {
                 return Err(RemoteError::Damaged {
                     object: self.object_name(rel),
-                    reason: format!(
-                        "{} bytes with checksum {}, metadata records {} bytes with {}",
-                        got.size, got.checksum, expected.size, expected.checksum
-                    ),
+                    reason: mismatch_reason(&got, &expected.checksum, expected.size),
                 });
             }
             let file = out
@@ -367,10 +372,7 @@ impl Bucket {
         };
         let mismatch = |got: &FileDigest| RemoteError::Damaged {
             object: path.display().to_string(),
-            reason: format!(
-                "{} bytes with checksum {}, metadata records {} bytes with {}",
-                got.size, got.checksum, expected.size, expected.checksum
-            ),
+            reason: mismatch_reason(got, &expected.checksum, expected.size),
         };
         let mut file = std::fs::File::open(path).map_err(|e| io("open", e))?;
         if expected.size <= MULTIPART_PART as u64 {

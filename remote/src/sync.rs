@@ -18,7 +18,7 @@ use store::atomic::{link_or_copy_atomic, write_bytes_atomic};
 use store::checksum::{digest_bytes, digest_file, FileDigest};
 use store::writer_active;
 
-use super::bucket::{Bucket, ObjectVersion};
+use super::bucket::{mismatch_reason, Bucket, ObjectVersion};
 use super::index;
 use super::location::Location;
 use super::{RemoteError, Result};
@@ -476,10 +476,7 @@ pub(crate) fn sync_run(
             if &got.checksum != checksum || got.size != *size {
                 return Err(RemoteError::Damaged {
                     object: src.name(&file.rel),
-                    reason: format!(
-                        "{} bytes with checksum {}, metadata records {size} bytes with {checksum}",
-                        got.size, got.checksum
-                    ),
+                    reason: mismatch_reason(&got, checksum, *size),
                 });
             }
         }

@@ -1,6 +1,9 @@
-//! Loading a folder of the user's own PNG/JPEG images as a training [`Dataset`]: the images
-//! of the folder itself, or, when it holds none but has subfolders, each subfolder's images as
-//! one class (labelled by the subfolder's name).
+//! Loading the user's own data as a training [`Dataset`]: a folder of PNG/JPEG images (the
+//! images of the folder itself, or, when it holds none but has subfolders, each subfolder's
+//! images as one class, labelled by the subfolder's name), or CIFAR-10/100 binary batches
+//! ([`cifar`]).
+
+pub mod cifar;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,8 @@ use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
 
 use model::data::{DataError, Dataset};
+
+pub use cifar::DataFormat;
 
 /// Extensions we try to decode; anything else in the folder is skipped with a warning.
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -64,6 +69,35 @@ pub fn load_folder_on(
         classes.push(name);
     }
     finish(dir, size, images, Some((labels, classes)), skipped)
+}
+
+/// What `--data PATH` holds, read as `format` says ([`cifar::find`]): CIFAR batches (only the
+/// labels `classes` lists, when it lists any) or a folder of images, at `size × size`.
+pub fn load_path(
+    path: &Path,
+    format: DataFormat,
+    classes: &[u32],
+    size: usize,
+    background: Background,
+) -> Result<Dataset, DataError> {
+    if let Some(set) = cifar::find(path, format)? {
+        return cifar::load(&set, classes, size);
+    }
+    if !path.is_dir() {
+        return Err(DataError::BadFile {
+            path: path.display().to_string(),
+            reason: "not a directory of images (nor CIFAR batch files)".into(),
+        });
+    }
+    if !classes.is_empty() {
+        return Err(DataError::BadFile {
+            path: path.display().to_string(),
+            reason: "data.classes (--classes) picks CIFAR labels, but this is a folder of \
+                     images: keep the classes wanted as its subfolders instead"
+                .into(),
+        });
+    }
+    load_folder_on(path, size, background)
 }
 
 /// The files and the (non-hidden) subdirectories of `dir`, each sorted by name.

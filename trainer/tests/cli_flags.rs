@@ -105,7 +105,7 @@ fn usage_errors_found_after_parsing_exit_2_and_other_failures_1() {
     // Found by the trainer, not by clap: still a usage error.
     assert_usage_error(
         &["train", "--checkpoints", d, "--data", "/nonexistent/images"],
-        &["/nonexistent/images", "not a directory"],
+        &["/nonexistent/images", "no such file or directory"],
     );
     let yaml = dir.path().join("typo.yaml");
     std::fs::write(&yaml, "training:\n  epoch: 3\n").unwrap();

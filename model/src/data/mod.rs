@@ -5,6 +5,7 @@
 //! Every image is CHW RGB `f32` in `[-1, 1]`. The procedural sets are pure functions of
 //! `(seed, index, size)` and identical on every platform.
 
+mod augment;
 mod canvas;
 mod generic;
 mod scenery;
@@ -13,6 +14,7 @@ mod trees;
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
+pub use augment::Augmentation;
 pub use generic::generic_image;
 pub use trees::{labeled_tree_image, tree_image, TREE_SPECIES};
 
@@ -54,6 +56,15 @@ pub enum DataError {
         expected: usize,
         /// Values found.
         found: usize,
+    },
+    /// A data file that is not what its format says it is (a truncated CIFAR batch, a label
+    /// out of range), or a data source that cannot be used as asked.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file or directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Class labels that do not fit the images or the class list.
     #[error("bad labels: {0}")]
@@ -260,13 +271,30 @@ impl Dataset {
 
     /// The images at `indices` stacked into a `[B, C, H, W]` tensor.
     pub fn batch(&self, indices: &[usize], device: &Device) -> Result<Tensor, DataError> {
+        self.augmented_batch(indices, device, &Augmentation::NONE, 0, 0)
+    }
+
+    /// [`batch`](Self::batch) with each image varied as `augmentation` varies image `i` of
+    /// `epoch` in a run seeded `seed` (a function of those three only).
+    pub fn augmented_batch(
+        &self,
+        indices: &[usize],
+        device: &Device,
+        augmentation: &Augmentation,
+        seed: u64,
+        epoch: u32,
+    ) -> Result<Tensor, DataError> {
         let mut data = Vec::with_capacity(indices.len() * self.channels * self.size * self.size);
         for &i in indices {
             let img = self.images.get(i).ok_or(DataError::IndexOutOfRange {
                 index: i,
                 len: self.len(),
             })?;
-            data.extend_from_slice(img);
+            if augmentation.is_off() {
+                data.extend_from_slice(img);
+            } else {
+                data.extend(augmentation.apply(img, self.channels, self.size, seed, epoch, i));
+            }
         }
         Ok(Tensor::from_vec(
             data,

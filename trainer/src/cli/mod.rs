@@ -236,6 +236,9 @@ mod tests {
             keep_optimizer_last_n: None,
             background: None,
             label_dropout: None,
+            data_format: None,
+            classes: None,
+            augment: false,
         };
         assert_eq!(a.overrides, expected);
         // The seed's spelling of --base, keeping everything, the newest moments, a background.
@@ -250,6 +253,13 @@ mod tests {
             "2",
             "--background",
             "#102030",
+            "--data",
+            "cifar-100-binary",
+            "--data-format",
+            "cifar100",
+            "--classes",
+            "47,52,56,59,96",
+            "--augment",
         ])
         .unwrap();
         let Command::Train(a) = cli.command else {
@@ -258,6 +268,10 @@ mod tests {
         let o = &a.overrides;
         assert_eq!(o.base, Some(PathBuf::from("b.safetensors")));
         assert_eq!((o.keep_last_n, o.keep_optimizer_last_n), (Some(0), Some(2)));
+        assert_eq!(o.data, Some(DataSource::Path("cifar-100-binary".into())));
+        assert_eq!(o.data_format, Some(crate::data::DataFormat::Cifar100));
+        assert_eq!(o.classes, Some(vec![47, 52, 56, 59, 96]));
+        assert!(o.augment);
         assert_eq!(o.background, Some(crate::data::Background([16, 32, 48])));
         for bad in [
             ["--keep-optimizer-last-n", "0"],
@@ -272,7 +286,7 @@ mod tests {
         let Command::Train(a) = cli.command else {
             panic!("not train")
         };
-        assert_eq!(a.overrides.data, Some(DataSource::Folder("imgs".into())));
+        assert_eq!(a.overrides.data, Some(DataSource::Path("imgs".into())));
         assert!(
             Cli::try_parse_from(["diffit", "train", "--resume"]).is_err(),
             "--resume needs --run-number"

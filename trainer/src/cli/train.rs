@@ -17,11 +17,12 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         None => TrainingConfig::default(),
     };
     // Checked now, not after a base model was pretrained for minutes.
-    if let Some(DataSource::Folder(dir)) = &args.overrides.data {
-        if !dir.is_dir() {
+    if let Some(DataSource::Path(path)) = &args.overrides.data {
+        if !path.exists() {
             return Err(TrainError::Usage(format!(
-                "--data {}: not a directory (give a folder of PNG/JPEG images, or `trees`)",
-                dir.display()
+                "--data {}: no such file or directory (give a folder of PNG/JPEG images, \
+                 CIFAR-10/100 batch files, or `trees`)",
+                path.display()
             ))
             .into());
         }

@@ -17,7 +17,8 @@ use format::Mode;
 use model::{Config, LoraConfig};
 
 use crate::cli::values;
-use crate::data::Background;
+use crate::data::{Background, DataFormat};
+use model::data::Augmentation;
 
 use super::seed_config::{SeedKeys, SEED_KEYS};
 
@@ -125,8 +126,21 @@ pub struct ModelSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataSettings {
-    /// A folder of the user's images; `None` uses the procedural trees.
+    /// A folder of the user's images, or CIFAR-10/100 batch files (one file, or the folder
+    /// holding them); `None` uses the procedural trees.
+    #[serde(alias = "path")]
     pub dir: Option<PathBuf>,
+    /// How `dir` is read: `auto` (CIFAR batches by name or record size, else images),
+    /// `images`, `cifar10` or `cifar100`.
+    #[serde(skip_serializing_if = "DataFormat::is_auto")]
+    pub format: DataFormat,
+    /// CIFAR labels to train on (e.g. CIFAR-100's trees: 47, 52, 56, 59, 96), relabelled in
+    /// this order; empty keeps every class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<u32>,
+    /// Random flips and rotations of the training images.
+    #[serde(skip_serializing_if = "Augmentation::is_off")]
+    pub augmentation: Augmentation,
     /// Number of procedural tree images (ignored with `dir`).
     pub num_images: usize,
     /// Fraction of the images held out for validation.
@@ -140,6 +154,9 @@ impl Default for DataSettings {
     fn default() -> Self {
         Self {
             dir: None,
+            format: DataFormat::Auto,
+            classes: Vec::new(),
+            augmentation: Augmentation::NONE,
             num_images: 1024,
             val_fraction: 0.2,
             background: Background::WHITE,
@@ -348,21 +365,22 @@ pub struct LoadedConfig {
     pub warnings: Vec<String>,
 }
 
-/// What `--data` names: the procedural trees (`trees`) or a folder of images.
+/// What `--data` names: the procedural trees (`trees`), or a path: a folder of images, or
+/// CIFAR-10/100 batch files (a file, or the folder holding them), as `data.format` reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSource {
     /// The procedural tree images.
     Trees,
-    /// A folder of PNG/JPEG images.
-    Folder(PathBuf),
+    /// A folder of PNG/JPEG images, or CIFAR batches.
+    Path(PathBuf),
 }
 
 impl DataSource {
-    /// `trees`, or any other text as a folder path.
+    /// `trees`, or any other text as a path.
     pub fn parse(text: &str) -> Result<Self, String> {
         Ok(match text {
             "trees" => DataSource::Trees,
-            dir => DataSource::Folder(PathBuf::from(dir)),
+            path => DataSource::Path(PathBuf::from(path)),
         })
     }
 }
@@ -395,6 +413,18 @@ pub struct Overrides {
     /// Training data: `trees` (procedural) or a folder of PNG/JPEG images.
     #[arg(long, value_name = "trees|DIR", value_parser = DataSource::parse)]
     pub data: Option<DataSource>,
+    /// How `--data PATH` is read: `auto` (CIFAR batches by name or record size, else a
+    /// folder of images), `images`, `cifar10` or `cifar100`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub data_format: Option<DataFormat>,
+    /// CIFAR labels to train on, relabelled in this order (CIFAR-100's trees:
+    /// `47,52,56,59,96`).
+    #[arg(long, value_name = "L,L,...", value_delimiter = ',', num_args = 1..)]
+    pub classes: Option<Vec<u32>>,
+    /// Augment the training images as the seed system does: a horizontal flip with
+    /// probability 0.5 and a rotation within ±5° (finer control: `data.augmentation`).
+    #[arg(long)]
+    pub augment: bool,
     /// Colour transparent pixels are composited onto: `#rrggbb`, `r,g,b`, `white` (default)
     /// or `black`.
     #[arg(long, value_name = "COLOUR", value_parser = Background::from_str)]
@@ -610,6 +640,20 @@ impl TrainingConfig {
                 "must be strictly between 0 and 1",
             );
         }
+        if let Some((field, value, reason)) = d.augmentation.problem() {
+            let key = match field {
+                "horizontal_flip" => "data.augmentation.horizontal_flip",
+                _ => "data.augmentation.rotation",
+            };
+            return invalid(key, value, reason);
+        }
+        if d.dir.is_none() && (!d.classes.is_empty() || !d.format.is_auto()) {
+            return invalid(
+                "data.dir",
+                "(unset)",
+                "data.classes and data.format read a path: give --data PATH",
+            );
+        }
         if d.dir.is_none() && d.num_images < 2 {
             return invalid("data.num_images", d.num_images, "must be at least 2");
         }
@@ -736,6 +780,9 @@ fn valid_keys() -> Vec<String> {
     t.checkpoint.save_top_k = 1;
     t.checkpoint.keep_optimizer_last_n = Some(1);
     full.data.background = Background([0, 0, 0]);
+    full.data.format = DataFormat::Images;
+    full.data.classes = vec![0];
+    full.data.augmentation = Augmentation::SEED;
     let mut keys = Vec::new();
     if let Ok(value) = serde_json::to_value(&full) {
         walk("", &value, &mut keys);
@@ -801,9 +848,14 @@ impl TrainingConfig {
         match &o.data {
             None => {}
             Some(DataSource::Trees) => self.data.dir = None,
-            Some(DataSource::Folder(dir)) => self.data.dir = Some(dir.clone()),
+            Some(DataSource::Path(dir)) => self.data.dir = Some(dir.clone()),
         }
         set(&mut self.data.background, &o.background);
+        set(&mut self.data.format, &o.data_format);
+        set(&mut self.data.classes, &o.classes);
+        if o.augment {
+            self.data.augmentation = Augmentation::SEED;
+        }
         let t = &mut self.training;
         set(&mut t.experiment_name, &o.experiment_name);
         set(&mut t.epochs, &o.epochs);
@@ -910,7 +962,7 @@ training:
             epochs: Some(9),
             keep_last_n: Some(7),
             run_number: Some(4),
-            data: Some(DataSource::Folder("imgs".into())),
+            data: Some(DataSource::Path("imgs".into())),
             ..Default::default()
         });
         let c = &cfg.training.checkpoint;
@@ -1201,8 +1253,61 @@ training:
     }
 
     #[test]
+    fn the_seeds_cifar_dataset_class_filter_and_augmentation_take_effect() {
+        let text = "dataset: cifar100\ndata_config: {root: ./data, classes: [47, 52, 56, 59, 96]}\ndata:\n  augmentation: true\n";
+        let loaded = TrainingConfig::load_yaml_str(text, Path::new("seed.yaml")).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let d = &loaded.config.data;
+        assert_eq!(d.format, DataFormat::Cifar100);
+        assert_eq!(d.dir, Some(PathBuf::from("./data")));
+        assert_eq!(d.classes, [47, 52, 56, 59, 96]);
+        assert_eq!(d.augmentation, Augmentation::SEED);
+        loaded.config.validate().unwrap();
+        // Ours, with the seed's spellings inside the map; and the flags.
+        let ours = TrainingConfig::from_yaml_str(
+            "data:\n  dir: c\n  format: cifar10\n  classes: [3]\n  augmentation: {hflip: 0.25, rotation: 10}\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(ours.data.augmentation.horizontal_flip, 0.25);
+        let stored = TrainingConfig::from_stored(ours.to_stored()).unwrap();
+        assert_eq!(stored, ours);
+        let mut flagged = TrainingConfig::default();
+        flagged.apply(&Overrides {
+            data: Some(DataSource::Path("c".into())),
+            data_format: Some(DataFormat::Cifar100),
+            classes: Some(vec![47, 52]),
+            augment: true,
+            ..Overrides::default()
+        });
+        assert_eq!(flagged.data.classes, [47, 52]);
+        assert_eq!(flagged.data.augmentation, Augmentation::SEED);
+        // Errors name the key.
+        let err = TrainingConfig::from_yaml_str(
+            "data:\n  augmentation: {crop: 2}\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("data.augmentation") && err.contains("crop"),
+            "{err}"
+        );
+        let mut bad = ours.clone();
+        bad.data.augmentation.rotation = 400.0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("data.augmentation.rotation"));
+        let mut bad = ours;
+        bad.data.dir = None;
+        assert!(bad.validate().unwrap_err().to_string().contains("data.dir"));
+    }
+
+    #[test]
     fn seed_keys_without_effect_here_warn_once_each() {
-        let text = "precision: 16-mixed\naccelerator: gpu\ndevices: 4\nfreeze_base_model: false\nenable_ema: true\nmodel_config: {hidden_size: 384}\ndataset: cifar100\ndata_config: {root: ./data}\ndata:\n  img_size: 32\n  augmentation: {hflip: 0.5}\noptimizer:\n  type: SGD\n  eps: 1.0e-6\nscheduler:\n  type: step\n  warmup_epochs: 2\nsave_top_k: -1\ngradient_clip_val: 0\n";
+        let text = "precision: 16-mixed\naccelerator: gpu\ndevices: 4\nfreeze_base_model: false\nenable_ema: true\nmodel_config: {hidden_size: 384}\ndataset: imagenet\ndata_config: {transform: resize}\ndata:\n  img_size: 32\noptimizer:\n  type: SGD\n  eps: 1.0e-6\nscheduler:\n  type: step\n  warmup_epochs: 2\nsave_top_k: -1\ngradient_clip_val: 0\n";
         let loaded = TrainingConfig::load_yaml_str(text, Path::new("seed.yaml")).unwrap();
         let keys = [
             "optimizer.type",
@@ -1216,9 +1321,8 @@ training:
             "enable_ema",
             "model_config",
             "dataset",
-            "data_config",
+            "data_config.transform",
             "data.img_size",
-            "data.augmentation",
         ];
         assert_eq!(loaded.warnings.len(), keys.len(), "{:#?}", loaded.warnings);
         for (warning, key) in loaded.warnings.iter().zip(keys) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Var};
 
-use model::data::Dataset;
+use model::data::{Augmentation, Dataset};
 use model::diffusion::{BatchLabels, NoiseSchedule};
 use model::rng::Rng;
 use model::DiffiT;
@@ -39,6 +39,11 @@ pub struct Learner<'a> {
     /// For a model with labels and a labelled dataset: the probability that an image is
     /// conditioned on the null class instead (ignored otherwise).
     pub label_dropout: f64,
+    /// How each training image is varied: a function of (`augment_seed`, epoch, image index),
+    /// so that a resumed epoch sees exactly the images an uninterrupted one would.
+    pub augmentation: Augmentation,
+    /// The seed of the augmentation draws.
+    pub augment_seed: u64,
 }
 
 /// What one epoch did.
@@ -84,7 +89,13 @@ pub fn train_epoch(
         if stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let x = data.batch(chunk, learner.device)?;
+        let x = data.augmented_batch(
+            chunk,
+            learner.device,
+            &learner.augmentation,
+            learner.augment_seed,
+            epoch,
+        )?;
         let classes = batch_labels(learner.model, data, chunk)?;
         let labels = classes.as_deref().map(|classes| BatchLabels {
             classes,

@@ -12,7 +12,7 @@ use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
-use model::data::Dataset;
+use model::data::{Augmentation, Dataset};
 use model::diffusion::NoiseSchedule;
 use model::rng::{mix_seed, Rng};
 use model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
@@ -170,6 +170,8 @@ pub fn pretrain(
         device: &device,
         // The generic set has no labels: a labelled base learns the null class here.
         label_dropout: 0.0,
+        augmentation: Augmentation::NONE,
+        augment_seed: 0,
     };
     for epoch in 1..=cfg.epochs {
         let done = train_epoch(

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::config::{ConfigError, TrainingConfig};
+use crate::data::DataFormat;
 
 /// The seed's keys, as its YAML spells them (unknown ones are left to the caller).
 #[derive(Debug, Default, Deserialize)]
@@ -88,7 +89,6 @@ struct SeedData {
     img_size: Option<usize>,
     num_workers: Option<Value>,
     pin_memory: Option<Value>,
-    augmentation: Option<Value>,
     val_split: Option<f64>,
 }
 
@@ -129,7 +129,6 @@ pub(super) const SEED_KEYS: &[&str] = &[
     "data.img_size",
     "data.num_workers",
     "data.pin_memory",
-    "data.augmentation",
     "data.val_split",
 ];
 
@@ -327,21 +326,52 @@ impl SeedKeys {
         if let Some(v) = self.pretrained_path {
             cfg.model.base = Some(v);
         }
-        match self.dataset.as_deref() {
+        match self.dataset.as_deref().map(|d| d.to_ascii_lowercase().replace(['-', '_'], "")) {
             None => {}
-            Some("trees") => cfg.data.dir = None,
-            Some(name) => warn(
+            Some(name) if name == "trees" => cfg.data.dir = None,
+            Some(name) if name == "cifar10" => cfg.data.format = DataFormat::Cifar10,
+            Some(name) if name == "cifar100" => cfg.data.format = DataFormat::Cifar100,
+            Some(_) => warn(
                 "dataset",
                 format!(
-                    "{name:?} is not built in; training uses data.dir (a folder of images) or the procedural trees"
+                    "{:?} is not built in; training uses data.dir (a folder of images, or CIFAR-10/100 batches) or the procedural trees",
+                    self.dataset.unwrap_or_default()
                 ),
             ),
         }
-        if self.data_config.as_ref().is_some_and(|v| !is_off(v)) {
-            warn(
+        match self.data_config {
+            Some(Value::Object(map)) => {
+                for (key, value) in map {
+                    match (key.as_str(), &value) {
+                        ("root" | "data_dir" | "path", Value::String(dir)) => {
+                            cfg.data.dir = Some(PathBuf::from(dir));
+                        }
+                        ("classes" | "class_filter" | "fine_labels", Value::Array(items)) => {
+                            cfg.data.classes = items
+                                .iter()
+                                .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+                                .collect::<Option<Vec<u32>>>()
+                                .ok_or_else(|| {
+                                    invalid(
+                                        "data_config.classes",
+                                        value.to_string(),
+                                        "must be a list of class labels (whole numbers)",
+                                    )
+                                })?;
+                        }
+                        (_, v) if is_off(v) => {}
+                        _ => warn(
+                            &format!("data_config.{key}"),
+                            "the data is data.dir (data_config.root) and data.classes (data_config.classes)".into(),
+                        ),
+                    }
+                }
+            }
+            Some(other) if !is_off(&other) => warn(
                 "data_config",
-                "the data comes from data.dir, or the procedural trees".into(),
-            );
+                "expected a map (root, classes); the data comes from data.dir".into(),
+            ),
+            _ => {}
         }
         let d = self.data;
         if let Some(size) = d.img_size {
@@ -366,12 +396,6 @@ impl SeedKeys {
             warn(
                 "data.pin_memory",
                 "training runs on the CPU; there is no device memory to pin".into(),
-            );
-        }
-        if d.augmentation.as_ref().is_some_and(|v| !is_off(v)) {
-            warn(
-                "data.augmentation",
-                "images are used as they are, without augmentation".into(),
             );
         }
         if let Some(v) = d.val_split {

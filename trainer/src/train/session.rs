@@ -81,14 +81,20 @@ pub fn load_data(cfg: &TrainingConfig, model: &Config) -> Result<(Dataset, Datas
     let size = model.image_size;
     let all = match &cfg.data.dir {
         Some(dir) => {
-            if !dir.is_dir() {
+            if !dir.exists() {
                 return Err(TrainError::Usage(format!(
-                    "--data {}: not a directory",
+                    "--data {}: no such file or directory",
                     dir.display()
                 )));
             }
             // The loader logs a warning for each file it skips.
-            crate::data::load_folder_on(dir, size, cfg.data.background)?
+            crate::data::load_path(
+                dir,
+                cfg.data.format,
+                &cfg.data.classes,
+                size,
+                cfg.data.background,
+            )?
         }
         None => Dataset::trees(
             cfg.data.num_images,
@@ -111,7 +117,8 @@ pub fn load_data(cfg: &TrainingConfig, model: &Config) -> Result<(Dataset, Datas
             };
             return Err(TrainError::Usage(format!(
                 "{source} has {} classes ({}), but the model's label embedder has {n}: use fewer \
-                 class subfolders or a base made for more classes",
+                 classes (class subfolders, or --classes for CIFAR) or a base made for more \
+                 classes",
                 all.classes().len(),
                 all.classes().join(", ")
             )));
@@ -395,7 +402,7 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
         req.config.training.checkpoint.resume_from_run
     };
 
-    let (cfg, manager, base, model_cfg, replica) = match resume_run {
+    let (cfg, manager, base, model_cfg, replica, (train, val)) = match resume_run {
         Some(run) => {
             let base_dir = req
                 .overrides
@@ -430,7 +437,8 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.training.checkpoint.run_number = Some(run);
             cfg.validate()?;
             let (base, model_cfg) = resume_base(&manager, &cfg, &saved, requested_base, show)?;
-            (cfg, manager, base, model_cfg, replica)
+            let data = load_data(&cfg, &model_cfg)?;
+            (cfg, manager, base, model_cfg, replica, data)
         }
         None => {
             let mut cfg = req.config.clone();
@@ -442,6 +450,12 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                 c.mirror.as_deref(),
                 req.overrides.staging.as_deref(),
             )?;
+            // The base and the data are settled before a run is created, so that a bad base
+            // or data source leaves no empty run behind.
+            let (base, model_cfg) = resolve_base(&cfg, &placement.local, show, &stop)?;
+            label_settings(&mut cfg, &model_cfg);
+            let data = load_data(&cfg, &model_cfg)?;
+            let c = &cfg.training.checkpoint;
             let (manager, replica) =
                 replica::create_run(&placement, &cfg.training.experiment_name, c.run_number)?;
             if !manager.metadata().checkpoints.is_empty() {
@@ -450,18 +464,12 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
                     manager.run_number()
                 )));
             }
-            let (base, model_cfg) = resolve_base(&cfg, &placement.local, show, &stop)?;
-            (cfg, manager, base, model_cfg, replica)
+            (cfg, manager, base, model_cfg, replica, data)
         }
     };
     let run_number = manager.run_number();
     let run_dir = manager.run_dir();
     let logs = manager.logs_dir();
-    let mut cfg = cfg;
-    if resume_run.is_none() {
-        label_settings(&mut cfg, &model_cfg);
-    }
-    let (train, val) = load_data(&cfg, &model_cfg)?;
     if !train.classes().is_empty() {
         say(
             show,

@@ -37,6 +37,8 @@ pub mod streams {
     pub const TREES: u64 = 6;
     /// Sample images logged each epoch.
     pub const SAMPLES: u64 = 7;
+    /// Augmentation draws (counter-based: one generator per epoch and image, never saved).
+    pub const AUGMENT: u64 = 8;
 }
 
 /// The RNG states saved in every checkpoint.

@@ -409,6 +409,8 @@ impl Trainer {
                 .training
                 .label_dropout
                 .unwrap_or(DEFAULT_LABEL_DROPOUT),
+            augmentation: state.config.data.augmentation,
+            augment_seed: mix_seed(state.config.training.seed, streams::AUGMENT),
         };
         let started = Instant::now();
         let done = train_epoch(

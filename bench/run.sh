@@ -33,7 +33,8 @@ R=target/release
 
 # --- 1. Training -----------------------------------------------------------------------------
 log "training: diffit train --preset small ($TRAIN_EPOCHS epochs on a quickly pretrained base)"
-"$R/diffit" pretrain --preset small --epochs 1 --num-images 64 --out "$WORK/base.safetensors"
+"$R/diffit" pretrain --preset small --epochs 1 --num-images 64 --out "$WORK/base.safetensors" \
+    --checkpoints "$WORK/checkpoints"
 "$R/diffit" train --preset small --epochs "$TRAIN_EPOCHS" --base "$WORK/base.safetensors" \
     --checkpoints "$WORK/checkpoints" 2>&1 | tee "$WORK/train.log"
 python3 - "$WORK/train.log" "$(nproc)" >>"$LINES" <<'PY'

@@ -15,8 +15,8 @@ use support::{Browser, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Trains a tiny run into `checkpoints` with the real trainer.
-fn train(diffit: &Path, checkpoints: &Path, epochs: u32) {
+/// Trains a tiny run into `checkpoints` with the real trainer (`extra` flags added).
+fn train(diffit: &Path, checkpoints: &Path, epochs: u32, extra: &[&str]) {
     let status = Command::new(diffit)
         .args([
             "train",
@@ -27,6 +27,7 @@ fn train(diffit: &Path, checkpoints: &Path, epochs: u32) {
             "--checkpoints",
         ])
         .arg(checkpoints)
+        .args(extra)
         .status()
         .expect("run diffit train");
     assert!(status.success(), "diffit train failed");
@@ -46,7 +47,32 @@ async fn runs_table_charts_and_live_updates() {
     }
     let (diffit, server_bin) = support::workspace_binaries();
     let checkpoints = tempfile::tempdir().expect("checkpoints dir");
-    train(&diffit, checkpoints.path(), 3);
+    train(&diffit, checkpoints.path(), 3, &[]);
+    // A base-training run beside it (`base_training/run_001`), listed apart.
+    let status = Command::new(&diffit)
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "2",
+            "--num-images",
+            "32",
+        ])
+        .arg("--checkpoints")
+        .arg(checkpoints.path())
+        .status()
+        .expect("run diffit pretrain");
+    assert!(status.success(), "diffit pretrain failed");
+    let base_meta: Metadata = serde_json::from_slice(
+        &std::fs::read(
+            checkpoints
+                .path()
+                .join("base_training/run_001/metadata.json"),
+        )
+        .expect("base run metadata"),
+    )
+    .expect("parse base run metadata");
     let meta = read_metadata(checkpoints.path(), 1);
     let logged_epochs = meta
         .metric_series()
@@ -83,6 +109,27 @@ async fn runs_table_charts_and_live_updates() {
         )
         .await;
     assert_eq!(browser.count("tr[data-run]").await, 1);
+    // The base run, in its own table: its experiment and best train_loss.
+    let base_best = base_meta
+        .best_checkpoint
+        .as_ref()
+        .expect("base best")
+        .metrics["train_loss"];
+    let expected = [
+        "diffit_base_tiny".to_string(),
+        format!("{base_best:.4}"),
+        "train_loss".to_string(),
+    ];
+    browser
+        .wait_until(
+            &format!(
+                r#"(() => {{ const t = document.querySelector('table.base-runs tr[data-base-run="1"]')?.textContent ?? '';
+                     return {} .every(s => t.includes(s)); }})()"#,
+                serde_json::to_string(&expected).expect("json")
+            ),
+            WAIT,
+        )
+        .await;
     browser.screenshot("runs-table").await;
 
     // Sorting by a column reorders without losing rows.
@@ -169,7 +216,13 @@ async fn runs_table_charts_and_live_updates() {
         .execute("window.__same_page = true;", vec![])
         .await
         .expect("mark the page");
-    train(&diffit, checkpoints.path(), 1);
+    // The new run fine-tunes base run 1's best epoch.
+    train(
+        &diffit,
+        checkpoints.path(),
+        1,
+        &["--base-run", "1", "--base-checkpoint", "best"],
+    );
     browser
         .wait_for(r#"tr[data-run="2"]"#, Duration::from_secs(60))
         .await;
@@ -198,9 +251,35 @@ async fn runs_table_charts_and_live_updates() {
     let overlaid = browser
         .count(r#"svg[data-chart="val_loss"] circle[data-point]"#)
         .await;
-    let second = read_metadata(checkpoints.path(), 2).metric_series().len();
+    let second_meta = read_metadata(checkpoints.path(), 2);
+    let second = second_meta.metric_series().len();
     assert_eq!(overlaid, logged_epochs + second);
     browser.screenshot("run-overlay").await;
+
+    // Run 2's page names the base run and checkpoint its base came from.
+    let lineage = second_meta
+        .base_lineage
+        .expect("run 2 records its base's lineage");
+    client
+        .goto(&format!("{}/#/runs/2", server.url))
+        .await
+        .expect("open run 2");
+    let expected = [
+        "base-training run 1".to_string(),
+        format!("epoch {}", lineage.epoch),
+        lineage.checksum.clone(),
+    ];
+    browser
+        .wait_until(
+            &format!(
+                r#"(() => {{ const t = document.querySelector('[data-field="base-lineage"]')?.textContent ?? '';
+                     return {} .every(s => t.includes(s)); }})()"#,
+                serde_json::to_string(&expected).expect("json")
+            ),
+            WAIT,
+        )
+        .await;
+    browser.screenshot("run-lineage").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,7 +39,12 @@ pub enum ApiError {
 
 /// Every run the server knows, broken ones included.
 pub async fn fetch_runs() -> Result<Vec<RunSummary>, ApiError> {
-    Ok(get_json::<RunList>(RUNS_PATH).await?.runs)
+    Ok(fetch_run_list().await?.runs)
+}
+
+/// The whole run list: the runs and the base-training runs.
+pub async fn fetch_run_list() -> Result<RunList, ApiError> {
+    get_json::<RunList>(RUNS_PATH).await
 }
 
 /// One run's metadata and configuration.

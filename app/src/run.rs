@@ -111,6 +111,10 @@ fn RunBody(
 ) -> impl IntoView {
     let meta = detail.metadata.clone();
     let run = meta.run_number;
+    let status = match detail.seed {
+        Some(_) => detail.status.as_str().to_string(),
+        None => status_name(&meta),
+    };
     let log_scale = RwSignal::new(false);
     let smoothing = RwSignal::new(0.0f64);
 
@@ -149,10 +153,16 @@ fn RunBody(
 
     view! {
         <div class="run-summary">
-            <span class=format!("status status-{}", status_name(&meta))>{status_name(&meta)}</span>
+            <span class=format!("status status-{status}")>{status.clone()}</span>
             <span>{format!("{} · created {}", meta.experiment_name, display::time(&meta.created_at))}</span>
             {meta.updated_at.as_deref().map(|t| view! { <span class="sub">{format!("updated {}", display::time(t))}</span> })}
         </div>
+        {detail.seed.as_ref().map(|seed| view! { <p class="seed-note" data-field="seed-note">{format!("Seed run: {}.", seed.note)}</p> })}
+        {meta.base_lineage.as_ref().map(|l| view! {
+            <p class="lineage" data-field="base-lineage">
+                {format!("Base: base-training run {}, {} (epoch {}), {}", l.run_number, l.checkpoint, l.epoch, l.checksum)}
+            </p>
+        })}
         {overlay_errors.into_iter().map(|e| view! { <ErrorBox message=e/> }).collect_view()}
         <div class="chart-controls">
             <label>
@@ -182,7 +192,7 @@ fn RunBody(
         </div>
         <div class="charts">{charts}</div>
         <div class="columns">
-            <CheckpointList meta=meta.clone()/>
+            <CheckpointList meta=meta.clone() sampleable=detail.seed.is_none()/>
             <ConfigPanel config=detail.config.clone() meta=meta/>
         </div>
     }
@@ -238,9 +248,10 @@ fn OverlayPicker(run: u32, with: Vec<u32>) -> impl IntoView {
     }
 }
 
-/// The run's checkpoints, best marked, removed ones greyed.
+/// The run's checkpoints, best marked, removed ones greyed; `sampleable`: false for a seed
+/// run, whose files cannot be loaded.
 #[component]
-fn CheckpointList(meta: Metadata) -> impl IntoView {
+fn CheckpointList(meta: Metadata, sampleable: bool) -> impl IntoView {
     let run = meta.run_number;
     let best = meta.best_checkpoint.as_ref().map(|b| b.epoch);
     let rows = meta
@@ -250,7 +261,7 @@ fn CheckpointList(meta: Metadata) -> impl IntoView {
         .map(|c| {
             let is_best = best == Some(c.epoch);
             let epoch_name = format!("epoch_{:03}", c.epoch);
-            let sample_link = c.is_live().then(|| {
+            let sample_link = (sampleable && c.is_live()).then(|| {
                 let href = Route::Sample { run, checkpoint: Some(epoch_name.clone()) }.to_hash();
                 view! { <a href=href>"sample"</a> }
             });

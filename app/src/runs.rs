@@ -5,9 +5,9 @@ use std::cmp::Ordering;
 
 use leptos::prelude::*;
 
-use format::api::RunSummary;
+use format::api::{RunList, RunSummary};
 
-use crate::api::fetch_runs;
+use crate::api::fetch_run_list;
 use crate::display;
 use crate::error::ErrorBox;
 use crate::live::use_live;
@@ -98,28 +98,35 @@ pub fn RunsView() -> impl IntoView {
     let live = use_live();
     let runs = LocalResource::new(move || {
         live.changes.track();
-        fetch_runs()
+        fetch_run_list()
     });
     // The latest answer, kept while a refetch is in flight. Only a change of *kind* (loading,
     // error, empty, table) rebuilds the view; a changed list updates the table's keyed rows, so
     // rows stay in place (and stay clickable) while live updates arrive.
-    let latest = Memo::new(
-        move |previous: Option<&Option<Result<Vec<RunSummary>, String>>>| match runs.get() {
-            Some(result) => Some(result.map_err(|e| e.to_string())),
-            None => previous.cloned().flatten(),
-        },
-    );
+    let latest =
+        Memo::new(
+            move |previous: Option<&Option<Result<RunList, String>>>| match runs.get() {
+                Some(result) => Some(result.map_err(|e| e.to_string())),
+                None => previous.cloned().flatten(),
+            },
+        );
     let kind = Memo::new(move |_| {
         latest.with(|l| match l {
             None => ListState::Loading,
             Some(Err(e)) => ListState::Error(e.clone()),
-            Some(Ok(list)) if list.is_empty() => ListState::Empty,
+            Some(Ok(list)) if list.runs.is_empty() => ListState::Empty,
             Some(Ok(_)) => ListState::Table,
         })
     });
     let list = Signal::derive(move || {
         latest.with(|l| match l {
-            Some(Ok(list)) => list.clone(),
+            Some(Ok(list)) => list.runs.clone(),
+            _ => Vec::new(),
+        })
+    });
+    let base_runs = Memo::new(move |_| {
+        latest.with(|l| match l {
+            Some(Ok(list)) => list.base_training.clone(),
             _ => Vec::new(),
         })
     });
@@ -162,6 +169,10 @@ pub fn RunsView() -> impl IntoView {
                 }
                 .into_any(),
                 ListState::Table => view! { <RunsTable runs=list sort=sort selected=selected/> }.into_any(),
+            }}
+            {move || {
+                let rows = base_runs.get();
+                (!rows.is_empty()).then(|| view! { <BaseRunsTable runs=rows/> })
             }}
         </section>
     }
@@ -232,6 +243,65 @@ fn RunsTable(
     }
 }
 
+/// The base-training runs (`diffit pretrain`, and the seed system's), marked as such: what a
+/// LoRA run's `--base-run` picks from.
+#[component]
+fn BaseRunsTable(runs: Vec<RunSummary>) -> impl IntoView {
+    let rows = runs
+        .into_iter()
+        .map(|run| {
+            let n = run.run_number;
+            let Some(info) = run.info.clone() else {
+                let error = run.error.clone().unwrap_or_default();
+                return view! {
+                    <tr class="broken" data-base-run=n>
+                        <td class="num">{n}</td>
+                        <td colspan="5" class="error-text">{format!("unreadable: {error}")}</td>
+                    </tr>
+                }
+                .into_any();
+            };
+            let status = run.status.as_str();
+            let best = info.best.as_ref().map(|b| {
+                view! {
+                    {display::metric(b.value)}
+                    <span class="sub">{format!(" {} (epoch {})", b.monitor, b.epoch)}</span>
+                }
+            });
+            view! {
+                <tr data-base-run=n>
+                    <td class="num">{n}</td>
+                    <td>{info.experiment_name.clone()}</td>
+                    <td>{display::time(&info.created_at)}</td>
+                    <td class="num">{info.last_epoch.map(|e| e.to_string()).unwrap_or_default()}</td>
+                    <td class="num">{best}</td>
+                    <td>
+                        <span class=format!("status status-{status}") title=info.seed.as_ref().map(|s| s.note.clone())>{status}</span>
+                    </td>
+                </tr>
+            }
+            .into_any()
+        })
+        .collect_view();
+    view! {
+        <h2 class="base-runs-title">"Base-training runs"</h2>
+        <p class="sub">"Whole base models trained with " <code>"diffit pretrain"</code> "; fine-tune on one with " <code>"diffit train --base-run N --base-checkpoint best"</code> "."</p>
+        <table class="runs base-runs">
+            <thead>
+                <tr>
+                    <th>"Run"</th>
+                    <th>"Experiment"</th>
+                    <th>"Created"</th>
+                    <th>"Epochs"</th>
+                    <th>"Best loss"</th>
+                    <th>"Status"</th>
+                </tr>
+            </thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+}
+
 #[component]
 fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
     let n = run.run_number;
@@ -285,7 +355,7 @@ fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
             </td>
             <td class="num">{display::metric(info.and_then(|i| i.base_val_loss))}</td>
             <td>
-                <span class=format!("status status-{status}")>{status}</span>
+                <span class=format!("status status-{status}") title=info.and_then(|i| i.seed.as_ref()).map(|s| s.note.clone())>{status}</span>
             </td>
         </tr>
     }

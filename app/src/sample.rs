@@ -20,6 +20,7 @@ use crate::error::ErrorBox;
 use crate::now_ms;
 use crate::route::Route;
 use crate::sampler::{load_models, model_config_from_metadata, ClassGuidance, Models, Sampling};
+use format::api::RunDetail;
 
 /// Largest count of images per model, to keep the page responsive.
 const MAX_COUNT: usize = 16;
@@ -226,6 +227,8 @@ pub fn SampleView(
                     let checkpoint = checkpoint.clone();
                     detail.get().map(|result| match result {
                         Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
+                        // Its .ckpt files are PyTorch pickles: nothing here can load them.
+                        Ok(RunDetail { seed: Some(seed), .. }) => view! { <ErrorBox message=format!("cannot sample run {run}: {}", seed.note)/> }.into_any(),
                         Ok(detail) => view! { <SamplePanel meta=detail.metadata config=detail.config checkpoint=checkpoint/> }.into_any(),
                     })
                 }}

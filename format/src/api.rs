@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::layout::CheckpointName;
 use crate::metadata::{EpochMetrics, Metadata, Metrics, Mode, RunStatus};
+use crate::seed::{SeedRun, BASE_TRAINING_DIR};
 
 /// `GET`: the run list ([`RunList`]).
 pub const RUNS_PATH: &str = "/api/runs";
@@ -20,6 +21,12 @@ pub const RESYNC_EVENT: &str = "resync";
 /// Path of one run's detail ([`RunDetail`]).
 pub fn run_path(run_number: u32) -> String {
     format!("{RUNS_PATH}/{run_number}")
+}
+
+/// Path of one base-training run ([`RunDetail`]), listed in [`RunList::base_training`]:
+/// `/api/runs/base_training/{n}`.
+pub fn base_training_run_path(run_number: u32) -> String {
+    format!("{RUNS_PATH}/{BASE_TRAINING_DIR}/{run_number}")
 }
 
 /// Path of one run's metric series ([`RunMetrics`]).
@@ -51,6 +58,8 @@ pub enum RunState {
     Interrupted,
     /// Its files cannot be read as a run; the row's `error` says why.
     Broken,
+    /// Written by the seed system: listed and shown, never resumed (the row's `seed` says why).
+    Seed,
 }
 
 impl RunState {
@@ -76,6 +85,7 @@ impl RunState {
             RunState::Finished => "finished",
             RunState::Interrupted => "interrupted",
             RunState::Broken => "broken",
+            RunState::Seed => "seed",
         }
     }
 }
@@ -115,6 +125,19 @@ pub struct RunInfo {
     pub base_val_loss: Option<f64>,
     /// Whether a writer holds the run's lock right now.
     pub writer_active: bool,
+    /// Set when the seed system wrote the run: it is read-only here, and this says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedRun>,
+}
+
+impl RunInfo {
+    /// The run's state: a seed run's is [`RunState::Seed`], any other's follows its writer.
+    pub fn state(&self) -> RunState {
+        match self.seed {
+            Some(_) => RunState::Seed,
+            None => RunState::of(self.recorded_status, self.writer_active),
+        }
+    }
 }
 
 /// One row of [`RunList`]: a run, or a run directory that could not be read.
@@ -145,6 +168,10 @@ impl RunSummary {
 pub struct RunList {
     /// Every run directory, by number, broken ones included.
     pub runs: Vec<RunSummary>,
+    /// The base-training runs (`base_training/run_NNN`), by number, the seed's marked by their
+    /// `seed` field; each one's detail is at [`base_training_run_path`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_training: Vec<RunSummary>,
 }
 
 /// `GET /api/runs/{n}`: the run's state, its metadata and its `config.json`.
@@ -160,6 +187,9 @@ pub struct RunDetail {
     pub metadata: Metadata,
     /// `config.json` (training, LoRA and model configuration); `None` when the run has none.
     pub config: Option<Value>,
+    /// Set when the seed system wrote the run: it is read-only here, and this says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedRun>,
 }
 
 /// `GET /api/runs/{n}/metrics`: the per-epoch metric series and the base model's metrics.
@@ -261,6 +291,7 @@ mod tests {
                 }),
                 base_val_loss: Some(0.9),
                 writer_active: false,
+                seed: None,
             }),
         }
     }
@@ -275,17 +306,43 @@ mod tests {
         };
         let list = RunList {
             runs: vec![readable(), broken],
+            base_training: Vec::new(),
         };
         let json = serde_json::to_value(&list).unwrap();
         // The readable part is flattened into the row, as the API has always sent it.
         assert_eq!(json["runs"][0]["checkpoints_count"], 3);
         assert_eq!(json["runs"][0]["status"], "finished");
         assert!(json["runs"][1].get("experiment_name").is_none());
+        assert!(json.get("base_training").is_none());
+        assert!(json["runs"][0].get("seed").is_none());
         let back: RunList = serde_json::from_value(json).unwrap();
         assert_eq!(back, list);
         assert_eq!(back.runs[0].best_value_of("val_loss"), Some(0.25));
         assert_eq!(back.runs[0].best_value_of("train_loss"), None);
         assert_eq!(back.runs[1].best_value_of("val_loss"), None);
+    }
+
+    #[test]
+    fn seed_rows_say_so_and_read_as_seed() {
+        use crate::seed::{SeedRunKind, SEED_RUN_NOTE};
+
+        let mut row = readable();
+        let info = row.info.as_mut().unwrap();
+        info.recorded_status = RunStatus::Created;
+        info.seed = Some(SeedRun::new(SeedRunKind::Lora));
+        row.status = info.state();
+        assert_eq!(row.status, RunState::Seed);
+        let list = RunList {
+            runs: vec![row.clone()],
+            base_training: vec![row],
+        };
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json["runs"][0]["status"], "seed");
+        assert_eq!(json["runs"][0]["seed"]["kind"], "lora");
+        assert_eq!(json["runs"][0]["seed"]["note"], SEED_RUN_NOTE);
+        assert_eq!(json["base_training"][0]["run_number"], 1);
+        assert_eq!(serde_json::from_value::<RunList>(json).unwrap(), list);
+        assert_eq!(base_training_run_path(2), "/api/runs/base_training/2");
     }
 
     #[test]

@@ -7,11 +7,17 @@
 //!     base_model/base_model.safetensors
 //!     lora_weights/epoch_001.safetensors ... best.safetensors last.safetensors
 //!     logs/
+//!   base_training/run_001/ ...   (base-training runs, in the seed system's layout)
 //! ```
+//!
+//! Runs the seed system wrote keep its names with `.ckpt` files
+//! ([`CheckpointName::seed_file_name`], [`RunLayout::seed_checkpoint`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use crate::seed::{BASE_TRAINING_DIR, SEED_CKPT_EXT};
 
 /// Default checkpoints directory (the seed's `base_dir`).
 pub const DEFAULT_BASE_DIR: &str = "checkpoints";
@@ -79,6 +85,14 @@ impl CheckpointName {
         }
     }
 
+    /// The seed system's file name for it, e.g. `epoch_003.ckpt`, `base_model.ckpt`.
+    pub fn seed_file_name(self) -> String {
+        match self {
+            CheckpointName::Base => format!("base_model.{SEED_CKPT_EXT}"),
+            other => format!("{other}.{SEED_CKPT_EXT}"),
+        }
+    }
+
     /// Path relative to the checkpoints dir with `/` separators, as recorded in metadata:
     /// `run_001/lora_weights/epoch_001.safetensors`.
     pub fn relative_path(self, run_number: u32) -> String {
@@ -130,6 +144,19 @@ pub struct RunLayout {
 }
 
 impl RunLayout {
+    /// Layout of base-training run `run_number` under the checkpoints dir
+    /// `base_dir` (`base_dir/base_training/run_NNN`).
+    pub fn base_training(base_dir: impl AsRef<Path>, run_number: u32) -> Self {
+        Self::new(base_dir.as_ref().join(BASE_TRAINING_DIR), run_number)
+    }
+
+    /// True when the run lies in a folder named `base_training/`.
+    pub fn in_base_training_dir(&self) -> bool {
+        self.base_dir
+            .file_name()
+            .is_some_and(|name| name == BASE_TRAINING_DIR)
+    }
+
     /// Layout of run `run_number` under `base_dir`.
     pub fn new(base_dir: impl Into<PathBuf>, run_number: u32) -> Self {
         Self {
@@ -178,6 +205,13 @@ impl RunLayout {
         match name {
             CheckpointName::Base => self.base_model_dir().join(name.file_name()),
             _ => self.lora_dir().join(name.file_name()),
+        }
+    }
+    /// The file of a checkpoint name in a run the seed wrote (`lora_weights/epoch_001.ckpt`).
+    pub fn seed_checkpoint(&self, name: CheckpointName) -> PathBuf {
+        match name {
+            CheckpointName::Base => self.base_model_dir().join(name.seed_file_name()),
+            _ => self.lora_dir().join(name.seed_file_name()),
         }
     }
     /// Resolves a path recorded in metadata (relative to the checkpoints dir, `/`-separated).
@@ -263,5 +297,26 @@ mod tests {
             layout.resolve(&CheckpointName::Last.relative_path(2)),
             layout.checkpoint(CheckpointName::Last)
         );
+    }
+
+    #[test]
+    fn seed_files_and_base_training_runs() {
+        let layout = RunLayout::new("ck", 1);
+        assert_eq!(
+            layout.seed_checkpoint(CheckpointName::Epoch(1)),
+            Path::new("ck/run_001/lora_weights/epoch_001.ckpt")
+        );
+        assert_eq!(
+            layout.seed_checkpoint(CheckpointName::Best),
+            Path::new("ck/run_001/lora_weights/best.ckpt")
+        );
+        assert_eq!(
+            layout.seed_checkpoint(CheckpointName::Base),
+            Path::new("ck/run_001/base_model/base_model.ckpt")
+        );
+        assert!(!layout.in_base_training_dir());
+        let base = RunLayout::base_training("ck", 3);
+        assert_eq!(base.root(), Path::new("ck/base_training/run_003"));
+        assert!(base.in_base_training_dir());
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::seed::{SeedMarks, SeedRun};
+
 /// Version of the run format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -185,6 +187,20 @@ pub struct BaseIdentity {
     pub size: u64,
 }
 
+/// Where a LoRA run's base came from when it was taken from a managed base-training run
+/// (`diffit train --base-run N --base-checkpoint best`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseLineage {
+    /// The base run's number under `base_training/`.
+    pub run_number: u32,
+    /// The epoch its checkpoint ended.
+    pub epoch: u32,
+    /// Which checkpoint was asked for: `best`, `last` or `epoch_NNN`.
+    pub checkpoint: String,
+    /// `blake3:<hex>` of that checkpoint file, as the base run's metadata records it.
+    pub checksum: String,
+}
+
 /// A tensor file with its integrity data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -287,8 +303,11 @@ pub struct Metadata {
     /// Best epoch by the monitored metric, once one exists.
     pub best_checkpoint: Option<BestCheckpoint>,
     /// Training configuration (see `config.json`).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub training_config: Value,
-    /// LoRA configuration (PEFT-like: r, lora_alpha, lora_dropout, target_modules).
+    /// LoRA configuration (PEFT-like: r, lora_alpha, lora_dropout, target_modules). Absent
+    /// (`Null`) in the seed's base-training runs.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub lora_config: Value,
     /// Run format version.
     #[serde(default)]
@@ -316,6 +335,9 @@ pub struct Metadata {
     /// find them elsewhere and know them by their checksum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_identity: Option<BaseIdentity>,
+    /// The base-training run and checkpoint the base was taken from, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_lineage: Option<BaseLineage>,
     /// The MLflow run this run is also logged to, so that a resume continues it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlflow: Option<MlflowLink>,
@@ -357,6 +379,7 @@ impl Metadata {
             updated_at: None,
             base_model: None,
             base_identity: None,
+            base_lineage: None,
             mlflow: None,
             base_metrics: Metrics::new(),
             metric_history: Vec::new(),
@@ -377,6 +400,25 @@ impl Metadata {
     /// The newest saved epoch, removed or not.
     pub fn last_epoch(&self) -> Option<u32> {
         self.checkpoints.iter().map(|c| c.epoch).max()
+    }
+
+    /// The run as the seed system wrote it, when it did (see [`crate::seed`]);
+    /// `in_base_training_dir`: the run lies in a `base_training/` folder.
+    pub fn seed_run(&self, in_base_training_dir: bool) -> Option<SeedRun> {
+        let recorded_paths = self
+            .checkpoints
+            .iter()
+            .map(|c| c.path.as_str())
+            .chain(self.best_checkpoint.iter().map(|b| b.path.as_str()))
+            .chain(self.base_model.iter().map(|b| b.path.as_str()))
+            .collect();
+        SeedMarks {
+            format_version: self.format_version,
+            recorded_paths,
+            lora_config: &self.lora_config,
+            in_base_training_dir,
+        }
+        .seed_run()
     }
 
     /// The metric series for charts: every logged epoch, falling back to checkpoint records
@@ -476,6 +518,55 @@ mod tests {
         ] {
             assert_eq!(back[key], original[key], "{key}");
         }
+    }
+
+    /// What the seed system itself writes: microsecond timestamps without a zone, `.ckpt`
+    /// paths (prefixed by its checkpoints dir or not), its own `lora_config` keys.
+    const SEED_WRITTEN: &str = r#"{
+      "run_number": 1,
+      "experiment_name": "diffit_lora_trees",
+      "created_at": "2025-01-15T10:30:00.123456",
+      "checkpoints": [
+        {"epoch": 1, "path": "checkpoints/run_001/lora_weights/epoch_001.ckpt",
+         "metrics": {"val_loss": 0.234, "train_loss": 0.189}, "saved_at": "2025-01-15T11:00:00.654321"},
+        {"epoch": 2, "path": "run_001/lora_weights/epoch_002.ckpt",
+         "metrics": {"val_loss": 0.21}, "saved_at": "2025-01-15T11:30:00.000001"}
+      ],
+      "best_checkpoint": {"epoch": 2, "path": "run_001/lora_weights/best.ckpt",
+                          "metrics": {"val_loss": 0.21}},
+      "training_config": {"num_epochs": 10},
+      "lora_config": {"rank": 8, "alpha": 16, "enabled": true}
+    }"#;
+
+    #[test]
+    fn seed_written_runs_read_and_are_recognised() {
+        use crate::seed::SeedRunKind;
+
+        let meta: Metadata = serde_json::from_str(SEED_WRITTEN).unwrap();
+        assert_eq!(meta.created_at, "2025-01-15T10:30:00.123456");
+        assert_eq!(meta.checkpoints[1].saved_at, "2025-01-15T11:30:00.000001");
+        assert_eq!(
+            meta.seed_run(false).map(|s| s.kind),
+            Some(SeedRunKind::Lora)
+        );
+        // A base-training run records no lora_config, and stays without one when written back.
+        let mut base: Value = serde_json::from_str(SEED_WRITTEN).unwrap();
+        base.as_object_mut().unwrap().remove("lora_config");
+        let base: Metadata = serde_json::from_value(base).unwrap();
+        assert!(base.lora_config.is_null());
+        assert_eq!(
+            base.seed_run(false).map(|s| s.kind),
+            Some(SeedRunKind::BaseTraining)
+        );
+        assert!(serde_json::to_value(&base)
+            .unwrap()
+            .get("lora_config")
+            .is_none());
+        // Ours are not: the seed's schema with our files, and anything we wrote.
+        let ours: Metadata = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        assert_eq!(ours.seed_run(false), None);
+        assert_eq!(Metadata::new(1, "e", "t").seed_run(false), None);
+        assert_eq!(Metadata::new(1, "e", "t").seed_run(true), None);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub mod meta_keys {
 
 /// `format` value of a LoRA checkpoint.
 pub const LORA_CHECKPOINT_FORMAT: &str = "diffit-lora-checkpoint";
+/// `format` value of one epoch of a base-training run: the whole model's weights (by the base
+/// file's names) with the optimizer, scheduler and RNG state, laid out as a LoRA checkpoint.
+pub const BASE_TRAINING_CHECKPOINT_FORMAT: &str = "diffit-base-training-checkpoint";
 /// `format` value of a base model file. A merged export (LoRA fused into the base) has this
 /// format too, and also the `lora_config` (and `epoch`) of the adapters fused in.
 pub const BASE_MODEL_FORMAT: &str = "diffit-base-model";

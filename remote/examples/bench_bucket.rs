@@ -12,7 +12,6 @@
 //! `cargo run --release -p remote --example bench_bucket -- s3://runs/bench [CHECKPOINTS] [RUNS]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Benchmarks fail loudly.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -30,21 +29,6 @@ fn median_ms(mut f: impl FnMut() -> usize, expect: usize) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[2]
-}
-
-/// Allocated bytes under `dir`, each hard-linked file once (what `du` reports).
-fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let meta = entry.metadata().unwrap();
-        if meta.is_dir() {
-            total += disk_usage(&entry.path(), seen);
-        } else if seen.insert((meta.dev(), meta.ino())) {
-            total += meta.blocks() * 512;
-        }
-    }
-    total
 }
 
 fn main() {
@@ -118,7 +102,7 @@ fn main() {
             "BENCH {}",
             serde_json::json!({"kind": "bucket_bytes", "runs": report.runs.len(),
                                "bucket_bytes": bucket_bytes,
-                               "disk_bytes": disk_usage(dir, &mut HashSet::new())})
+                               "disk_bytes": store::disk_usage(dir).unwrap()})
         );
     }
 }

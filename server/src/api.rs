@@ -1,6 +1,7 @@
 //! The JSON API handlers: the run list, one run, its metrics, its checkpoint files and the
 //! change events. Request data is parsed into typed values (run number, `CheckpointName`)
-//! before anything touches the filesystem.
+//! before anything touches the filesystem. A run the seed system wrote is shown with its
+//! `seed` note, and its `.ckpt` files are served whole as plain downloads, never parsed.
 
 use std::convert::Infallible;
 use std::fs::File;
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::catalog;
+use crate::catalog::{self, RunSet};
 use crate::error::ApiError;
 use crate::root::ConfineError;
 use crate::state::{AppState, Shared};
@@ -73,18 +74,31 @@ pub async fn run_detail(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let n = run_from_path(path)?;
+    detail(state, RunSet::Runs, run_from_path(path)?).await
+}
+
+/// `GET /api/runs/base_training/{n}`: a base-training run's state, metadata and config.
+pub async fn base_training_run_detail(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RunDetail>, ApiError> {
+    detail(state, RunSet::BaseTraining, run_from_path(path)?).await
+}
+
+async fn detail(state: AppState, set: RunSet, n: u32) -> Result<Json<RunDetail>, ApiError> {
     let shared = state.shared.clone();
     tokio::task::spawn_blocking(move || {
-        let metadata = catalog::read_metadata(&shared.root, n)?;
-        let config = catalog::read_config(&shared.root, n)?;
-        let summary = catalog::summarize(&shared.root, n);
+        let metadata = catalog::read_metadata(&shared.root, set, n)?;
+        let config = catalog::read_config(&shared.root, set, n)?;
+        let summary = catalog::summarize(&shared.root, set, n);
+        let seed = catalog::seed_run(&shared.root, set, n, &metadata);
         Ok(Json(RunDetail {
             run_number: n,
             status: summary.status,
             writer_active: summary.info.as_ref().is_some_and(|i| i.writer_active),
             metadata,
             config,
+            seed,
         }))
     })
     .await?
@@ -98,7 +112,8 @@ pub async fn run_metrics(
     let n = run_from_path(path)?;
     let shared = state.shared.clone();
     let meta: Metadata =
-        tokio::task::spawn_blocking(move || catalog::read_metadata(&shared.root, n)).await??;
+        tokio::task::spawn_blocking(move || catalog::read_metadata(&shared.root, RunSet::Runs, n))
+            .await??;
     Ok(Json(RunMetrics {
         run_number: n,
         monitor: meta
@@ -150,13 +165,21 @@ pub async fn checkpoint(
 
     let shared = state.shared.clone();
     let opened = tokio::task::spawn_blocking(move || open_checkpoint(&shared, n, name)).await??;
-    let representation = if weights_only {
-        Representation::lora_only(&opened.facts).map_err(|e| ApiError::BrokenRun {
-            run: n,
-            reason: format!("{}: {e}", name.relative_path(n)),
-        })?
-    } else {
-        Representation::whole(opened.key.size)
+    let representation = match (&opened.facts, weights_only) {
+        (Some(facts), true) => {
+            Representation::lora_only(facts).map_err(|e| ApiError::BrokenRun {
+                run: n,
+                reason: format!("{}: {e}", name.relative_path(n)),
+            })?
+        }
+        (None, true) => {
+            return Err(ApiError::BadRequest(format!(
+                "run {n} was written by the seed system: its {} is a PyTorch pickle, served only \
+                 whole (weights_only needs a safetensors file)",
+                name.seed_file_name()
+            )))
+        }
+        (_, false) => Representation::whole(opened.key.size),
     };
     let etag = if weights_only {
         format!("\"{}+lora\"", opened.checksum)
@@ -165,8 +188,12 @@ pub async fn checkpoint(
     };
     let cache = REVALIDATE;
     let suffix = if weights_only { "_lora" } else { "" };
+    let file_name = match opened.facts {
+        Some(_) => format!("{name}{suffix}.{}", format::layout::TENSOR_EXT),
+        None => format!("{name}.{}", format::seed::SEED_CKPT_EXT),
+    };
     let disposition = format!(
-        "attachment; filename=\"{}_{name}{suffix}.safetensors\"",
+        "attachment; filename=\"{}_{file_name}\"",
         format::layout::run_dir_name(n)
     );
 
@@ -217,18 +244,31 @@ pub async fn checkpoint(
 struct OpenedCheckpoint {
     file: File,
     key: FileKey,
-    facts: Arc<FileFacts>,
+    /// Its safetensors header; `None` for a seed run's `.ckpt` file, which is never parsed.
+    facts: Option<Arc<FileFacts>>,
+    /// The content checksum, or for a seed run's file a tag of its version.
     checksum: String,
 }
 
-/// Opens a checkpoint inside the root, validates its header, finds its checksum. Blocking.
+/// Opens a checkpoint inside the root, validates its header, finds its checksum. Blocking. A
+/// seed run's checkpoint is its `.ckpt` file, opened as plain bytes.
 fn open_checkpoint(
     shared: &Shared,
     n: u32,
     name: CheckpointName,
 ) -> Result<OpenedCheckpoint, ApiError> {
-    let layout = catalog::run_layout(&shared.root, n)?;
-    let path = layout.checkpoint(name);
+    let layout = catalog::run_layout(&shared.root, RunSet::Runs, n)?;
+    // From the scanned list: a seed run stays one, and this costs no read per request.
+    let seed = shared
+        .runs()
+        .summaries
+        .get(&n)
+        .is_some_and(|row| row.info.as_ref().is_some_and(|i| i.seed.is_some()));
+    let path = if seed {
+        layout.seed_checkpoint(name)
+    } else {
+        layout.checkpoint(name)
+    };
     let file = shared.root.open(&path).map_err(|err| match err {
         ConfineError::NotFound(_) => ApiError::CheckpointNotFound {
             run: n,
@@ -238,6 +278,14 @@ fn open_checkpoint(
     })?;
     let rel = name.relative_path(n);
     let key = FileKey::of(&file).map_err(|e| ApiError::io("reading metadata of", &path, e))?;
+    if seed {
+        return Ok(OpenedCheckpoint {
+            file,
+            key,
+            facts: None,
+            checksum: format!("seed-{}", key.version_tag()),
+        });
+    }
     let facts = shared
         .files
         .get_or_read(&file, key)
@@ -259,7 +307,7 @@ fn open_checkpoint(
     Ok(OpenedCheckpoint {
         file,
         key,
-        facts,
+        facts: Some(facts),
         checksum,
     })
 }
@@ -267,7 +315,7 @@ fn open_checkpoint(
 /// The checksum metadata records for an immutable file of this size (epoch files, base model).
 /// `best`/`last` are replaced in place, so their checksum is always computed from the file.
 fn recorded_checksum(shared: &Shared, n: u32, name: CheckpointName, size: u64) -> Option<String> {
-    let meta = catalog::read_metadata(&shared.root, n).ok()?;
+    let meta = catalog::read_metadata(&shared.root, RunSet::Runs, n).ok()?;
     match name {
         CheckpointName::Epoch(epoch) => meta
             .checkpoint(epoch)

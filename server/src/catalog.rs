@@ -1,4 +1,6 @@
-//! Reading runs from the checkpoints dir: the list summaries, one run's metadata and config.
+//! Reading runs from the checkpoints dir: the list summaries, one run's metadata and config,
+//! of its own runs (`run_NNN/`) and of its base-training runs (`base_training/run_NNN/`, the
+//! seed system's layout; [`RunSet`]).
 //!
 //! Every read of `metadata.json` / `config.json` goes through this module (and through
 //! `CheckpointsRoot`, so nothing outside the checkpoints dir is read). List rows come from the
@@ -10,7 +12,8 @@ use std::time::UNIX_EPOCH;
 
 use format::api::{RunState, RunSummary};
 use format::layout::parse_run_dir_name;
-use format::{Metadata, RunLayout, RunStatus};
+use format::seed::BASE_TRAINING_DIR;
+use format::{Metadata, RunLayout, RunStatus, SeedRun};
 use serde_json::Value;
 use store::listing::run_info;
 use store::writer_active;
@@ -21,6 +24,39 @@ use crate::root::{CheckpointsRoot, ConfineError};
 /// Largest `metadata.json` / `config.json` the server reads; anything bigger is called broken
 /// rather than read into memory.
 const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Which runs of the checkpoints dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunSet {
+    /// Its own runs, `run_NNN/` (the run list's `runs`).
+    Runs,
+    /// Its base-training runs, `base_training/run_NNN/` (the run list's `base_training`).
+    BaseTraining,
+}
+
+impl RunSet {
+    /// The layout of run `n` of this set under the canonical root.
+    fn layout(self, root: &CheckpointsRoot, n: u32) -> Option<RunLayout> {
+        match self {
+            RunSet::Runs => root.layout(n),
+            RunSet::BaseTraining => root
+                .canonical()
+                .map(|base| RunLayout::base_training(base, n)),
+        }
+    }
+
+    /// The folder holding this set's runs, once it exists inside the root.
+    fn dir(self, root: &CheckpointsRoot) -> Option<std::path::PathBuf> {
+        let base = root.canonical()?;
+        match self {
+            RunSet::Runs => Some(base),
+            RunSet::BaseTraining => {
+                let dir = base.join(BASE_TRAINING_DIR);
+                root.contains_dir(&dir).ok()?.then_some(dir)
+            }
+        }
+    }
+}
 
 /// What changes when a run's metadata changes: a cheap `lstat` of `metadata.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,10 +74,10 @@ pub enum Fingerprint {
     Missing,
 }
 
-/// The run folders under the root and the fingerprint of each one's metadata, sorted by number.
-/// A missing root is an empty list.
-pub fn scan(root: &CheckpointsRoot) -> Vec<(u32, Fingerprint)> {
-    let Some(base) = root.canonical() else {
+/// The run folders of `set` and the fingerprint of each one's metadata, sorted by number.
+/// A missing root (or `base_training/`) is an empty list.
+pub fn scan(root: &CheckpointsRoot, set: RunSet) -> Vec<(u32, Fingerprint)> {
+    let Some(base) = set.dir(root) else {
         return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir(&base) else {
@@ -79,17 +115,17 @@ fn fingerprint(path: &Path) -> Fingerprint {
     }
 }
 
-/// The list row of run `n` (broken with its error when unreadable; never fails). The row is
-/// the run store's `run_info`, read only after the run and its metadata are confirmed inside
-/// the root (the store itself does not refuse symlinks pointing out).
-pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
+/// The list row of run `n` of `set` (broken with its error when unreadable; never fails). The
+/// row is the run store's `run_info`, read only after the run and its metadata are confirmed
+/// inside the root (the store itself does not refuse symlinks pointing out).
+pub fn summarize(root: &CheckpointsRoot, set: RunSet, n: u32) -> RunSummary {
     let broken = |reason: String| RunSummary {
         run_number: n,
         status: RunState::Broken,
         error: Some(reason),
         info: None,
     };
-    let layout = match run_layout(root, n) {
+    let layout = match run_layout(root, set, n) {
         Ok(layout) => layout,
         Err(err) => return broken(broken_reason(err)),
     };
@@ -108,7 +144,7 @@ pub fn summarize(root: &CheckpointsRoot, n: u32) -> RunSummary {
             }
             RunSummary {
                 run_number: n,
-                status: RunState::of(info.recorded_status, info.writer_active),
+                status: info.state(),
                 error: None,
                 info: Some(info),
             }
@@ -127,15 +163,16 @@ pub fn may_be_running(summary: &RunSummary) -> bool {
     })
 }
 
-/// Whether the run's writer lock is held right now.
-pub fn writer_active_now(root: &CheckpointsRoot, n: u32) -> bool {
+/// Whether the writer lock of run `n` of `set` is held right now.
+pub fn writer_active_now(root: &CheckpointsRoot, set: RunSet, n: u32) -> bool {
     if root.follows_bucket() {
         // Decided by the recorded status, which the rescan reads anyway.
-        return root.layout(n).is_some_and(|layout| {
+        return set.layout(root, n).is_some_and(|layout| {
             store::read_metadata(&layout).is_ok_and(|m| m.status == RunStatus::Running)
         });
     }
-    root.layout(n).is_some_and(|layout| writer_active(&layout))
+    set.layout(root, n)
+        .is_some_and(|layout| writer_active(&layout))
 }
 
 fn broken_reason(err: ApiError) -> String {
@@ -153,9 +190,9 @@ fn strip_root(root: &CheckpointsRoot, message: &str) -> String {
     }
 }
 
-/// Checks that run `n` exists (inside the root) and returns its layout.
-pub fn run_layout(root: &CheckpointsRoot, n: u32) -> Result<RunLayout, ApiError> {
-    let layout = root.layout(n).ok_or(ApiError::RunNotFound(n))?;
+/// Checks that run `n` of `set` exists (inside the root) and returns its layout.
+pub fn run_layout(root: &CheckpointsRoot, set: RunSet, n: u32) -> Result<RunLayout, ApiError> {
+    let layout = set.layout(root, n).ok_or(ApiError::RunNotFound(n))?;
     match root.contains_dir(&layout.root()) {
         Ok(true) => Ok(layout),
         Ok(false) => Err(ApiError::RunNotFound(n)),
@@ -163,9 +200,9 @@ pub fn run_layout(root: &CheckpointsRoot, n: u32) -> Result<RunLayout, ApiError>
     }
 }
 
-/// Reads and parses run `n`'s `metadata.json`.
-pub fn read_metadata(root: &CheckpointsRoot, n: u32) -> Result<Metadata, ApiError> {
-    let layout = run_layout(root, n)?;
+/// Reads and parses the `metadata.json` of run `n` of `set`.
+pub fn read_metadata(root: &CheckpointsRoot, set: RunSet, n: u32) -> Result<Metadata, ApiError> {
+    let layout = run_layout(root, set, n)?;
     let path = layout.metadata();
     let text = read_json_text(root, n, &path)?.ok_or_else(|| ApiError::BrokenRun {
         run: n,
@@ -191,9 +228,18 @@ pub fn read_metadata(root: &CheckpointsRoot, n: u32) -> Result<Metadata, ApiErro
     Ok(meta)
 }
 
-/// Reads run `n`'s `config.json` (`None` when the run has none).
-pub fn read_config(root: &CheckpointsRoot, n: u32) -> Result<Option<Value>, ApiError> {
-    let layout = run_layout(root, n)?;
+/// Whether the seed system wrote run `n` of `set`, whose metadata is `meta` (read-only then:
+/// its `.ckpt` files are PyTorch pickles, never parsed as safetensors).
+pub fn seed_run(root: &CheckpointsRoot, set: RunSet, n: u32, meta: &Metadata) -> Option<SeedRun> {
+    let in_base_training_dir = set
+        .layout(root, n)
+        .is_some_and(|layout| layout.in_base_training_dir());
+    meta.seed_run(in_base_training_dir)
+}
+
+/// Reads the `config.json` of run `n` of `set` (`None` when the run has none).
+pub fn read_config(root: &CheckpointsRoot, set: RunSet, n: u32) -> Result<Option<Value>, ApiError> {
+    let layout = run_layout(root, set, n)?;
     let path = layout.config();
     let Some(text) = read_json_text(root, n, &path)? else {
         return Ok(None);

@@ -34,6 +34,10 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(api::list_runs))
         .route("/runs/{n}", get(api::run_detail))
         .route("/runs/{n}/metrics", get(api::run_metrics))
+        .route(
+            &format!("/runs/{}/{{n}}", format::seed::BASE_TRAINING_DIR),
+            get(api::base_training_run_detail),
+        )
         .layer(CompressionLayer::new());
     // Checkpoint bodies are not compressed (binary, and ranges address the stored bytes);
     // event streams must not be buffered by a compressor.

@@ -40,6 +40,15 @@ pub struct FileKey {
 }
 
 impl FileKey {
+    /// A tag naming this version of the file (device, inode, size, mtime), for an ETag where
+    /// no content checksum is recorded (the seed system's `.ckpt` files).
+    pub fn version_tag(&self) -> String {
+        format!(
+            "{:x}-{:x}-{:x}-{:x}",
+            self.dev, self.ino, self.size, self.mtime_ns
+        )
+    }
+
     /// The key of an open file.
     pub fn of(file: &File) -> io::Result<Self> {
         let meta = file.metadata()?;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use format::api::{EventKind, RunEvent, RunList, RunSummary};
 
-use crate::catalog::{self, Fingerprint};
+use crate::catalog::{self, Fingerprint, RunSet};
 use crate::root::CheckpointsRoot;
 
 /// One change, as broadcast to `/api/events` subscribers: its kind (the SSE event name) and
@@ -24,6 +24,14 @@ pub struct RunChange {
     pub event: RunEvent,
 }
 
+/// The runs of one [`RunSet`] as last seen.
+#[derive(Debug, Clone, Default)]
+pub struct RunSetView {
+    /// Row per run number.
+    pub summaries: BTreeMap<u32, RunSummary>,
+    fingerprints: HashMap<u32, Fingerprint>,
+}
+
 /// The run list as last seen, with its JSON ready to send.
 #[derive(Debug)]
 pub struct RunsSnapshot {
@@ -32,23 +40,22 @@ pub struct RunsSnapshot {
     /// Row per run number.
     pub summaries: BTreeMap<u32, RunSummary>,
     fingerprints: HashMap<u32, Fingerprint>,
-    /// `{"runs": [...]}`.
+    /// The base-training runs (`base_training/`).
+    pub base_training: RunSetView,
+    /// `{"runs": [...], "base_training": [...]}`.
     pub json: Bytes,
 }
 
 impl RunsSnapshot {
     /// An empty list (before the first scan).
     pub fn empty() -> Self {
-        Self::build(0, BTreeMap::new(), HashMap::new())
+        Self::build(0, RunSetView::default(), RunSetView::default())
     }
 
-    fn build(
-        generation: u64,
-        summaries: BTreeMap<u32, RunSummary>,
-        fingerprints: HashMap<u32, Fingerprint>,
-    ) -> Self {
+    fn build(generation: u64, runs: RunSetView, base_training: RunSetView) -> Self {
         let body = RunList {
-            runs: summaries.values().cloned().collect(),
+            runs: runs.summaries.values().cloned().collect(),
+            base_training: base_training.summaries.values().cloned().collect(),
         };
         // Serializing plain data structures cannot fail; an empty list is the safe fallback.
         let json = serde_json::to_vec(&body)
@@ -56,32 +63,47 @@ impl RunsSnapshot {
             .unwrap_or_else(|_| Bytes::from_static(b"{\"runs\":[]}"));
         Self {
             generation,
-            summaries,
-            fingerprints,
+            summaries: runs.summaries,
+            fingerprints: runs.fingerprints,
+            base_training,
             json,
         }
     }
 }
 
-/// Rescans the root against `prev`. `None` when nothing changed. Blocking.
-pub fn rescan(
-    root: &CheckpointsRoot,
-    prev: &RunsSnapshot,
-) -> Option<(RunsSnapshot, Vec<RunChange>)> {
-    let seen = catalog::scan(root);
-    let mut changed: Vec<u32> = vec![];
+/// What a rescan of one set found against its previous view.
+struct SetChanges {
+    view: RunSetView,
+    /// Runs re-read (their metadata changed, or their writer came or went).
+    reread: usize,
+    /// Runs added or changed, each with its previous row (`None` when new).
+    changed: Vec<(u32, Option<RunSummary>)>,
+    removed: Vec<u32>,
+}
+
+impl SetChanges {
+    fn is_empty(&self) -> bool {
+        self.reread == 0 && self.removed.is_empty()
+    }
+}
+
+/// Rescans `set` against `prev`: re-reads the runs whose metadata changed, or whose writer
+/// came or went.
+fn rescan_set(root: &CheckpointsRoot, set: RunSet, prev: &RunSetView) -> SetChanges {
+    let seen = catalog::scan(root, set);
+    let mut stale: Vec<u32> = vec![];
     for (n, fingerprint) in &seen {
-        let stale = match (prev.fingerprints.get(n), prev.summaries.get(n)) {
+        let is_stale = match (prev.fingerprints.get(n), prev.summaries.get(n)) {
             (Some(old), Some(summary)) => {
                 old != fingerprint
                     || (catalog::may_be_running(summary)
                         && summary.info.as_ref().map(|i| i.writer_active)
-                            != Some(catalog::writer_active_now(root, *n)))
+                            != Some(catalog::writer_active_now(root, set, *n)))
             }
             _ => true,
         };
-        if stale {
-            changed.push(*n);
+        if is_stale {
+            stale.push(*n);
         }
     }
     let present: HashSet<u32> = seen.iter().map(|(n, _)| *n).collect();
@@ -91,14 +113,48 @@ pub fn rescan(
         .filter(|n| !present.contains(n))
         .copied()
         .collect();
-    if changed.is_empty() && removed.is_empty() {
+    let mut summaries = prev.summaries.clone();
+    for n in &removed {
+        summaries.remove(n);
+    }
+    let mut changed = vec![];
+    let reread = stale.len();
+    for n in stale {
+        let summary = catalog::summarize(root, set, n);
+        let old = summaries.insert(n, summary.clone());
+        if old.as_ref() != Some(&summary) {
+            changed.push((n, old));
+        }
+    }
+    SetChanges {
+        view: RunSetView {
+            summaries,
+            fingerprints: seen.into_iter().collect(),
+        },
+        reread,
+        changed,
+        removed,
+    }
+}
+
+/// Rescans the root against `prev`. `None` when nothing changed. Blocking. Events are sent for
+/// the runs (`run_NNN/`); a change to a base-training run only renews the list.
+pub fn rescan(
+    root: &CheckpointsRoot,
+    prev: &RunsSnapshot,
+) -> Option<(RunsSnapshot, Vec<RunChange>)> {
+    let prev_runs = RunSetView {
+        summaries: prev.summaries.clone(),
+        fingerprints: prev.fingerprints.clone(),
+    };
+    let runs = rescan_set(root, RunSet::Runs, &prev_runs);
+    let base_training = rescan_set(root, RunSet::BaseTraining, &prev.base_training);
+    if runs.is_empty() && base_training.is_empty() {
         return None;
     }
 
     let mut events = vec![];
-    let mut summaries = prev.summaries.clone();
-    for n in &removed {
-        summaries.remove(n);
+    for n in &runs.removed {
         events.push(RunChange {
             kind: EventKind::RunRemoved,
             event: RunEvent {
@@ -109,14 +165,15 @@ pub fn rescan(
             },
         });
     }
-    for n in changed {
-        let summary = catalog::summarize(root, n);
-        let old = summaries.get(&n);
+    for (n, old) in &runs.changed {
+        let Some(summary) = runs.view.summaries.get(n) else {
+            continue;
+        };
         let last_epoch = summary.info.as_ref().and_then(|i| i.last_epoch);
         let event = |kind, epoch| RunChange {
             kind,
             event: RunEvent {
-                run_number: n,
+                run_number: *n,
                 status: Some(summary.status),
                 epoch,
                 checkpoints_count: summary.info.as_ref().map(|i| i.checkpoints_count),
@@ -124,20 +181,17 @@ pub fn rescan(
         };
         match old {
             None => events.push(event(EventKind::RunAdded, last_epoch)),
-            Some(old) if *old != summary => {
+            Some(old) => {
                 let old_epoch = old.info.as_ref().and_then(|i| i.last_epoch);
                 if last_epoch > old_epoch {
                     events.push(event(EventKind::CheckpointAdded, last_epoch));
                 }
                 events.push(event(EventKind::RunUpdated, last_epoch));
             }
-            Some(_) => {}
         }
-        summaries.insert(n, summary);
     }
-    let fingerprints = seen.into_iter().collect();
     Some((
-        RunsSnapshot::build(prev.generation + 1, summaries, fingerprints),
+        RunsSnapshot::build(prev.generation + 1, runs.view, base_training.view),
         events,
     ))
 }

@@ -110,6 +110,14 @@ impl CheckpointManager {
         Ok(digest)
     }
 
+    /// Records which base-training run and checkpoint the base came from.
+    pub fn record_base_lineage(&mut self, lineage: format::metadata::BaseLineage) -> Result<()> {
+        self.require_writer("record the base model's lineage")?;
+        let mut next = self.metadata.clone();
+        next.base_lineage = Some(lineage);
+        self.commit(next)
+    }
+
     /// The digest of the base model the run was trained on: recorded for every run since
     /// `base_identity` exists, and known from the stored base's record for older runs.
     pub fn required_base(&self) -> Option<FileDigest> {
@@ -183,6 +191,7 @@ impl CheckpointManager {
 
     /// Loads and verifies the base model.
     pub fn load_base_model(&self) -> Result<BaseModel> {
+        self.refuse_if_seed("load the base model of")?;
         let path = self.layout.checkpoint(CheckpointName::Base);
         let record = self.metadata.base_model.as_ref();
         if !path.exists() {

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use format::metadata::{metric_values, Metrics, FORMAT_VERSION};
 use format::tensors::{
-    meta_keys, EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX, LORA_CHECKPOINT_FORMAT, OPTIMIZER_PREFIX,
+    meta_keys, BASE_TRAINING_CHECKPOINT_FORMAT, EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX,
+    LORA_CHECKPOINT_FORMAT, OPTIMIZER_PREFIX,
 };
 
 use super::error::{Result, StoreError};
@@ -41,6 +42,9 @@ pub struct LoraCheckpoint {
     pub model_config: Value,
     /// `blake3:<hex>` of the base model the adapters were trained on.
     pub base_checksum: Option<String>,
+    /// True for an epoch of a base-training run: `lora` then holds the whole model's weights
+    /// (header format [`BASE_TRAINING_CHECKPOINT_FORMAT`]).
+    pub whole_model: bool,
 }
 
 impl LoraCheckpoint {
@@ -58,6 +62,7 @@ impl LoraCheckpoint {
             lora_config: Value::Null,
             model_config: Value::Null,
             base_checksum: None,
+            whole_model: false,
         }
     }
 
@@ -113,7 +118,12 @@ impl LoraCheckpoint {
     pub(crate) fn header(&self) -> HeaderMetadata {
         let json = |v: &Value| v.to_string();
         let mut meta = HeaderMetadata::new();
-        meta.insert(meta_keys::FORMAT.into(), LORA_CHECKPOINT_FORMAT.into());
+        let format = if self.whole_model {
+            BASE_TRAINING_CHECKPOINT_FORMAT
+        } else {
+            LORA_CHECKPOINT_FORMAT
+        };
+        meta.insert(meta_keys::FORMAT.into(), format.into());
         meta.insert(meta_keys::FORMAT_VERSION.into(), FORMAT_VERSION.to_string());
         meta.insert(meta_keys::EPOCH.into(), self.epoch.to_string());
         meta.insert(meta_keys::GLOBAL_STEP.into(), self.global_step.to_string());
@@ -153,11 +163,16 @@ impl LoraCheckpoint {
             }
         };
         let format = text(meta_keys::FORMAT)?;
-        if format != LORA_CHECKPOINT_FORMAT {
-            return Err(bad(format!(
-                "format is {format:?}, expected {LORA_CHECKPOINT_FORMAT:?}"
-            )));
-        }
+        let whole_model = match format.as_str() {
+            LORA_CHECKPOINT_FORMAT => false,
+            BASE_TRAINING_CHECKPOINT_FORMAT => true,
+            _ => {
+                return Err(bad(format!(
+                    "format is {format:?}, expected {LORA_CHECKPOINT_FORMAT:?} (or \
+                     {BASE_TRAINING_CHECKPOINT_FORMAT:?})"
+                )))
+            }
+        };
         let epoch = text(meta_keys::EPOCH)?
             .parse()
             .map_err(|e| bad(format!("epoch: {e}")))?;
@@ -184,6 +199,7 @@ impl LoraCheckpoint {
             lora_config: json(meta_keys::LORA_CONFIG)?,
             model_config: json(meta_keys::MODEL_CONFIG)?,
             base_checksum: meta.get(meta_keys::BASE_CHECKSUM).cloned(),
+            whole_model,
         })
     }
 }

@@ -94,6 +94,22 @@ pub enum StoreError {
         /// Why it is absent.
         reason: String,
     },
+    /// The run was written by the seed system (PyTorch Lightning): it is listed and shown, but
+    /// its `.ckpt` files are never loaded and nothing is written into it.
+    #[error(
+        "cannot {action} run {run_number} ({}): it was written by the seed system (PyTorch \
+         Lightning), and its .ckpt files are PyTorch pickles, which this tool does not load. \
+         The run is read-only here (`diffit runs show` prints it); train a new run instead",
+        run_dir.display()
+    )]
+    SeedRun {
+        /// What was attempted (`resume or train into`, `load a checkpoint of`, `verify`).
+        action: &'static str,
+        /// The run's number.
+        run_number: u32,
+        /// The run directory.
+        run_dir: PathBuf,
+    },
     /// Every saved epoch of a run is damaged or missing.
     #[error("no valid checkpoint to resume run {}: {}", run_dir.display(), damaged.join("; "))]
     NoValidCheckpoint {
@@ -125,6 +141,7 @@ impl StoreError {
             StoreError::RunNotFound { dir, .. } => dir,
             StoreError::Locked { run_dir, .. }
             | StoreError::ReadOnly { run_dir, .. }
+            | StoreError::SeedRun { run_dir, .. }
             | StoreError::MissingCheckpoint { run_dir, .. }
             | StoreError::NoValidCheckpoint { run_dir, .. } => run_dir,
         }

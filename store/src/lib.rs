@@ -32,6 +32,7 @@ pub mod save;
 pub mod saved;
 pub mod summary;
 pub mod tensor_file;
+pub mod usage;
 pub mod verify;
 
 pub use base::BaseModel;
@@ -40,13 +41,16 @@ pub use checkpoint::LoraCheckpoint;
 pub use checksum::FileDigest;
 pub use error::{Result, StoreError};
 pub use hooks::{NoHooks, SaveHooks};
-pub use listing::{list_all_runs, run_info, run_info_from_json, RunListing};
+pub use listing::{
+    list_all_runs, list_base_training_runs, run_info, run_info_from_json, RunListing,
+};
 pub use load::{Resume, Which};
 pub use lock::writer_active;
-pub use manager::{now, read_metadata, CheckpointManager, DEFAULT_EXPERIMENT};
+pub use manager::{now, read_metadata, refuse_seed_run, CheckpointManager, DEFAULT_EXPERIMENT};
 pub use retention::{RetentionPlan, RetentionPolicy};
 pub use saved::{SavedBase, SavedCheckpoint};
 pub use tensor_file::{
     read_header, HeaderError, HeaderMetadata, StoredTensor, TensorFile, TensorFileHeader, TensorMap,
 };
+pub use usage::disk_usage;
 pub use verify::VerifyReport;

@@ -1,15 +1,19 @@
 //! `list_all_runs`: one row per run directory, read from metadata.json alone, so listing
 //! thousands of runs stays fast; a broken run is a row with its error, never hiding the others.
+//! Runs the seed system wrote are rows too, marked by their `seed` field;
+//! `list_base_training_runs` lists the `base_training/` folder.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use format::api::{BestSummary, RunInfo};
 use format::layout::parse_run_dir_name;
 use format::metadata::{metric_values, Metrics};
+use format::seed::{SeedMarks, BASE_TRAINING_DIR};
 use format::{RunLayout, RunStatus};
 
 use super::error::{IoContext, Result, StoreError};
@@ -46,11 +50,26 @@ struct ListedMetadata {
     updated_at: Option<String>,
     #[serde(default, deserialize_with = "metric_values::deserialize")]
     base_metrics: Metrics,
+    // What tells a seed run from ours.
+    #[serde(default)]
+    format_version: u32,
+    #[serde(default)]
+    lora_config: Value,
+    #[serde(default)]
+    base_model: Option<ListedFile>,
+}
+
+#[derive(Deserialize)]
+struct ListedFile {
+    #[serde(default)]
+    path: String,
 }
 
 #[derive(Deserialize)]
 struct ListedCheckpoint {
     epoch: u32,
+    #[serde(default)]
+    path: String,
     #[serde(default)]
     removed: bool,
     #[serde(default)]
@@ -60,6 +79,8 @@ struct ListedCheckpoint {
 #[derive(Deserialize)]
 struct ListedBest {
     epoch: u32,
+    #[serde(default)]
+    path: String,
     #[serde(deserialize_with = "metric_values::deserialize")]
     metrics: Metrics,
 }
@@ -67,7 +88,7 @@ struct ListedBest {
 /// Reads one run's row (the API's [`RunInfo`]).
 pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
     let m = read_metadata_as(layout, |m: &ListedMetadata| m.run_number)?;
-    Ok(row(m, writer_active(layout)))
+    Ok(row(m, writer_active(layout), layout.in_base_training_dir()))
 }
 
 /// One run's row from the bytes of its `metadata.json` read elsewhere (an object store), for
@@ -85,10 +106,23 @@ pub fn run_info_from_json(
             m.run_number
         ));
     }
-    Ok(row(m, writer_active))
+    Ok(row(m, writer_active, false))
 }
 
-fn row(m: ListedMetadata, writer_active: bool) -> RunInfo {
+fn row(m: ListedMetadata, writer_active: bool, in_base_training_dir: bool) -> RunInfo {
+    let seed = SeedMarks {
+        format_version: m.format_version,
+        recorded_paths: m
+            .checkpoints
+            .iter()
+            .map(|c| c.path.as_str())
+            .chain(m.best_checkpoint.iter().map(|b| b.path.as_str()))
+            .chain(m.base_model.iter().map(|b| b.path.as_str()))
+            .collect(),
+        lora_config: &m.lora_config,
+        in_base_training_dir,
+    }
+    .seed_run();
     let monitor = m.monitor.unwrap_or_else(|| "val_loss".to_string());
     RunInfo {
         experiment_name: m.experiment_name,
@@ -109,7 +143,15 @@ fn row(m: ListedMetadata, writer_active: bool) -> RunInfo {
         }),
         base_val_loss: m.base_metrics.get("val_loss").copied(),
         writer_active,
+        seed,
     }
+}
+
+/// The base-training runs of the checkpoints dir `base_dir` (`base_dir/base_training/run_NNN`,
+/// the seed system's layout), by number; those the seed wrote are marked by their `seed` field.
+/// None when the folder does not exist.
+pub fn list_base_training_runs(base_dir: impl AsRef<Path>) -> Result<Vec<RunListing>> {
+    list_all_runs(base_dir.as_ref().join(BASE_TRAINING_DIR))
 }
 
 /// Every run under `base_dir`, by number. A missing `base_dir` has no runs; directories not
@@ -195,5 +237,62 @@ mod tests {
             }
         }
         assert!(runs[299].info.is_err());
+    }
+
+    /// Seed-written runs are rows (microsecond stamps, `.ckpt` paths), marked as seed runs;
+    /// its base-training runs are listed from their own folder; ours stay unmarked.
+    #[test]
+    fn seed_runs_are_listed_and_marked() {
+        use format::SeedRunKind;
+
+        let dir = tempfile::tempdir().unwrap();
+        let write = |layout: &RunLayout, text: &str| {
+            fs::create_dir_all(layout.root()).unwrap();
+            fs::write(layout.metadata(), text).unwrap();
+        };
+        write(
+            &RunLayout::new(dir.path(), 1),
+            r#"{"run_number": 1, "experiment_name": "diffit_lora_trees",
+                "created_at": "2025-01-15T10:30:00.123456",
+                "checkpoints": [{"epoch": 1, "path": "checkpoints/run_001/lora_weights/epoch_001.ckpt",
+                                 "metrics": {"val_loss": 0.3}, "saved_at": "2025-01-15T11:00:00.654321"}],
+                "best_checkpoint": {"epoch": 1, "path": "run_001/lora_weights/best.ckpt",
+                                    "metrics": {"val_loss": 0.3}},
+                "training_config": {}, "lora_config": {"rank": 8, "alpha": 16, "enabled": true}}"#,
+        );
+        write(
+            &RunLayout::new(dir.path(), 2),
+            r#"{"run_number": 2, "experiment_name": "ours", "created_at": "2025-01-16T10:30:00",
+                "format_version": 1, "checkpoints": [], "training_config": {},
+                "lora_config": {"r": 8}}"#,
+        );
+        write(
+            &RunLayout::base_training(dir.path(), 1),
+            r#"{"run_number": 1, "experiment_name": "base", "created_at": "2025-01-10T09:00:00.000042",
+                "checkpoints": [{"epoch": 1, "path": "checkpoints/base_training/run_001/epoch_001.ckpt",
+                                 "metrics": {}, "saved_at": "2025-01-10T10:00:00.5"}],
+                "best_checkpoint": null, "training_config": {}}"#,
+        );
+        let runs = list_all_runs(dir.path()).unwrap();
+        assert_eq!(runs.len(), 2, "base_training/ is not a run");
+        let seed = runs[0].info.as_ref().unwrap();
+        assert_eq!(seed.seed.as_ref().map(|s| s.kind), Some(SeedRunKind::Lora));
+        assert_eq!(seed.created_at, "2025-01-15T10:30:00.123456");
+        assert_eq!(
+            (seed.checkpoints_count, seed.best.as_ref().map(|b| b.epoch)),
+            (1, Some(1))
+        );
+        assert_eq!(runs[1].info.as_ref().unwrap().seed, None);
+
+        let base = list_base_training_runs(dir.path()).unwrap();
+        assert_eq!(base.len(), 1);
+        let info = base[0].info.as_ref().unwrap();
+        assert_eq!(
+            info.seed.as_ref().map(|s| s.kind),
+            Some(SeedRunKind::BaseTraining)
+        );
+        assert_eq!(info.checkpoints_count, 1);
+        let none = tempfile::tempdir().unwrap();
+        assert!(list_base_training_runs(none.path()).unwrap().is_empty());
     }
 }

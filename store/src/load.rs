@@ -125,6 +125,7 @@ impl CheckpointManager {
 
     /// Loads and verifies a LoRA checkpoint.
     pub fn load_lora_weights(&self, which: Which) -> Result<LoraCheckpoint> {
+        self.refuse_if_seed("load a checkpoint of")?;
         let (path, record) = self.resolve(which)?;
         Self::load_checkpoint_file(&path, record)
     }
@@ -133,6 +134,7 @@ impl CheckpointManager {
     /// naming each, and never one kept without its optimizer state (`weights_only`); `None`
     /// for a run with no saved epoch.
     pub fn load_for_resume(&self) -> Result<Option<Resume>> {
+        self.refuse_if_seed("resume")?;
         let all_live: Vec<&CheckpointRecord> = self.metadata.live_checkpoints().collect();
         if all_live.is_empty() {
             return Ok(None);

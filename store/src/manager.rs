@@ -22,6 +22,7 @@ use format::layout::TENSOR_EXT;
 use format::metadata::{EpochMetrics, Metrics, FORMAT_VERSION};
 use format::{
     BestCheckpoint, CheckpointName, CheckpointRecord, Metadata, MlflowLink, RunLayout, RunStatus,
+    SeedRun,
 };
 
 use super::atomic::{
@@ -90,9 +91,31 @@ pub(crate) fn read_metadata_as<T: DeserializeOwned>(
     Ok(metadata)
 }
 
+/// Refuses to `action` run `run_number` under `base_dir` when the seed system wrote it
+/// ([`StoreError::SeedRun`]). A run that does not exist, or whose `metadata.json` cannot be
+/// read, is not refused here: whoever opens it reports that.
+pub fn refuse_seed_run(
+    base_dir: impl AsRef<Path>,
+    run_number: u32,
+    action: &'static str,
+) -> Result<()> {
+    let layout = RunLayout::new(base_dir.as_ref(), run_number);
+    match read_metadata(&layout) {
+        Ok(metadata) if metadata.seed_run(layout.in_base_training_dir()).is_some() => {
+            Err(StoreError::SeedRun {
+                action,
+                run_number,
+                run_dir: layout.root(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl CheckpointManager {
     /// Opens existing run `run_number` as its writer: takes the lock, removes crash leftovers
-    /// and repairs the `best`/`last` links.
+    /// and repairs the `best`/`last` links. A run the seed system wrote is refused
+    /// ([`StoreError::SeedRun`]) before anything is written into it.
     pub fn open(base_dir: impl AsRef<Path>, run_number: u32) -> Result<Self> {
         let layout = RunLayout::new(base_dir.as_ref(), run_number);
         if !layout.root().is_dir() {
@@ -101,6 +124,7 @@ impl CheckpointManager {
                 dir: layout.root(),
             });
         }
+        refuse_seed_run(layout.base_dir(), run_number, "resume or train into")?;
         let lock = acquire_writer_lock(&layout)?;
         // A run copied by a tool that skips empty directories (`aws s3 sync`, a pull of a run
         // with no epoch yet) lacks them; the writer makes them again.
@@ -175,6 +199,23 @@ impl CheckpointManager {
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
+    /// Set when the seed system wrote the run (read-only: its `.ckpt` files are not loaded).
+    pub fn seed_run(&self) -> Option<SeedRun> {
+        self.metadata.seed_run(self.layout.in_base_training_dir())
+    }
+
+    /// Refuses `action` on a run the seed system wrote.
+    pub(crate) fn refuse_if_seed(&self, action: &'static str) -> Result<()> {
+        match self.seed_run() {
+            Some(_) => Err(StoreError::SeedRun {
+                action,
+                run_number: self.run_number(),
+                run_dir: self.layout.root(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// True for a handle holding the writer lock.
     pub fn is_writer(&self) -> bool {
         self.writer_lock.is_some()

@@ -1,7 +1,7 @@
 //! The human-readable summary of a run (`diffit runs show`).
 
 use format::metadata::Metrics;
-use format::RunStatus;
+use format::{CheckpointName, RunStatus};
 
 use super::lock::writer_active;
 
@@ -31,7 +31,9 @@ impl CheckpointManager {
         // The writer's own handle shows what it recorded; anyone else sees whether a writer
         // is still there.
         let active = !self.is_writer() && writer_active(&self.layout);
+        let seed = self.seed_run();
         let status = match (m.status, active) {
+            _ if seed.is_some() => "seed run (read-only)",
             (_, true) => "running",
             (RunStatus::Created, false) if self.is_writer() => "created",
             (RunStatus::Running, false) if self.is_writer() => "running",
@@ -45,6 +47,9 @@ impl CheckpointManager {
             }
         };
         let _ = writeln!(s, "  Status:       {status}");
+        if let Some(seed) = &seed {
+            let _ = writeln!(s, "  Seed run:     {}", seed.note);
+        }
         if let (Some(reason), false) = (&m.status_reason, active) {
             let _ = writeln!(s, "  Stopped by:   {reason}");
         }
@@ -55,7 +60,15 @@ impl CheckpointManager {
                 m.mode.unwrap_or_default()
             );
         }
+        let seed_base = self.layout.seed_checkpoint(CheckpointName::Base);
         match &m.base_model {
+            None if seed.is_some() && seed_base.is_file() => {
+                let _ = writeln!(
+                    s,
+                    "  Base model:   {} (a PyTorch pickle, not loaded)",
+                    seed_base.display()
+                );
+            }
             Some(base) => {
                 let _ = writeln!(
                     s,
@@ -93,7 +106,15 @@ impl CheckpointManager {
             let _ = writeln!(s, "  Last:         epoch {}", last.epoch);
         }
         if !m.checkpoints.is_empty() {
-            let _ = writeln!(s, "  {:<7} {:<20} Metrics", "Epoch", "Saved at");
+            // The seed's stamps carry microseconds; the column widens to the longest.
+            let width = m
+                .checkpoints
+                .iter()
+                .map(|c| c.saved_at.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(20);
+            let _ = writeln!(s, "  {:<7} {:<width$} Metrics", "Epoch", "Saved at");
             for c in &m.checkpoints {
                 let removed = match (&c.damaged, c.removed) {
                     (Some(reason), _) => format!("  (damaged: {reason})"),
@@ -105,7 +126,7 @@ impl CheckpointManager {
                 };
                 let _ = writeln!(
                     s,
-                    "  {:<7} {:<20} {}{removed}",
+                    "  {:<7} {:<width$} {}{removed}",
                     c.epoch,
                     c.saved_at,
                     metrics_text(&c.metrics)

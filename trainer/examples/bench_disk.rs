@@ -7,9 +7,7 @@
 //! `cargo run --release -p trainer --example bench_disk [-- DIR [KEEP_IN]]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
-use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
 
 use candle_core::Device;
 use format::Mode;
@@ -22,22 +20,6 @@ use trainer::tensors::map_to_stored;
 const RUNS: u32 = 3;
 const EPOCHS: u32 = 10;
 const KEEP_LAST_N: usize = 5;
-
-/// Allocated bytes under `dir`, each hard-linked file counted once (what `du` reports).
-fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            total += disk_usage(&entry.path(), seen)?;
-        } else if seen.insert((meta.dev(), meta.ino())) {
-            total += meta.blocks() * 512;
-        }
-    }
-    Ok(total)
-}
 
 fn main() -> anyhow::Result<()> {
     let holder = tempfile::tempdir_in(
@@ -91,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             manager.get_best_checkpoint_info().map(|b| b.epoch)
         );
     }
-    let ours = disk_usage(&root, &mut HashSet::new())?;
+    let ours = store::disk_usage(&root)?;
     // Block-rounded sizes for the computed schemes, as `du` would count them.
     let block = |n: u64| n.div_ceil(4096) * 4096;
     // Same retention in every scheme: the epoch files kept here, plus best and last per run.

@@ -9,7 +9,6 @@
 //! `cargo run --release -p trainer --example bench_disk_optimizer [-- DIR]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Benchmarks fail loudly.
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
@@ -24,22 +23,6 @@ use trainer::tensors::map_to_stored;
 const RUNS: u32 = 3;
 const EPOCHS: u32 = 10;
 const KEEP_LAST_N: usize = 5;
-
-/// Allocated bytes under `dir`, each hard-linked file counted once (what `du` reports).
-fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            total += disk_usage(&entry.path(), seen)?;
-        } else if seen.insert((meta.dev(), meta.ino())) {
-            total += meta.blocks() * 512;
-        }
-    }
-    Ok(total)
-}
 
 /// What one set of runs left: bytes on disk, live epoch files, and the sizes of a base file and
 /// of a whole (resumable) epoch file.
@@ -89,7 +72,7 @@ fn write_runs(root: &Path, policy: RetentionPolicy) -> anyhow::Result<Written> {
         epoch_files += live.len() as u64;
     }
     Ok(Written {
-        bytes: disk_usage(root, &mut HashSet::new())?,
+        bytes: store::disk_usage(root)?,
         epoch_files,
         base_size,
         full_epoch_size,

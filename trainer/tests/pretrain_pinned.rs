@@ -52,6 +52,8 @@ fn pretrain_on(cores: &str, out: &Path) {
         .args(["pretrain", "--preset", "tiny", "--epochs", "2"])
         .args(["--num-images", "80", "--seed", "3", "--out"])
         .arg(out)
+        .arg("--checkpoints")
+        .arg(out.with_extension("runs"))
         .env_remove("CANDLE_NUM_THREADS")
         .env_remove("RAYON_NUM_THREADS")
         .output()

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use format::layout::{parse_run_dir_name, BASE_MODEL_DIR, BASE_MODEL_FILE, LORA_DIR, TENSOR_EXT};
 use format::tensors::{
-    is_lora_tensor, meta_keys, BASE_MODEL_FORMAT, LORA_CHECKPOINT_FORMAT, OPTIMIZER_PREFIX,
+    is_lora_tensor, meta_keys, BASE_MODEL_FORMAT, BASE_TRAINING_CHECKPOINT_FORMAT,
+    LORA_CHECKPOINT_FORMAT, OPTIMIZER_PREFIX,
 };
 use format::CheckpointName;
 use store::{CheckpointManager, HeaderError};
@@ -49,6 +50,9 @@ pub enum FileKind {
     BaseModel,
     /// One epoch's LoRA checkpoint (`diffit-lora-checkpoint`), also `best` and `last`.
     LoraCheckpoint,
+    /// One epoch of a base-training run (`diffit-base-training-checkpoint`): the whole model
+    /// with its optimizer state.
+    BaseTrainingCheckpoint,
     /// Base weights with LoRA fused in (`diffit export --format merged`).
     MergedExport,
     /// A PEFT adapter (`diffit export --format peft`): `base_model.model.*lora_A/B*` tensors.
@@ -62,6 +66,7 @@ impl FileKind {
         match self {
             FileKind::BaseModel => "base model",
             FileKind::LoraCheckpoint => "LoRA epoch checkpoint",
+            FileKind::BaseTrainingCheckpoint => "base-training epoch checkpoint (whole model)",
             FileKind::MergedExport => "merged export (base with LoRA fused in)",
             FileKind::PeftAdapter => "PEFT adapter",
             FileKind::Other => "safetensors file (not one of diffit's kinds)",
@@ -239,6 +244,7 @@ pub fn inspect_file(path: &Path, limit: Option<usize>) -> Result<Inspection, Tra
     let is_peft = !entries.is_empty() && entries.iter().all(|e| is_peft_lora_tensor(&e.name));
     let kind = match format.as_deref() {
         Some(LORA_CHECKPOINT_FORMAT) => FileKind::LoraCheckpoint,
+        Some(BASE_TRAINING_CHECKPOINT_FORMAT) => FileKind::BaseTrainingCheckpoint,
         Some(BASE_MODEL_FORMAT) if lora_config.is_some() => FileKind::MergedExport,
         Some(BASE_MODEL_FORMAT) => FileKind::BaseModel,
         _ if is_peft => FileKind::PeftAdapter,
@@ -250,7 +256,11 @@ pub fn inspect_file(path: &Path, limit: Option<usize>) -> Result<Inspection, Tra
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok());
     }
-    let state = (kind == FileKind::LoraCheckpoint).then_some(StatePresence {
+    let resumable = matches!(
+        kind,
+        FileKind::LoraCheckpoint | FileKind::BaseTrainingCheckpoint
+    );
+    let state = resumable.then_some(StatePresence {
         optimizer: optimizer_parameter_count > 0 && optimizer.is_some(),
         scheduler: scheduler.is_some(),
         rng: rng.is_some(),

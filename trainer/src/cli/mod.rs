@@ -239,6 +239,8 @@ mod tests {
             data_format: None,
             classes: None,
             augment: false,
+            base_run: None,
+            base_checkpoint: None,
         };
         assert_eq!(a.overrides, expected);
         // The seed's spelling of --base, keeping everything, the newest moments, a background.

@@ -27,6 +27,7 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
             .into());
         }
     }
+    refuse_seed_runs(&config, args)?;
     Ok(TrainRequest {
         config,
         overrides: args.overrides.clone(),
@@ -34,6 +35,38 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         show_progress: true,
         log_samples: true,
     })
+}
+
+/// Refuses at once a run the seed system wrote that the command would resume or train into,
+/// before a base is settled or data is read (which can take minutes); the run store refuses it
+/// again when the run is opened.
+fn refuse_seed_runs(config: &TrainingConfig, args: &TrainArgs) -> anyhow::Result<()> {
+    let checkpoint = &config.training.checkpoint;
+    let base_dir = args
+        .overrides
+        .base_dir
+        .as_deref()
+        .unwrap_or(&checkpoint.base_dir);
+    // Runs in a bucket are checked once they are brought down.
+    if let Ok(remote::Location::Objects(_)) = remote::Location::parse(&base_dir.to_string_lossy()) {
+        return Ok(());
+    }
+    // The run the session opens: the one named, resumed; else `resume_from_run`, resumed;
+    // else the one named, created or trained into.
+    let named = args.overrides.run_number.or(checkpoint.run_number);
+    let target = if args.resume {
+        named.or(checkpoint.resume_from_run)
+    } else {
+        checkpoint.resume_from_run.or(named)
+    };
+    match target {
+        Some(run) => Ok(store::refuse_seed_run(
+            base_dir,
+            run,
+            "resume or train into",
+        )?),
+        None => Ok(()),
+    }
 }
 
 /// Runs `diffit train`; once `stop` is set it ends after the checkpoint in progress and fails

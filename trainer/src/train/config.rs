@@ -120,6 +120,12 @@ pub struct ModelSettings {
     pub preset: Preset,
     /// Base model file; `None` uses the cached base of the preset (pretrained when absent).
     pub base: Option<PathBuf>,
+    /// Take the base from this managed base-training run (`base_training/run_NNN`) instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_run: Option<u32>,
+    /// Which checkpoint of `base_run`: `best` (default), `last` or an epoch number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_checkpoint: Option<String>,
 }
 
 /// The YAML's `data` section: where the fine-tuning images come from.
@@ -396,8 +402,20 @@ pub struct Overrides {
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Base model to fine-tune (a safetensors file).
-    #[arg(long, visible_alias = "base-model", value_name = "FILE")]
+    #[arg(
+        long,
+        visible_alias = "base-model",
+        value_name = "FILE",
+        conflicts_with = "base_run"
+    )]
     pub base: Option<PathBuf>,
+    /// Take the base from this base-training run (`diffit pretrain`'s `base_training/run_NNN`).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    pub base_run: Option<u32>,
+    /// Which checkpoint of --base-run: `best` (default), `last` or an epoch number.
+    #[arg(long, value_name = "best|last|N", requires = "base_run",
+          value_parser = |t: &str| super::base_runs::parse_base_checkpoint(t).map(|_| t.to_string()))]
+    pub base_checkpoint: Option<String>,
     /// Epochs to train (in total, counting resumed ones).
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub epochs: Option<u32>,
@@ -632,6 +650,25 @@ impl TrainingConfig {
         if let Some(p) = t.label_dropout.filter(|p| !(0.0..1.0).contains(p)) {
             return invalid("training.label_dropout", p, "must be in [0, 1)");
         }
+        let m = &self.model;
+        if m.base.is_some() && m.base_run.is_some() {
+            return invalid(
+                "model.base_run",
+                m.base_run.unwrap_or_default(),
+                "give model.base (a file) or model.base_run, not both",
+            );
+        }
+        if let Some(which) = &m.base_checkpoint {
+            if m.base_run.is_none() {
+                return invalid("model.base_checkpoint", which, "needs model.base_run");
+            }
+            if let Err(reason) = super::base_runs::parse_base_checkpoint(which) {
+                return invalid("model.base_checkpoint", which, &reason);
+            }
+        }
+        if m.base_run == Some(0) {
+            return invalid("model.base_run", 0, "run numbers start at 1");
+        }
         let d = &self.data;
         if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
             return invalid(
@@ -780,6 +817,8 @@ fn valid_keys() -> Vec<String> {
     t.checkpoint.save_top_k = 1;
     t.checkpoint.keep_optimizer_last_n = Some(1);
     full.data.background = Background([0, 0, 0]);
+    full.model.base_run = Some(1);
+    full.model.base_checkpoint = Some("best".into());
     full.data.format = DataFormat::Images;
     full.data.classes = vec![0];
     full.data.augmentation = Augmentation::SEED;
@@ -844,6 +883,13 @@ impl TrainingConfig {
         set(&mut self.model.preset, &o.preset);
         if o.base.is_some() {
             self.model.base = o.base.clone();
+            self.model.base_run = None;
+            self.model.base_checkpoint = None;
+        }
+        if o.base_run.is_some() {
+            self.model.base_run = o.base_run;
+            self.model.base = None;
+            self.model.base_checkpoint = o.base_checkpoint.clone();
         }
         match &o.data {
             None => {}

@@ -13,6 +13,7 @@
 //! - [`mlflow`]: MLflow tracking over its REST API, off the training thread.
 //! - [`pretrain`], [`sample`], [`export`], [`tensorboard`].
 
+pub mod base_runs;
 pub mod callbacks;
 pub mod config;
 pub mod epoch;

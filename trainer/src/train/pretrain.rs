@@ -11,24 +11,28 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use format::metadata::Metrics;
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
 use model::data::{Augmentation, Dataset};
 use model::diffusion::NoiseSchedule;
 use model::rng::{mix_seed, Rng};
 use model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
+use store::LoraCheckpoint;
 
 use super::config::Preset;
-use super::epoch::{train_epoch, Learner};
+use super::epoch::{train_epoch, EpochLoss, Learner};
 use super::error::TrainError;
 use super::export::write_safetensors;
-use super::optim::{AdamW, AdamWParams};
+use super::optim::{AdamW, AdamWParams, AdamWState};
 use super::scheduler::LrScheduler;
+use super::state::RngStates;
+use crate::tensors::{map_to_candle, map_to_stored, to_candle, to_stored};
 
 /// Seed of the cached base models.
 pub const DEFAULT_PRETRAIN_SEED: u64 = 0;
 
-/// Settings of a pretraining run.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of a pretraining run (a managed base run stores them in its `config.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PretrainConfig {
     /// Model size.
     pub preset: Preset,
@@ -94,57 +98,25 @@ pub fn pretrain(
     show_progress: bool,
     stop: &Arc<AtomicBool>,
 ) -> Result<HashMap<String, Tensor>, TrainError> {
-    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.num_images == 0 {
-        return Err(TrainError::Usage(
-            "pretraining needs at least one epoch, image and batch".into(),
-        ));
-    }
-    let device = Device::Cpu;
-    let model_cfg = cfg.model.clone();
-    let mut init_rng = Rng::new(mix_seed(cfg.seed, 11));
-    let init = init_base_tensors(&model_cfg, &mut init_rng, &device)?;
-    let varmap = VarMap::new();
-    {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?;
-        for (name, t) in &init {
-            data.insert(name.clone(), Var::from_tensor(t)?);
+    let mut run = Pretraining::new(cfg)?;
+    let bar = progress_bar(run.total_steps(), show_progress);
+    while run.epoch < cfg.epochs {
+        let Some(loss) = run.train_epoch(stop, &bar)? else {
+            return Err(TrainError::Interrupted);
+        };
+        if show_progress && !std::io::stderr().is_terminal() {
+            eprintln!(
+                "pretrain epoch {}/{}: loss={:.5}",
+                run.epoch, cfg.epochs, loss.mean
+            );
         }
     }
-    let model = DiffiT::new(
-        &model_cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        None,
-    )?;
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    bar.finish_and_clear();
+    run.base_tensors()
+}
 
-    let data = Dataset::generic(cfg.num_images, model_cfg.image_size, mix_seed(cfg.seed, 12));
-    let steps_per_epoch = cfg.num_images.div_ceil(cfg.batch_size) as u64;
-    let total = steps_per_epoch * u64::from(cfg.epochs);
-    let mut opt = AdamW::new(AdamWParams {
-        lr: cfg.learning_rate,
-        weight_decay: 0.0,
-        ..Default::default()
-    })?;
-    let mut sched = LrScheduler::new(
-        cfg.learning_rate,
-        cfg.learning_rate * 0.05,
-        (total / 20).max(1),
-        total,
-    )?;
-    let schedule = NoiseSchedule::default();
-    let mut data_rng = Rng::new(mix_seed(cfg.seed, 13));
-    let mut noise_rng = Rng::new(mix_seed(cfg.seed, 14));
-
+/// The progress bar of a pretraining of `total` steps (hidden off a terminal).
+pub fn progress_bar(total: u64, show_progress: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(total),
         if show_progress && std::io::stderr().is_terminal() {
@@ -158,57 +130,249 @@ pub fn pretrain(
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let mut global_step = 0;
-    let mut learner = Learner {
-        model: &model,
-        params: &params,
-        optimizer: &mut opt,
-        scheduler: &mut sched,
-        data_rng: &mut data_rng,
-        noise_rng: &mut noise_rng,
-        global_step: &mut global_step,
-        device: &device,
-        // The generic set has no labels: a labelled base learns the null class here.
-        label_dropout: 0.0,
-        augmentation: Augmentation::NONE,
-        augment_seed: 0,
-    };
-    for epoch in 1..=cfg.epochs {
+    bar
+}
+
+/// A pretraining in progress: the whole base model being trained, its optimizer, schedule and
+/// random streams, and how far it got. [`Pretraining::to_checkpoint`] and
+/// [`Pretraining::restore`] turn it into a store checkpoint and back, bit for bit, so that a
+/// managed base run ([`super::base_runs`]) resumes exactly.
+#[derive(Debug)]
+pub struct Pretraining {
+    cfg: PretrainConfig,
+    model: DiffiT,
+    params: Vec<(String, Var)>,
+    data: Dataset,
+    optimizer: AdamW,
+    scheduler: LrScheduler,
+    schedule: NoiseSchedule,
+    data_rng: Rng,
+    noise_rng: Rng,
+    device: Device,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// Epochs completed.
+    pub epoch: u32,
+}
+
+impl Pretraining {
+    /// A fresh pretraining of `cfg`: initial weights, data, optimizer and streams from its seed.
+    pub fn new(cfg: &PretrainConfig) -> Result<Self, TrainError> {
+        if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.num_images == 0 {
+            return Err(TrainError::Usage(
+                "pretraining needs at least one epoch, image and batch".into(),
+            ));
+        }
+        let device = Device::Cpu;
+        let model_cfg = cfg.model.clone();
+        let mut init_rng = Rng::new(mix_seed(cfg.seed, 11));
+        let init = init_base_tensors(&model_cfg, &mut init_rng, &device)?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?;
+            for (name, t) in &init {
+                data.insert(name.clone(), Var::from_tensor(t)?);
+            }
+        }
+        let model = DiffiT::new(
+            &model_cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+            None,
+        )?;
+        let mut params: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Internal("parameter map poisoned".into()))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let data = Dataset::generic(cfg.num_images, model_cfg.image_size, mix_seed(cfg.seed, 12));
+        let total = Self::steps_per_epoch(cfg) * u64::from(cfg.epochs);
+        let optimizer = AdamW::new(Self::hyper_parameters(cfg))?;
+        let scheduler = LrScheduler::new(
+            cfg.learning_rate,
+            cfg.learning_rate * 0.05,
+            (total / 20).max(1),
+            total,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            model,
+            params,
+            data,
+            optimizer,
+            scheduler,
+            schedule: NoiseSchedule::default(),
+            data_rng: Rng::new(mix_seed(cfg.seed, 13)),
+            noise_rng: Rng::new(mix_seed(cfg.seed, 14)),
+            device,
+            global_step: 0,
+            epoch: 0,
+        })
+    }
+
+    fn hyper_parameters(cfg: &PretrainConfig) -> AdamWParams {
+        AdamWParams {
+            lr: cfg.learning_rate,
+            weight_decay: 0.0,
+            ..Default::default()
+        }
+    }
+
+    fn steps_per_epoch(cfg: &PretrainConfig) -> u64 {
+        cfg.num_images.div_ceil(cfg.batch_size) as u64
+    }
+
+    /// Optimizer steps of the whole pretraining.
+    pub fn total_steps(&self) -> u64 {
+        Self::steps_per_epoch(&self.cfg) * u64::from(self.cfg.epochs)
+    }
+
+    /// The settings it trains with.
+    pub fn config(&self) -> &PretrainConfig {
+        &self.cfg
+    }
+
+    /// Trains to `epochs` in total instead (a resumed run asked for more): the schedule is
+    /// re-targeted from the current step on, without a jump.
+    pub fn set_epochs(&mut self, epochs: u32) -> Result<(), TrainError> {
+        if epochs == self.cfg.epochs {
+            return Ok(());
+        }
+        self.cfg.epochs = epochs;
+        let total = self.total_steps().max(self.global_step + 1);
+        self.scheduler.retarget(total, self.cfg.learning_rate)?;
+        Ok(())
+    }
+
+    /// Trains the next epoch, advancing `bar` per step; `None` when `stop` was set before it
+    /// ended (its updates so far stay in memory only, and the epoch count does not advance).
+    pub fn train_epoch(
+        &mut self,
+        stop: &AtomicBool,
+        bar: &ProgressBar,
+    ) -> Result<Option<EpochLoss>, TrainError> {
+        let epoch = self.epoch + 1;
+        let epochs = self.cfg.epochs;
+        let mut learner = Learner {
+            model: &self.model,
+            params: &self.params,
+            optimizer: &mut self.optimizer,
+            scheduler: &mut self.scheduler,
+            data_rng: &mut self.data_rng,
+            noise_rng: &mut self.noise_rng,
+            global_step: &mut self.global_step,
+            device: &self.device,
+            // The generic set has no labels: a labelled base learns the null class here.
+            label_dropout: 0.0,
+            augmentation: Augmentation::NONE,
+            augment_seed: 0,
+        };
         let done = train_epoch(
             &mut learner,
-            &data,
-            cfg.batch_size,
-            &schedule,
+            &self.data,
+            self.cfg.batch_size,
+            &self.schedule,
             epoch,
             stop,
             |progress| {
                 bar.inc(1);
                 bar.set_message(format!(
-                    "epoch {epoch}/{} loss {:.4}",
-                    cfg.epochs, progress.mean_loss
+                    "epoch {epoch}/{epochs} loss {:.4}",
+                    progress.mean_loss
                 ));
             },
         )?;
-        let Some(loss) = done else {
-            return Err(TrainError::Interrupted);
-        };
-        if show_progress && !std::io::stderr().is_terminal() {
-            eprintln!(
-                "pretrain epoch {epoch}/{}: loss={:.5}",
-                cfg.epochs, loss.mean
-            );
+        if done.is_some() {
+            self.epoch = epoch;
         }
+        Ok(done)
     }
-    bar.finish_and_clear();
-    let mut out = HashMap::new();
-    for (name, _) in base_tensor_shapes(&model_cfg) {
-        let var = params
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| TrainError::Internal(format!("pretrained model lacks {name}")))?;
-        out.insert(name, var.1.as_tensor().copy()?);
+
+    /// The base model's weights now (copies), by the names a base file holds.
+    pub fn base_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut out = HashMap::new();
+        for (name, _) in base_tensor_shapes(&self.cfg.model) {
+            let var = self
+                .params
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| TrainError::Internal(format!("pretrained model lacks {name}")))?;
+            out.insert(name, var.1.as_tensor().copy()?);
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// The state after the epoch just completed, as a store checkpoint: the whole model's
+    /// weights, AdamW's moments and state, the schedule and both random streams.
+    pub fn to_checkpoint(&self, metrics: &Metrics) -> Result<LoraCheckpoint, TrainError> {
+        let json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| TrainError::Internal(format!("cannot encode state: {e}")))
+        };
+        let mut ckpt = LoraCheckpoint::new(self.epoch, self.global_step);
+        ckpt.whole_model = true;
+        for (name, var) in &self.params {
+            ckpt.lora.insert(name.clone(), to_stored(var.as_tensor())?);
+        }
+        ckpt.optimizer_tensors =
+            map_to_stored(self.optimizer.state_tensors().iter().map(|(k, v)| (k, v)))?;
+        ckpt.metrics = metrics.clone();
+        ckpt.optimizer = json(serde_json::to_value(self.optimizer.state()))?;
+        ckpt.scheduler = json(serde_json::to_value(&self.scheduler))?;
+        ckpt.rng = json(serde_json::to_value(RngStates {
+            data: self.data_rng.state(),
+            noise: self.noise_rng.state(),
+        }))?;
+        ckpt.model_config = json(serde_json::to_value(&self.cfg.model))?;
+        Ok(ckpt)
+    }
+
+    /// Continues from `ckpt` (one [`to_checkpoint`](Self::to_checkpoint) wrote for the same
+    /// settings): weights, moments, schedule, streams and counters, exactly.
+    pub fn restore(&mut self, ckpt: &LoraCheckpoint) -> Result<(), TrainError> {
+        let resume = |why: String| TrainError::Resume(why);
+        if !ckpt.whole_model {
+            return Err(resume(
+                "the checkpoint holds LoRA adapters, not a base-training epoch".into(),
+            ));
+        }
+        let saved: Config = serde_json::from_value(ckpt.model_config.clone())
+            .map_err(|e| resume(format!("checkpoint model_config is invalid: {e}")))?;
+        if saved != self.cfg.model {
+            return Err(resume(format!(
+                "the checkpoint was trained for model {saved:?}, this run builds {:?}",
+                self.cfg.model
+            )));
+        }
+        for (name, var) in &self.params {
+            let tensor = ckpt
+                .lora
+                .get(name)
+                .ok_or_else(|| resume(format!("checkpoint lacks model tensor {name:?}")))?;
+            var.set(&to_candle(tensor, &self.device)?)?;
+        }
+        let state: AdamWState = serde_json::from_value(ckpt.optimizer.clone())
+            .map_err(|e| resume(format!("checkpoint optimizer state is invalid: {e}")))?;
+        self.optimizer = AdamW::from_parts(
+            state,
+            &map_to_candle(&ckpt.optimizer_tensors, &self.device)?,
+            &self.params,
+        )?;
+        self.scheduler = serde_json::from_value(ckpt.scheduler.clone())
+            .map_err(|e| resume(format!("checkpoint scheduler state is invalid: {e}")))?;
+        let rng: RngStates = serde_json::from_value(ckpt.rng.clone())
+            .map_err(|e| resume(format!("checkpoint RNG state is invalid: {e}")))?;
+        self.data_rng = Rng::from_state(rng.data);
+        self.noise_rng = Rng::from_state(rng.noise);
+        self.epoch = ckpt.epoch;
+        self.global_step = ckpt.global_step;
+        Ok(())
+    }
 }
 
 /// Writes a base model file (with its model config in the header) atomically.

@@ -140,6 +140,59 @@ pub fn load_data(cfg: &TrainingConfig, model: &Config) -> Result<(Dataset, Datas
     Ok((train, val))
 }
 
+/// The base of a new run taken from base-training run `run` (`--base-run`), the checkpoint
+/// `--base-checkpoint` names (`best` by default) verified by its checksum: its weights, its
+/// network (whatever the preset) and the lineage the run records.
+fn base_from_run(
+    cfg: &TrainingConfig,
+    checkpoints: &Path,
+    run: u32,
+    show: bool,
+) -> Result<
+    (
+        HashMap<String, Tensor>,
+        Config,
+        format::metadata::BaseLineage,
+    ),
+    TrainError,
+> {
+    let asked = cfg.model.base_checkpoint.as_deref().unwrap_or("best");
+    let which = super::base_runs::parse_base_checkpoint(asked).map_err(TrainError::Usage)?;
+    let found = super::base_runs::load_base_run_checkpoint(checkpoints, run, which)?;
+    if !found
+        .model_config
+        .same_sizes(&cfg.model.preset.model_config())
+    {
+        say(
+            show,
+            &format!(
+                "base run {run} trained a model of its own sizes ({} px, width {}, {} blocks); training it as it is, not as the {} preset",
+                found.model_config.image_size,
+                found.model_config.hidden_size,
+                found.model_config.depth,
+                cfg.model.preset
+            ),
+        );
+    }
+    say(
+        show,
+        &format!(
+            "base: base run {run}, {asked} (epoch {}, {})",
+            found.epoch, found.checksum
+        ),
+    );
+    let lineage = format::metadata::BaseLineage {
+        run_number: run,
+        epoch: found.epoch,
+        checkpoint: match which {
+            store::Which::Epoch(e) => format!("epoch_{e:03}"),
+            other => other.to_string(),
+        },
+        checksum: found.checksum,
+    };
+    Ok((found.tensors, found.model_config, lineage))
+}
+
 /// The base model for a new run and its model config: `--base FILE` (with the config in its
 /// header), else the preset's cached base (pretrained now, with a message, when absent or made
 /// for another config).
@@ -452,17 +505,30 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             )?;
             // The base and the data are settled before a run is created, so that a bad base
             // or data source leaves no empty run behind.
-            let (base, model_cfg) = resolve_base(&cfg, &placement.local, show, &stop)?;
+            let (base, model_cfg, lineage) = match cfg.model.base_run {
+                Some(run) => {
+                    let (base, model_cfg, lineage) =
+                        base_from_run(&cfg, &placement.local, run, show)?;
+                    (base, model_cfg, Some(lineage))
+                }
+                None => {
+                    let (base, model_cfg) = resolve_base(&cfg, &placement.local, show, &stop)?;
+                    (base, model_cfg, None)
+                }
+            };
             label_settings(&mut cfg, &model_cfg);
             let data = load_data(&cfg, &model_cfg)?;
             let c = &cfg.training.checkpoint;
-            let (manager, replica) =
+            let (mut manager, replica) =
                 replica::create_run(&placement, &cfg.training.experiment_name, c.run_number)?;
             if !manager.metadata().checkpoints.is_empty() {
                 return Err(TrainError::Usage(format!(
                     "run {} already has checkpoints; pass --resume to continue it, or choose another --run-number",
                     manager.run_number()
                 )));
+            }
+            if let Some(lineage) = lineage {
+                manager.record_base_lineage(lineage)?;
             }
             (cfg, manager, base, model_cfg, replica, data)
         }

@@ -14,33 +14,15 @@ use format::seed::SEED_RUN_NOTE;
 use format::{RunLayout, RunStatus, SeedRunKind};
 use support::*;
 
-const SEED_LORA_METADATA: &str = r#"{
-  "run_number": 1,
-  "experiment_name": "diffit_lora_trees",
-  "created_at": "2025-01-15T10:30:00.123456",
-  "checkpoints": [
-    {"epoch": 1, "path": "checkpoints/run_001/lora_weights/epoch_001.ckpt",
-     "metrics": {"val_loss": 0.234, "train_loss": 0.189}, "saved_at": "2025-01-15T11:00:00.654321"},
-    {"epoch": 2, "path": "run_001/lora_weights/epoch_002.ckpt",
-     "metrics": {"val_loss": 0.198, "train_loss": 0.17}, "saved_at": "2025-01-15T11:30:00.000001"}
-  ],
-  "best_checkpoint": {"epoch": 2, "path": "run_001/lora_weights/best.ckpt",
-                      "metrics": {"val_loss": 0.198}},
-  "training_config": {"num_epochs": 10},
-  "lora_config": {"rank": 8, "alpha": 16, "enabled": true}
-}"#;
+const SEED_LORA_METADATA: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/seed/lora_run_metadata.json"
+));
 
-const SEED_BASE_METADATA: &str = r#"{
-  "run_number": 1,
-  "experiment_name": "diffit_base_generic",
-  "created_at": "2025-01-10T09:00:00.000042",
-  "checkpoints": [
-    {"epoch": 1, "path": "checkpoints/base_training/run_001/checkpoints/epoch_001.ckpt",
-     "metrics": {"train_loss": 0.52}, "saved_at": "2025-01-10T10:00:00.250000"}
-  ],
-  "best_checkpoint": null,
-  "training_config": {"num_epochs": 100}
-}"#;
+const SEED_BASE_METADATA: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/seed/base_training_run_metadata.json"
+));
 
 /// Bytes like a PyTorch zip pickle's, different per file.
 fn ckpt(tag: &str) -> Vec<u8> {

@@ -9,21 +9,10 @@ use std::path::{Path, PathBuf};
 use format::{RunLayout, SeedRunKind};
 use store::{CheckpointManager, StoreError, Which};
 
-const SEED_LORA_RUN: &str = r#"{
-  "run_number": 1,
-  "experiment_name": "diffit_lora_trees",
-  "created_at": "2025-01-15T10:30:00.123456",
-  "checkpoints": [
-    {"epoch": 1, "path": "checkpoints/run_001/lora_weights/epoch_001.ckpt",
-     "metrics": {"val_loss": 0.234, "train_loss": 0.189}, "saved_at": "2025-01-15T11:00:00.654321"},
-    {"epoch": 2, "path": "run_001/lora_weights/epoch_002.ckpt",
-     "metrics": {"val_loss": 0.198, "train_loss": 0.17}, "saved_at": "2025-01-15T11:30:00.000001"}
-  ],
-  "best_checkpoint": {"epoch": 2, "path": "run_001/lora_weights/best.ckpt",
-                      "metrics": {"val_loss": 0.198}},
-  "training_config": {"num_epochs": 10},
-  "lora_config": {"rank": 8, "alpha": 16, "enabled": true}
-}"#;
+const SEED_LORA_RUN: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/seed/lora_run_metadata.json"
+));
 
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

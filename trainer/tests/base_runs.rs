@@ -31,15 +31,7 @@ fn tensors(checkpoints: &Path, run: u32, epoch: u32) -> Vec<(String, Vec<u8>)> {
     let path = checkpoints.join(format!(
         "base_training/run_{run:03}/lora_weights/epoch_{epoch:03}.safetensors"
     ));
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut all: Vec<(String, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect();
-    all.sort();
-    all
+    support::tensor_bytes(&path)
 }
 
 const PRETRAIN: [&str; 10] = [

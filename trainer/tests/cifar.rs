@@ -55,18 +55,7 @@ fn metadata(checkpoints: &Path) -> Metadata {
         .unwrap()
 }
 
-/// Every tensor of a safetensors file, by name, as raw bytes.
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut all: Vec<(String, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect();
-    all.sort();
-    all
-}
+use support::tensor_bytes as tensors;
 
 /// The newest epoch run 1 under `checkpoints` has committed (0 before any).
 fn last_epoch(checkpoints: &Path) -> u32 {

@@ -37,17 +37,10 @@ const SEED_LORA_METADATA: &str = r#"{
 }"#;
 
 /// A seed base-training run: no `lora_config`.
-const SEED_BASE_METADATA: &str = r#"{
-  "run_number": 1,
-  "experiment_name": "diffit_base_generic",
-  "created_at": "2025-01-10T09:00:00.000042",
-  "checkpoints": [
-    {"epoch": 1, "path": "checkpoints/base_training/run_001/checkpoints/epoch_001.ckpt",
-     "metrics": {"train_loss": 0.52}, "saved_at": "2025-01-10T10:00:00.250000"}
-  ],
-  "best_checkpoint": null,
-  "training_config": {"num_epochs": 100}
-}"#;
+const SEED_BASE_METADATA: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/seed/base_training_run_metadata.json"
+));
 
 /// Bytes like a PyTorch zip pickle's: nothing may try to read them as tensors.
 fn fake_ckpt(tag: &str) -> Vec<u8> {

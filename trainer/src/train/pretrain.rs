@@ -25,8 +25,8 @@ use super::error::TrainError;
 use super::export::write_safetensors;
 use super::optim::{AdamW, AdamWParams, AdamWState};
 use super::scheduler::LrScheduler;
-use super::state::RngStates;
-use crate::tensors::{map_to_candle, map_to_stored, to_candle, to_stored};
+use super::state::{training_checkpoint, RngStates, TrainingProgress};
+use crate::tensors::{map_to_candle, to_candle};
 
 /// Seed of the cached base models.
 pub const DEFAULT_PRETRAIN_SEED: u64 = 0;
@@ -314,20 +314,19 @@ impl Pretraining {
         let json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| TrainError::Internal(format!("cannot encode state: {e}")))
         };
-        let mut ckpt = LoraCheckpoint::new(self.epoch, self.global_step);
+        let mut ckpt = training_checkpoint(
+            TrainingProgress {
+                epoch: self.epoch,
+                global_step: self.global_step,
+                params: &self.params,
+                optimizer: &self.optimizer,
+                scheduler: &self.scheduler,
+                data_rng: &self.data_rng,
+                noise_rng: &self.noise_rng,
+            },
+            metrics,
+        )?;
         ckpt.whole_model = true;
-        for (name, var) in &self.params {
-            ckpt.lora.insert(name.clone(), to_stored(var.as_tensor())?);
-        }
-        ckpt.optimizer_tensors =
-            map_to_stored(self.optimizer.state_tensors().iter().map(|(k, v)| (k, v)))?;
-        ckpt.metrics = metrics.clone();
-        ckpt.optimizer = json(serde_json::to_value(self.optimizer.state()))?;
-        ckpt.scheduler = json(serde_json::to_value(&self.scheduler))?;
-        ckpt.rng = json(serde_json::to_value(RngStates {
-            data: self.data_rng.state(),
-            noise: self.noise_rng.state(),
-        }))?;
         ckpt.model_config = json(serde_json::to_value(&self.cfg.model))?;
         Ok(ckpt)
     }

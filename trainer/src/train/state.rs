@@ -50,6 +50,57 @@ pub struct RngStates {
     pub noise: RngState,
 }
 
+/// A JSON value of the training state, or the internal error of one that does not encode.
+fn json(v: Result<Value, serde_json::Error>) -> Result<Value, TrainError> {
+    v.map_err(|e| TrainError::Internal(format!("cannot encode state: {e}")))
+}
+
+/// What any training (LoRA or a whole base) has advanced by the end of an epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainingProgress<'a> {
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// The trained tensors, saved as the checkpoint's `lora` map.
+    pub params: &'a [(String, Var)],
+    /// AdamW (its moments and state).
+    pub optimizer: &'a AdamW,
+    /// The learning-rate schedule.
+    pub scheduler: &'a LrScheduler,
+    /// The data-order stream.
+    pub data_rng: &'a Rng,
+    /// The training-noise stream.
+    pub noise_rng: &'a Rng,
+}
+
+/// A checkpoint of `progress` with `metrics`: the trained tensors, AdamW's moments and state,
+/// the schedule and both streams (the caller adds the configs).
+pub fn training_checkpoint(
+    progress: TrainingProgress<'_>,
+    metrics: &Metrics,
+) -> Result<LoraCheckpoint, TrainError> {
+    let mut ckpt = LoraCheckpoint::new(progress.epoch, progress.global_step);
+    for (name, var) in progress.params {
+        ckpt.lora.insert(name.clone(), to_stored(var.as_tensor())?);
+    }
+    ckpt.optimizer_tensors = map_to_stored(
+        progress
+            .optimizer
+            .state_tensors()
+            .iter()
+            .map(|(k, v)| (k, v)),
+    )?;
+    ckpt.metrics = metrics.clone();
+    ckpt.optimizer = json(serde_json::to_value(progress.optimizer.state()))?;
+    ckpt.scheduler = json(serde_json::to_value(progress.scheduler))?;
+    ckpt.rng = json(serde_json::to_value(RngStates {
+        data: progress.data_rng.state(),
+        noise: progress.noise_rng.state(),
+    }))?;
+    Ok(ckpt)
+}
+
 /// The mutable state of a LoRA fine-tuning run.
 #[derive(Debug)]
 pub struct TrainState {
@@ -195,20 +246,18 @@ impl TrainState {
 
     /// This state as a checkpoint of the epoch just completed.
     pub fn to_checkpoint(&self, metrics: &Metrics) -> Result<LoraCheckpoint, TrainError> {
-        let json = |v: Result<Value, serde_json::Error>| {
-            v.map_err(|e| TrainError::Internal(format!("cannot encode state: {e}")))
-        };
-        let mut ckpt = LoraCheckpoint::new(self.epoch, self.global_step);
-        ckpt.lora = self.lora_tensors()?;
-        ckpt.optimizer_tensors =
-            map_to_stored(self.optimizer.state_tensors().iter().map(|(k, v)| (k, v)))?;
-        ckpt.metrics = metrics.clone();
-        ckpt.optimizer = json(serde_json::to_value(self.optimizer.state()))?;
-        ckpt.scheduler = json(serde_json::to_value(&self.scheduler))?;
-        ckpt.rng = json(serde_json::to_value(RngStates {
-            data: self.data_rng.state(),
-            noise: self.noise_rng.state(),
-        }))?;
+        let mut ckpt = training_checkpoint(
+            TrainingProgress {
+                epoch: self.epoch,
+                global_step: self.global_step,
+                params: &self.params,
+                optimizer: &self.optimizer,
+                scheduler: &self.scheduler,
+                data_rng: &self.data_rng,
+                noise_rng: &self.noise_rng,
+            },
+            metrics,
+        )?;
         ckpt.lora_config = json(serde_json::to_value(&self.lora_config))?;
         ckpt.model_config = json(serde_json::to_value(&self.model_config))?;
         ckpt.base_checksum = self.base_checksum.clone();

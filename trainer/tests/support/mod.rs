@@ -31,6 +31,20 @@ pub fn diffit_one_core(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Every tensor of a safetensors file, by name (sorted), as raw bytes: two files hold the same
+/// state exactly when these are equal, whatever their headers' timestamps.
+pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
 /// What a run printed, asserting that it succeeded.
 pub fn ok(out: Output) -> String {
     let text = text(&out);

@@ -123,6 +123,13 @@ impl CheckpointManager {
         Ok(checkpoint)
     }
 
+    /// The metadata record of the checkpoint `which` names: the epoch it holds and the checksum
+    /// its file is verified against; the error says why there is none (never saved, removed,
+    /// damaged, no best yet).
+    pub fn checkpoint_record(&self, which: Which) -> Result<&CheckpointRecord> {
+        self.resolve(which).map(|(_, record)| record)
+    }
+
     /// Loads and verifies a LoRA checkpoint.
     pub fn load_lora_weights(&self, which: Which) -> Result<LoraCheckpoint> {
         self.refuse_if_seed("load a checkpoint of")?;

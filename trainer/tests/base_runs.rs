@@ -7,23 +7,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use format::Metadata;
 
 fn base_meta(checkpoints: &Path, run: u32) -> Metadata {
     let path = checkpoints.join(format!("base_training/run_{run:03}/metadata.json"));
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn last_epoch(checkpoints: &Path, run: u32) -> u32 {
-    let path = checkpoints.join(format!("base_training/run_{run:03}/metadata.json"));
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Metadata>(&b).ok())
-        .and_then(|m| m.last_epoch())
-        .unwrap_or(0)
 }
 
 /// Every tensor of an epoch file of a base run, by name, as raw bytes.
@@ -80,28 +69,9 @@ fn base_runs_save_every_epoch_resume_exactly_and_feed_lora_runs() {
     assert_eq!(config["training"]["seed"], 5);
 
     // Killed once epoch 1 is saved, then resumed: the same bits at epoch 4.
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(&args)
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while last_epoch(&ck, 2) < 1 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pretraining exited early"
-        );
-        assert!(started.elapsed() < Duration::from_secs(300), "no epoch 1");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(last_epoch(&ck, 2) < 4, "killed before the end");
+    let killed_at =
+        support::kill_after_epoch(&args, &ck.join("base_training/run_002/metadata.json"), 1);
+    assert!(killed_at < 4, "killed before the end");
     let text = support::ok(support::diffit_one_core(&[
         "pretrain",
         "--checkpoints",

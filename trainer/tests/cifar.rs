@@ -8,8 +8,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use format::Metadata;
 
@@ -56,15 +54,6 @@ fn metadata(checkpoints: &Path) -> Metadata {
 }
 
 use support::tensor_bytes as tensors;
-
-/// The newest epoch run 1 under `checkpoints` has committed (0 before any).
-fn last_epoch(checkpoints: &Path) -> u32 {
-    std::fs::read(checkpoints.join("run_001/metadata.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Metadata>(&bytes).ok())
-        .and_then(|m| m.last_epoch())
-        .unwrap_or(0)
-}
 
 fn epoch_file(checkpoints: &Path, epoch: u32) -> std::path::PathBuf {
     checkpoints.join(format!("run_001/lora_weights/epoch_{epoch:03}.safetensors"))
@@ -114,29 +103,20 @@ fn cifar100_trees_train_from_the_seeds_yaml_and_resume_bit_identical_with_augmen
     // angle are a function of (seed, epoch, index), not of a saved stream.
     let resumed = dir.path().join("resumed");
     let resumed_arg = resumed.to_str().unwrap();
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_diffit"))
-        .args(["train", "--preset", "tiny", "--config", config])
-        .args(["--checkpoints", resumed_arg])
-        .env_remove("CANDLE_NUM_THREADS")
-        .env_remove("RAYON_NUM_THREADS")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while last_epoch(&resumed) < 1 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the trainer exited early"
-        );
-        assert!(started.elapsed() < Duration::from_secs(300), "no epoch 1");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(last_epoch(&resumed) < 3, "killed before the end");
+    let killed_at = support::kill_after_epoch(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--config",
+            config,
+            "--checkpoints",
+            resumed_arg,
+        ],
+        &resumed.join("run_001/metadata.json"),
+        1,
+    );
+    assert!(killed_at < 3, "killed before the end");
     support::ok(support::diffit_one_core(&[
         "train",
         "--checkpoints",
@@ -178,21 +158,25 @@ fn cifar100_trees_train_from_the_seeds_yaml_and_resume_bit_identical_with_augmen
     );
 
     // A class the file does not hold, and a truncated file: clear errors, nothing trained.
-    let out = support::diffit(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--base",
-        base.to_str().unwrap(),
-        "--data",
-        file.to_str().unwrap(),
-        "--classes",
-        "5",
-        "--checkpoints",
-        dir.path().join("none").to_str().unwrap(),
-    ]);
-    let text = support::text(&out);
-    assert!(!out.status.success());
+    let none = dir.path().join("none");
+    let refused = |data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "tiny",
+            "--base",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--checkpoints",
+            none.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = support::diffit(&args);
+        assert!(!out.status.success());
+        support::text(&out)
+    };
+    let text = refused(&file, &["--classes", "5"]);
     assert!(
         text.contains("train.bin") && text.contains("no image of the classes [5]"),
         "{text}"
@@ -200,21 +184,7 @@ fn cifar100_trees_train_from_the_seeds_yaml_and_resume_bit_identical_with_augmen
     let bytes = std::fs::read(&file).unwrap();
     let torn = dir.path().join("torn.bin");
     std::fs::write(&torn, &bytes[..bytes.len() / 2 + 1]).unwrap();
-    let out = support::diffit(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--base",
-        base.to_str().unwrap(),
-        "--data",
-        torn.to_str().unwrap(),
-        "--data-format",
-        "cifar100",
-        "--checkpoints",
-        dir.path().join("none").to_str().unwrap(),
-    ]);
-    let text = support::text(&out);
-    assert!(!out.status.success());
+    let text = refused(&torn, &["--data-format", "cifar100"]);
     assert!(
         text.contains("torn.bin") && text.contains("not a whole number"),
         "{text}"

@@ -73,26 +73,15 @@ pub fn pretrain(args: &PretrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<(
     cfg.num_images = args.num_images.unwrap_or(cfg.num_images);
     cfg.batch_size = args.batch_size.unwrap_or(cfg.batch_size);
     cfg.learning_rate = args.learning_rate.unwrap_or(cfg.learning_rate);
-    let resume_epochs = args.epochs;
     let req = BaseRunRequest {
         config: cfg,
+        resume_epochs: args.epochs,
         checkpoints: args.checkpoints.clone(),
         run_number: args.run_number,
         resume: args.resume,
         keep_last_n: args.keep_last_n,
         out: args.out.clone(),
         show_progress: true,
-    };
-    let req = match (args.resume, resume_epochs) {
-        // A resume without --epochs keeps the run's own count.
-        (true, None) => BaseRunRequest {
-            config: PretrainConfig {
-                epochs: 0,
-                ..req.config
-            },
-            ..req
-        },
-        _ => req,
     };
     let report = run_base_training(&req, stop)?;
     eprintln!(

@@ -38,8 +38,10 @@ pub fn base_training_dir(checkpoints: &Path) -> PathBuf {
 /// What `diffit pretrain` runs.
 #[derive(Debug, Clone)]
 pub struct BaseRunRequest {
-    /// The pretraining (for a resume: only `epochs` is taken, the rest is the run's own).
+    /// The pretraining of a new run (a resume trains with the run's own).
     pub config: PretrainConfig,
+    /// On resume: the new total of epochs; `None` keeps the run's.
+    pub resume_epochs: Option<u32>,
     /// The checkpoints dir; the run goes under its `base_training/`.
     pub checkpoints: PathBuf,
     /// Run to create, or to resume; `None` creates the next.
@@ -117,9 +119,8 @@ pub fn run_base_training(
             }
             None => None,
         };
-        // 0: keep the run's own count.
-        if req.config.epochs != 0 && req.config.epochs != cfg.epochs {
-            run.set_epochs(req.config.epochs)?;
+        if let Some(epochs) = req.resume_epochs.filter(|&e| e != cfg.epochs) {
+            run.set_epochs(epochs)?;
             manager.save_config(&run_config(run.config()))?;
         }
         (manager, run, resumed)
@@ -239,31 +240,14 @@ pub fn load_base_run_checkpoint(
     which: Which,
 ) -> Result<BaseFromRun, TrainError> {
     let manager = CheckpointManager::open_read_only(base_training_dir(checkpoints), run)?;
-    let epoch = match which {
-        Which::Epoch(e) => e,
-        Which::Best => manager
-            .get_best_checkpoint_info()
-            .map(|b| b.epoch)
-            .ok_or_else(|| TrainError::Usage(format!("base run {run} has no best epoch yet")))?,
-        Which::Last => manager
-            .metadata()
-            .live_checkpoints()
-            .map(|c| c.epoch)
-            .max()
-            .ok_or_else(|| TrainError::Usage(format!("base run {run} has no saved epoch yet")))?,
-    };
-    let checksum = manager
-        .metadata()
-        .checkpoints
-        .iter()
-        .find(|c| c.epoch == epoch && c.is_live())
-        .and_then(|c| c.checksum.clone())
-        .ok_or_else(|| {
-            TrainError::Usage(format!(
-                "base run {run} keeps no checkpoint of epoch {epoch} (see diffit pretrain --list-runs)"
-            ))
-        })?;
+    // Loaded (and verified) first: a seed run is refused here, before its records are read.
     let ckpt = manager.load_lora_weights(which)?;
+    let record = manager.checkpoint_record(which)?;
+    let checksum = record.checksum.clone().ok_or_else(|| TrainError::BadFile {
+        path: manager.layout().checkpoint(which.into()),
+        reason: format!("base run {run} records no checksum for its {which}"),
+    })?;
+    let epoch = record.epoch;
     if !ckpt.whole_model {
         return Err(TrainError::BadFile {
             path: manager.layout().checkpoint(which.into()),

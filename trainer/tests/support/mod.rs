@@ -21,14 +21,51 @@ pub fn diffit(args: &[&str]) -> Output {
 /// shard count is part of the recipe of a bit-identical run), so runs can be compared bit for
 /// bit.
 pub fn diffit_one_core(args: &[&str]) -> Output {
-    Command::new("taskset")
-        .args(["-c", "0"])
+    one_core_command(args).output().unwrap()
+}
+
+/// The command `diffit args…` on one core (see [`diffit_one_core`]), no stdin, not started.
+pub fn one_core_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
         .arg(env!("CARGO_BIN_EXE_diffit"))
         .args(args)
         .env_remove("CANDLE_NUM_THREADS")
         .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The newest epoch the `metadata.json` at `path` has committed (0 before any, or while the
+/// file is absent).
+pub fn committed_epoch(path: &Path) -> u32 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<format::Metadata>(&bytes).ok())
+        .and_then(|m| m.last_epoch())
+        .unwrap_or(0)
+}
+
+/// Starts `diffit args…` on one core and SIGKILLs it as soon as the run whose metadata is at
+/// `metadata` has committed `epoch`; returns the epoch committed when it died (a run that ends
+/// before, or commits nothing in 300 s, fails the test).
+pub fn kill_after_epoch(args: &[&str], metadata: &Path, epoch: u32) -> u32 {
+    let mut child = one_core_command(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while committed_epoch(metadata) < epoch {
+        assert!(child.try_wait().unwrap().is_none(), "diffit exited early");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "no epoch {epoch}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    committed_epoch(metadata)
 }
 
 /// Every tensor of a safetensors file, by name (sorted), as raw bytes: two files hold the same

@@ -127,13 +127,7 @@ impl S3Server {
     /// The command `diffit args…` on one core (see [`super::diffit_one_core`]) against this
     /// server, not started.
     pub fn one_core_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "0"])
-            .arg(env!("CARGO_BIN_EXE_diffit"))
-            .args(args)
-            .env_remove("CANDLE_NUM_THREADS")
-            .env_remove("RAYON_NUM_THREADS")
-            .stdin(Stdio::null());
+        let mut cmd = super::one_core_command(args);
         self.env(&mut cmd);
         cmd
     }

@@ -6,19 +6,19 @@ CARGO ?= cargo
 CHECKPOINTS ?= checkpoints
 PORT ?= 8080
 DEMO_EPOCHS ?= 12
+DEMO_PRESET ?= small-labels
 
 # Run a cargo without make's jobserver, so that it uses every core itself.
 NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
 
-.PHONY: demo test lint unit e2e app serve bench setup fuzz
+.PHONY: demo test lint unit e2e app serve bench setup cargo fuzz
 
-## Set up what is missing, train the demo run (small preset), serve the dashboard on :$(PORT).
-demo: setup
-	$(CARGO) build --release -p trainer -p server
-	@if [ -x scripts/build-app.sh ]; then scripts/build-app.sh; fi
-	./target/release/diffit train --preset small --epochs $(DEMO_EPOCHS) --checkpoints $(CHECKPOINTS)
-	./target/release/diffit train --list-runs --checkpoints $(CHECKPOINTS)
-	./target/release/diffit-server --checkpoints $(CHECKPOINTS) --port $(PORT)
+## Build and start the server (the dashboard on :$(PORT) answers from then on), then build the
+## app and the trainer and train the demo run (small preset) while the dashboard shows it
+## (scripts/demo.sh). Needs only cargo: the app build sets up the wasm toolchain; the test
+## tools (Python readers, Chromium) are not needed and not installed.
+demo: cargo
+	CARGO=$(CARGO) CHECKPOINTS=$(CHECKPOINTS) PORT=$(PORT) DEMO_EPOCHS=$(DEMO_EPOCHS) DEMO_PRESET=$(DEMO_PRESET) scripts/demo.sh
 
 ## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end).
 ## The wasm app (its own target dir) builds while clippy checks the workspace: the two share no
@@ -29,8 +29,10 @@ test: setup
 	$(CARGO) test --workspace
 	$(NO_JOBSERVER) scripts/fuzz.sh smoke
 
-setup:
+cargo:
 	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }
+
+setup: cargo
 	scripts/setup-python.sh
 	@if [ -x scripts/browser-env.sh ]; then scripts/browser-env.sh; fi
 

@@ -48,14 +48,18 @@ pub fn router(app_dir: &Path) -> Router {
         .layer(CompressionLayer::new())
 }
 
-/// `/` (and `/index.html`) while the app is not built: how to build it. Anything else: 404.
+/// `/` (and `/index.html`) while the app is not built: how to build it, reloading itself so it
+/// becomes the dashboard once the app is written. Anything else: 404.
 fn missing_app_page(uri: &Uri, app_dir: &str) -> Response {
     if uri.path() == "/" || uri.path() == "/index.html" {
         let page = format!(
-            "<!doctype html><meta charset=utf-8><title>diffit-server</title>\
-                 <h1>The dashboard is not built</h1>\
-                 <p>No <code>index.html</code> in <code>{}</code>. Run <code>make app</code> \
-                 at the repository root (or pass <code>--app-dir</code>), then reload.</p>\
+            "<!doctype html><meta charset=utf-8><meta http-equiv=\"refresh\" content=\"5\">\
+                 <title>diffit-server</title>\
+                 <h1>The dashboard is not built (yet)</h1>\
+                 <p>No <code>index.html</code> in <code>{}</code>. <code>make demo</code> builds \
+                 it right after starting this server; otherwise run <code>make app</code> at the \
+                 repository root (or pass <code>--app-dir</code>). This page reloads every 5 s \
+                 and turns into the dashboard once the app is there.</p>\
                  <p>The API is up: <a href=\"/api/runs\">/api/runs</a>.</p>",
             html_escape(app_dir)
         );

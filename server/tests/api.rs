@@ -305,9 +305,14 @@ async fn weights_only_view_is_a_valid_lora_file() {
 async fn static_app_or_a_page_saying_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = start(dir.path(), &dir.path().join("site")).await;
-    let page = blocking(move || get(missing.addr, "/", &[])).await;
+    let early = missing.addr;
+    let page = blocking(move || get(early, "/", &[])).await;
     assert_eq!(page.status, 200);
-    assert!(String::from_utf8_lossy(&page.body).contains("make app"));
+    let said = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(said.contains("make app"), "{said}");
+    // It reloads itself, so a page opened before the app is built (as `make demo` does) turns
+    // into the dashboard once it is.
+    assert!(said.contains(r#"http-equiv="refresh""#), "{said}");
 
     let site = dir.path().join("site");
     std::fs::create_dir_all(site.join("pkg")).unwrap();
@@ -317,6 +322,12 @@ async fn static_app_or_a_page_saying_how_to_build_it() {
     );
     std::fs::write(site.join("index.html"), &html).unwrap();
     std::fs::write(site.join("pkg/app_bg.wasm"), vec![0u8; 4096]).unwrap();
+    let now_built = blocking(move || get(early, "/", &[])).await;
+    assert_eq!(
+        String::from_utf8_lossy(&now_built.body),
+        html,
+        "served without a restart"
+    );
     let built = start(dir.path(), &site).await;
     let addr = built.addr;
     let index = blocking(move || get(addr, "/", &[("Accept-Encoding", "gzip")])).await;

@@ -1,5 +1,6 @@
 //! Diagnostic: how well a run's model denoises real training images at several noise levels.
-//! Writes one PNG row per timestep (clean-image estimates) and prints the errors.
+//! Writes one PNG row per timestep (clean-image estimates) and prints the errors. A
+//! class-conditional model is given each image's species.
 //!
 //! `cargo run --release -p trainer --example denoise_check -- CHECKPOINTS RUN OUT.png [CHECKPOINT]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
@@ -23,7 +24,16 @@ fn main() -> anyhow::Result<()> {
     let model = fused.network()?;
     let n = 8;
     let data = Dataset::trees(n, fused.model_config.image_size, 5);
-    let x0 = data.batch(&(0..n).collect::<Vec<_>>(), &device)?;
+    let all: Vec<usize> = (0..n).collect();
+    let x0 = data.batch(&all, &device)?;
+    // A class-conditional model sees each image's own species (no guidance).
+    let labels = match fused.model_config.is_class_conditional() {
+        true => data
+            .batch_labels(&all)?
+            .map(|l| Tensor::new(l, &device))
+            .transpose()?,
+        false => None,
+    };
     let schedule = NoiseSchedule::default();
     let mut rows = to_rgb8(&x0)?;
     let mut rng = Rng::new(9);
@@ -31,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         let ab = schedule.alpha_bar(t);
         let eps = rng.normal_tensor(x0.shape(), &device)?;
         let xt = ((&x0 * ab.sqrt())? + (&eps * (1.0 - ab).sqrt())?)?;
-        let pred = model.forward(&xt, &Tensor::full(t as f32, n, &device)?)?;
+        let t_batch = Tensor::full(t as f32, n, &device)?;
+        let pred = model.forward_labeled(&xt, &t_batch, labels.as_ref(), None)?;
         let x0_hat = fused
             .model_config
             .prediction

@@ -205,6 +205,82 @@ fn a_published_preset_learns_the_tree_species_resumes_bit_for_bit_and_samples_by
     assert!(said.contains("oak") && said.contains("conifer"), "{said}");
 }
 
+#[test]
+fn an_unconditional_published_model_fine_tunes_on_labelled_trees_without_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The published architecture with only the null class (`num_classes: 0`).
+    let cfg = Config {
+        num_classes: Some(0),
+        ..Config::published_tiny()
+    };
+    let base = base_of(d, Preset::PublishedTiny, cfg);
+    let yaml = quick_yaml(d, "published-tiny");
+    let checkpoints = d.join("ck");
+    let printed = train(&yaml, &base, "1", &checkpoints, &[]);
+    assert!(!printed.contains("label dropout"), "{printed}");
+    let run = checkpoints.join("run_001");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["num_classes"], 0);
+    let targets = config["lora"]["target_modules"].as_array().unwrap();
+    assert!(
+        !targets.contains(&serde_json::json!(LABEL_EMBEDDER)),
+        "no adapter on a one-row label table: {targets:?}"
+    );
+    let weights = load(&run.join("lora_weights/epoch_001.safetensors"));
+    assert!(!weights.contains_key(&format::tensors::lora_b_name(LABEL_EMBEDDER)));
+    let refused = diffit(&[
+        "sample",
+        "--run-number",
+        "1",
+        "--checkpoints",
+        checkpoints.to_str().unwrap(),
+        "--class",
+        "0",
+        "--out",
+        d.join("x.png").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+}
+
+#[test]
+fn a_hybrid_base_with_a_label_table_fine_tunes_on_the_species() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = Config {
+        num_classes: Some(TREE_SPECIES.len()),
+        ..Config::tiny()
+    };
+    let base = base_of(d, Preset::Tiny, cfg);
+    let checkpoints = d.join("ck");
+    let printed = train(&quick_yaml(d, "tiny"), &base, "1", &checkpoints, &[]);
+    assert!(printed.contains("classes: broadleaf, conifer"), "{printed}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoints.join("run_001/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model"]["num_classes"], 7);
+    assert_eq!(config["model"]["adaln"], true);
+    // A hybrid base whose network is not the preset's is still refused.
+    let other = Config {
+        depth: 1,
+        num_classes: Some(TREE_SPECIES.len()),
+        ..Config::tiny()
+    };
+    std::fs::create_dir_all(d.join("other")).unwrap();
+    let wrong = base_of(&d.join("other"), Preset::Tiny, other);
+    let mut args = vec!["train", "--preset", "tiny", "--epochs", "1", "--base"];
+    args.push(wrong.to_str().unwrap());
+    args.extend(["--checkpoints", checkpoints.to_str().unwrap()]);
+    let refused = diffit(&args);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("does not match"),
+        "{}",
+        text(&refused)
+    );
+}
+
 /// Writes a `size`×`size` PNG of one colour.
 fn png(path: &Path, rgb: [u8; 3]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

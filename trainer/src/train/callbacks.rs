@@ -5,10 +5,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use candle_core::{Device, Tensor};
 use format::metadata::Metrics;
 use format::{Mode, RunStatus};
-use model::diffusion::{ddim_sample, to_rgb8, NoiseSchedule, DEFAULT_ETA};
+use model::diffusion::{
+    to_rgb8, DdimSampler, Guidance, NoiseSchedule, DEFAULT_CFG_SCALE, DEFAULT_ETA,
+};
 use model::rng::mix_seed;
+use model::DiffiT;
 use store::{CheckpointManager, RetentionPolicy};
 
 use super::error::TrainError;
@@ -245,6 +249,28 @@ impl TensorBoardCallback {
     }
 }
 
+/// The per-epoch sample strip's `n` images: unconditional, or for a class-conditional model
+/// its classes in turn with the default guidance (as `diffit sample --class` draws them).
+pub fn epoch_samples(
+    model: &DiffiT,
+    n: usize,
+    seed: u64,
+    steps: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let cfg = model.config();
+    let mut sampler = DdimSampler::new(&NoiseSchedule::default(), steps, n, cfg, seed, device)?
+        .with_eta(DEFAULT_ETA);
+    if let Some(classes) = cfg.num_classes.filter(|&c| c > 0) {
+        sampler = sampler.with_guidance(Guidance {
+            classes: (0..n).map(|i| (i % classes) as u32).collect(),
+            scale: DEFAULT_CFG_SCALE,
+        })?;
+    }
+    while sampler.step(model)? {}
+    sampler.finish()
+}
+
 impl Callback for TensorBoardCallback {
     fn on_base_validation_end(
         &mut self,
@@ -269,15 +295,14 @@ impl Callback for TensorBoardCallback {
         }
         if self.samples_per_epoch > 0 {
             // Sampling uses its own seed, never the training RNGs, so logging cannot change
-            // what is trained.
+            // what is trained. A class-conditional model draws its classes in turn, guided as
+            // `diffit sample --class` is by default.
             let seed = mix_seed(state.config.training.seed, streams::SAMPLES);
-            let images = ddim_sample(
+            let images = epoch_samples(
                 &state.model,
-                &NoiseSchedule::default(),
                 self.samples_per_epoch,
                 seed,
                 self.sample_steps,
-                DEFAULT_ETA,
                 &state.device,
             )?;
             let size = state.model_config.image_size;
@@ -287,5 +312,62 @@ impl Callback for TensorBoardCallback {
         }
         self.writer.sync()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarBuilder;
+    use model::diffusion::ddim_sample;
+    use model::rng::Rng;
+    use model::Config;
+
+    /// A network of random weights everywhere: a fresh model's zero-initialised output layer
+    /// would make every output, guided or not, zero.
+    fn network(cfg: &Config) -> DiffiT {
+        let mut rng = Rng::new(4);
+        let tensors = model::init_base_tensors(cfg, &mut rng, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let random = rng.normal_tensor(t.shape(), &Device::Cpu).unwrap();
+                (name, (random * 0.1).unwrap())
+            })
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+        DiffiT::new(cfg, vb, None).unwrap()
+    }
+
+    #[test]
+    fn epoch_samples_are_guided_by_class_for_a_labelled_model_only() {
+        let dev = Device::Cpu;
+        let plain = network(&Config::tiny());
+        let unguided = ddim_sample(
+            &plain,
+            &NoiseSchedule::default(),
+            3,
+            5,
+            4,
+            DEFAULT_ETA,
+            &dev,
+        );
+        let strip = epoch_samples(&plain, 3, 5, 4, &dev).unwrap();
+        let same = (strip - unguided.unwrap()).unwrap().abs().unwrap();
+        assert_eq!(same.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+
+        let labelled = network(&Config::published_tiny());
+        let unguided = ddim_sample(
+            &labelled,
+            &NoiseSchedule::default(),
+            3,
+            5,
+            4,
+            DEFAULT_ETA,
+            &dev,
+        );
+        let strip = epoch_samples(&labelled, 3, 5, 4, &dev).unwrap();
+        let moved = (strip - unguided.unwrap()).unwrap().abs().unwrap();
+        assert!(moved.max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-4);
     }
 }

@@ -65,15 +65,19 @@ pub enum ConfigError {
 }
 
 /// The model presets, as `--preset` and the YAML's `model.preset` name them: our hybrid
-/// (adaLN-Zero, no labels) and the published architecture (class labels, guidance).
+/// (TMSA with adaLN-Zero; without labels, or with the tree species) and the published
+/// architecture (class labels, guidance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// For tests: trains in seconds (hybrid).
     Tiny,
-    /// The demo model (hybrid).
+    /// Our hybrid at the demo's size, unconditional.
     #[default]
     Small,
+    /// `small` with the tree species as class labels (guided sampling): the demo's model.
+    #[serde(rename = "small-labels")]
+    SmallLabels,
     /// The published architecture at `tiny` size, labelled with the tree species.
     #[serde(rename = "published-tiny")]
     PublishedTiny,
@@ -92,6 +96,7 @@ impl Preset {
         match self {
             Preset::Tiny => Config::tiny(),
             Preset::Small => Config::small(),
+            Preset::SmallLabels => Config::small_labels(),
             Preset::PublishedTiny => Config::published_tiny(),
             Preset::PublishedSmall => Config::published_small(),
             Preset::Published32 => Config::published_32(),

@@ -68,7 +68,7 @@ impl PretrainConfig {
             // demo's 10 minutes to the LoRA fine-tuning, which is what turns scenes into trees.
             // 4 epochs of batch 32 at 1e-3 (96 steps) left the base at loss 0.51 and its
             // samples pure noise.
-            Preset::Small | Preset::PublishedSmall => Self {
+            Preset::Small | Preset::SmallLabels | Preset::PublishedSmall => Self {
                 preset,
                 model,
                 epochs: 24,

@@ -109,7 +109,8 @@ pub fn load_data(cfg: &TrainingConfig, model: &Config) -> Result<(Dataset, Datas
         )));
     }
     let all = match model.num_classes {
-        None => all.without_labels(),
+        // An unconditional model (no label embedder, or only the null class) ignores labels.
+        None | Some(0) => all.without_labels(),
         Some(n) if all.classes().len() > n => {
             let source = match &cfg.data.dir {
                 Some(dir) => format!("--data {}", dir.display()),
@@ -222,6 +223,11 @@ pub fn resolve_base(
                         ),
                     );
                 }
+                found
+            }
+            // A hybrid of the preset's network with a label table added (class-conditional
+            // adaLN, as DiT's): trained with its labels.
+            Some(found) if found.num_classes.is_some() && found.without_labels() == expected => {
                 found
             }
             _ => expected,
@@ -421,7 +427,7 @@ fn resume_base(
 /// base stays frozen) and the label dropout is fixed at its default unless set. A resumed run
 /// keeps what it recorded; a model without labels changes nothing.
 fn label_settings(cfg: &mut TrainingConfig, model: &Config) {
-    if model.num_classes.is_none() {
+    if !model.is_class_conditional() {
         return;
     }
     let lora = &mut cfg.lora;

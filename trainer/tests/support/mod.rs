@@ -159,3 +159,15 @@ pub fn older_main_checkpoints_copy(into: &Path) -> PathBuf {
     assert!(status.success());
     into.join("checkpoints")
 }
+
+/// Whether this CPU runs the kernels the pinned checksums were recorded with (x86-64 with
+/// AVX-512: candle's gemm takes another path on AVX2 and rounds differently). Elsewhere a pinned
+/// comparison says it is skipped and why.
+pub fn pinned_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return true;
+    }
+    println!("SKIPPED the pinned checksum: it holds on x86-64 with AVX-512, which this CPU lacks");
+    false
+}

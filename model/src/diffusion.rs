@@ -458,8 +458,26 @@ pub fn ddim_sample(
     eta: f64,
     device: &Device,
 ) -> Result<Tensor> {
+    ddim_sample_guided(model, schedule, n, seed, steps, eta, None, device)
+}
+
+/// As [`ddim_sample`], with classifier-free guidance when given ([`DdimSampler::with_guidance`]).
+#[allow(clippy::too_many_arguments)]
+pub fn ddim_sample_guided(
+    model: &DiffiT,
+    schedule: &NoiseSchedule,
+    n: usize,
+    seed: u64,
+    steps: usize,
+    eta: f64,
+    guidance: Option<Guidance>,
+    device: &Device,
+) -> Result<Tensor> {
     let mut sampler =
         DdimSampler::new(schedule, steps, n, model.config(), seed, device)?.with_eta(eta);
+    if let Some(guidance) = guidance {
+        sampler = sampler.with_guidance(guidance)?;
+    }
     while sampler.step(model)? {}
     sampler.finish()
 }

@@ -26,6 +26,7 @@ use model::rng::Rng;
 use model::{Config, Prediction};
 use trainer::train::base_runs::{run_base_training, BaseRunRequest};
 use trainer::train::config::Preset;
+use trainer::train::epoch::batch_labels;
 use trainer::train::pretrain::PretrainConfig;
 use trainer::train::sample::{load_fused, sample_grid, FusedModel};
 
@@ -168,13 +169,9 @@ fn report(out: &Path, checkpoints: &Path, rows: &[(&str, u32)]) -> anyhow::Resul
         let data = Dataset::trees(HELD_OUT, cfg.image_size, 5);
         let all: Vec<usize> = (0..HELD_OUT).collect();
         let x0 = data.batch(&all, &device)?;
-        let labels = match cfg.is_class_conditional() {
-            true => data
-                .batch_labels(&all)?
-                .map(|l| Tensor::new(l, &device))
-                .transpose()?,
-            false => None,
-        };
+        let labels = batch_labels(&net, &data, &all)?
+            .map(|l| Tensor::new(l, &device))
+            .transpose()?;
         let mut cells = format!("| {name} | {val:.5} |");
         let mut rng = Rng::new(9);
         for t in LEVELS {

@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use model::data::Dataset;
 use model::diffusion::{to_rgb8, NoiseSchedule};
 use model::rng::Rng;
+use trainer::train::epoch::batch_labels;
 use trainer::train::sample::{grid, load_fused};
 
 fn main() -> anyhow::Result<()> {
@@ -27,13 +28,9 @@ fn main() -> anyhow::Result<()> {
     let all: Vec<usize> = (0..n).collect();
     let x0 = data.batch(&all, &device)?;
     // A class-conditional model sees each image's own species (no guidance).
-    let labels = match fused.model_config.is_class_conditional() {
-        true => data
-            .batch_labels(&all)?
-            .map(|l| Tensor::new(l, &device))
-            .transpose()?,
-        false => None,
-    };
+    let labels = batch_labels(&model, &data, &all)?
+        .map(|l| Tensor::new(l, &device))
+        .transpose()?;
     let schedule = NoiseSchedule::default();
     let mut rows = to_rgb8(&x0)?;
     let mut rng = Rng::new(9);

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use format::metadata::Metrics;
 use format::{Mode, RunStatus};
 use model::diffusion::{
-    to_rgb8, DdimSampler, Guidance, NoiseSchedule, DEFAULT_CFG_SCALE, DEFAULT_ETA,
+    ddim_sample_guided, to_rgb8, Guidance, NoiseSchedule, DEFAULT_CFG_SCALE, DEFAULT_ETA,
 };
 use model::rng::mix_seed;
 use model::DiffiT;
@@ -258,17 +258,24 @@ pub fn epoch_samples(
     steps: usize,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    let cfg = model.config();
-    let mut sampler = DdimSampler::new(&NoiseSchedule::default(), steps, n, cfg, seed, device)?
-        .with_eta(DEFAULT_ETA);
-    if let Some(classes) = cfg.num_classes.filter(|&c| c > 0) {
-        sampler = sampler.with_guidance(Guidance {
+    let guidance = match model.config().num_classes {
+        Some(classes) if classes > 0 => Some(Guidance {
             classes: (0..n).map(|i| (i % classes) as u32).collect(),
             scale: DEFAULT_CFG_SCALE,
-        })?;
-    }
-    while sampler.step(model)? {}
-    sampler.finish()
+        }),
+        _ => None,
+    };
+    let schedule = NoiseSchedule::default();
+    ddim_sample_guided(
+        model,
+        &schedule,
+        n,
+        seed,
+        steps,
+        DEFAULT_ETA,
+        guidance,
+        device,
+    )
 }
 
 impl Callback for TensorBoardCallback {
@@ -341,33 +348,16 @@ mod tests {
 
     #[test]
     fn epoch_samples_are_guided_by_class_for_a_labelled_model_only() {
-        let dev = Device::Cpu;
-        let plain = network(&Config::tiny());
-        let unguided = ddim_sample(
-            &plain,
-            &NoiseSchedule::default(),
-            3,
-            5,
-            4,
-            DEFAULT_ETA,
-            &dev,
-        );
-        let strip = epoch_samples(&plain, 3, 5, 4, &dev).unwrap();
-        let same = (strip - unguided.unwrap()).unwrap().abs().unwrap();
-        assert_eq!(same.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-
-        let labelled = network(&Config::published_tiny());
-        let unguided = ddim_sample(
-            &labelled,
-            &NoiseSchedule::default(),
-            3,
-            5,
-            4,
-            DEFAULT_ETA,
-            &dev,
-        );
-        let strip = epoch_samples(&labelled, 3, 5, 4, &dev).unwrap();
-        let moved = (strip - unguided.unwrap()).unwrap().abs().unwrap();
-        assert!(moved.max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-4);
+        // How far the epoch strip of a network of `cfg` is from its unguided samples.
+        let moved = |cfg: &Config| {
+            let (net, dev) = (network(cfg), Device::Cpu);
+            let schedule = NoiseSchedule::default();
+            let unguided = ddim_sample(&net, &schedule, 3, 5, 4, DEFAULT_ETA, &dev).unwrap();
+            let strip = epoch_samples(&net, 3, 5, 4, &dev).unwrap();
+            let diff = (strip - unguided).unwrap().abs().unwrap();
+            diff.max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert_eq!(moved(&Config::tiny()), 0.0);
+        assert!(moved(&Config::published_tiny()) > 1e-4);
     }
 }

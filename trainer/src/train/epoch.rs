@@ -139,15 +139,15 @@ pub fn train_epoch(
     }))
 }
 
-/// The labels a batch of `data` is conditioned on: the images' own when both the model (its
-/// label embedder) and the data have labels; `None` (the null class, or no labels at all)
-/// otherwise.
+/// The labels a batch of `data` is conditioned on: the images' own when both the model (a
+/// label embedder with classes) and the data have labels; `None` (the null class, or no labels
+/// at all) otherwise.
 pub fn batch_labels(
     model: &DiffiT,
     data: &Dataset,
     indices: &[usize],
 ) -> Result<Option<Vec<u32>>, TrainError> {
-    if model.config().num_classes.is_none() {
+    if !model.config().is_class_conditional() {
         return Ok(None);
     }
     Ok(data.batch_labels(indices)?)

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use format::tensors::{meta_keys, BASE_MODEL_FORMAT};
 use format::CheckpointName;
-use model::diffusion::{to_rgb8, DdimSampler, Guidance, NoiseSchedule};
+use model::diffusion::{ddim_sample_guided, to_rgb8, Guidance, NoiseSchedule};
 use model::{fuse_lora_weights, Config, DiffiT, LoraConfig};
 use store::{CheckpointManager, Which};
 
@@ -188,22 +188,17 @@ pub fn sample_grid(
             "--n and --steps must be at least 1".into(),
         ));
     }
-    let device = Device::Cpu;
     let net = model.network()?;
-    let mut sampler = DdimSampler::new(
+    let images = ddim_sample_guided(
+        &net,
         &NoiseSchedule::default(),
-        steps,
         n,
-        &model.model_config,
         seed,
-        &device,
-    )?
-    .with_eta(eta);
-    if let Some(guidance) = guidance {
-        sampler = sampler.with_guidance(guidance)?;
-    }
-    while sampler.step(&net)? {}
-    let images = sampler.finish()?;
+        steps,
+        eta,
+        guidance,
+        &Device::Cpu,
+    )?;
     let rgb = to_rgb8(&images)?;
     let size = model.model_config.image_size;
     let cols = (n as f64).sqrt().ceil() as usize;

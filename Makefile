@@ -8,6 +8,10 @@ PORT ?= 8080
 DEMO_EPOCHS ?= 12
 DEMO_PRESET ?= small-labels
 
+# The features the tests build with: the trainer's MPI data parallelism (its tests run
+# `mpirun -n 2`). Every test target uses the same set, so nothing is compiled twice.
+FEATURES ?= --features trainer/mpi
+
 # Run a cargo without make's jobserver, so that it uses every core itself.
 NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
 
@@ -26,7 +30,7 @@ demo: cargo
 ## own job slots (NO_JOBSERVER): sharing make's two would leave the builds half as wide.
 test: setup
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint app
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace $(FEATURES)
 	$(NO_JOBSERVER) scripts/fuzz.sh smoke
 
 cargo:
@@ -34,20 +38,21 @@ cargo:
 
 setup: cargo
 	scripts/setup-python.sh
-	@if [ -x scripts/browser-env.sh ]; then scripts/browser-env.sh; fi
+	scripts/setup-mpi.sh
+	scripts/browser-env.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(NO_JOBSERVER) $(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(NO_JOBSERVER) $(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 
 unit: app
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace $(FEATURES)
 
 ## Only the browser end-to-end tests (real trainer + server + headless Chromium); `test` runs them too.
 ## `--workspace` keeps cargo's feature set identical to `make test`'s, so nothing is rebuilt twice.
 e2e: setup
 	scripts/build-app.sh
-	$(CARGO) test --workspace -- runs_table errors_are_shown browser_sample
+	$(CARGO) test --workspace $(FEATURES) -- runs_table errors_are_shown browser_sample
 
 ## A fuzzing campaign over every parser of user or network bytes (scripts/fuzz.sh; `test` runs
 ## its short smoke mode). FUZZ_SECONDS per target (default 600), caps FUZZ_RSS_MB/FUZZ_MALLOC_MB.

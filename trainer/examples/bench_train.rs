@@ -15,6 +15,7 @@ use model::data::Dataset;
 use model::diffusion::{ddpm_loss, NoiseSchedule};
 use model::rng::Rng;
 use model::{init_base_tensors, init_lora_tensors, Config, DiffiT, LoraConfig};
+use trainer::train::collective::SingleProcess;
 use trainer::train::optim::{AdamW, AdamWParams};
 use trainer::train::parallel::{loss_and_grads, shard_count};
 
@@ -53,22 +54,30 @@ fn bench(
         .batch(&idx, &device)
         .map_err(candle_core::Error::wrap)?;
     // One warm-up step (allocations, thread pool start).
-    let (_, grads) = loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params)?;
+    let one = SingleProcess;
+    let (_, grads) = loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params, &one)
+        .map_err(candle_core::Error::wrap)?;
     opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
     let (mut forward, mut backward, mut update) = (0.0, 0.0, 0.0);
     let start = Instant::now();
     for _ in 0..steps {
         let t0 = Instant::now();
-        let (t1, grads) = if shards == 1 {
+        let (t1, t2) = if shards == 1 {
             let loss = ddpm_loss(model, &x, &schedule, &mut rng)?;
-            (Instant::now(), loss.backward()?)
+            let t1 = Instant::now();
+            let grads = loss.backward()?;
+            let t2 = Instant::now();
+            opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
+            (t1, t2)
         } else {
             // Forward and backward overlap across shards: all of it counts as backward.
-            let (_, grads) = loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params)?;
-            (t0, grads)
+            let (_, grads) =
+                loss_and_grads(model, &x, None, &schedule, &mut rng, shards, params, &one)
+                    .map_err(candle_core::Error::wrap)?;
+            let t2 = Instant::now();
+            opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
+            (t0, t2)
         };
-        let t2 = Instant::now();
-        opt.step(params, &grads).map_err(candle_core::Error::wrap)?;
         forward += (t1 - t0).as_secs_f64();
         backward += (t2 - t1).as_secs_f64();
         update += t2.elapsed().as_secs_f64();
@@ -95,7 +104,7 @@ fn main() -> candle_core::Result<()> {
     let shards: usize = std::env::args()
         .nth(2)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| shard_count(BATCH, &device));
+        .unwrap_or_else(|| shard_count(BATCH, &device, None, &SingleProcess));
     let cfg = Config::small();
     let lora_cfg = LoraConfig::default();
     let data = Dataset::trees(BATCH, cfg.image_size, 7);

@@ -135,7 +135,21 @@ impl Command {
 
 /// Runs a parsed command line. Training commands stop at the next step once `stop` is set
 /// (the binary sets it on Ctrl-C) and then fail with [`crate::train::TrainError::Interrupted`].
+///
+/// Only `diffit train` runs as a job of several processes; any other command started by an
+/// MPI launcher on more than one rank is refused (each rank would do the same work, and
+/// writing commands would write the same files from several processes).
 pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    let distributed = matches!(&cli.command, Command::Train(args) if !args.list_runs);
+    if let (false, Some(ranks)) = (distributed, crate::train::collective::launched_ranks()) {
+        if ranks > 1 {
+            return Err(crate::train::TrainError::Usage(format!(
+                "only `diffit train` runs on several processes; run this command as one \
+                 process (it was started on {ranks} by an MPI launcher)"
+            ))
+            .into());
+        }
+    }
     match cli.command {
         Command::Train(args) if args.list_runs => {
             let dir = args
@@ -241,6 +255,7 @@ mod tests {
             augment: false,
             base_run: None,
             base_checkpoint: None,
+            data_shards: None,
         };
         assert_eq!(a.overrides, expected);
         // The seed's spelling of --base, keeping everything, the newest moments, a background.

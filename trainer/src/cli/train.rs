@@ -1,13 +1,16 @@
 //! `diffit train`: fine-tune LoRA (new run or `--resume`), stopping cleanly on request.
 
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::train::collective::{self, Collective};
 use crate::train::config::{DataSource, TrainingConfig};
 use crate::train::error::TrainError;
-use crate::train::session::{run_training, TrainRequest};
+use crate::train::session::{run_training_on, TrainRequest};
 use crate::train::trainer::FitOutcome;
 
+use super::exit::{error_text, exit_code, INTERRUPTED};
 use super::TrainArgs;
 
 /// Settles the configuration from defaults, `--config` and flags (in rising precedence).
@@ -71,9 +74,43 @@ fn refuse_seed_runs(config: &TrainingConfig, args: &TrainArgs) -> anyhow::Result
 
 /// Runs `diffit train`; once `stop` is set it ends after the checkpoint in progress and fails
 /// with [`TrainError::Interrupted`].
+///
+/// Under an MPI launcher this process is one rank of the job ([`collective::launched`]): rank
+/// 0 reports, the others are quiet, and an error on any rank ends the whole job at once
+/// (after this rank has said why), so no rank waits for one that has given up.
 pub fn train(args: &TrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let req = request_from_args(args)?;
-    let report = run_training(&req, stop.clone())?;
+    let collective: Rc<dyn Collective> = Rc::from(collective::launched()?);
+    let result = train_on(req, stop, collective.clone());
+    if let Err(e) = &result {
+        let code = exit_code(e);
+        if collective.ranks() > 1 && code != INTERRUPTED {
+            eprintln!(
+                "error: rank {} of {}: {}",
+                collective.rank(),
+                collective.ranks(),
+                error_text(e)
+            );
+            collective.abort(i32::from(code));
+        }
+    }
+    result
+}
+
+fn train_on(
+    mut req: TrainRequest,
+    stop: &Arc<AtomicBool>,
+    collective: Rc<dyn Collective>,
+) -> anyhow::Result<()> {
+    let writer = collective.rank() == 0;
+    req.show_progress &= writer;
+    let report = run_training_on(&req, stop.clone(), collective)?;
+    if !writer {
+        return match report.outcome {
+            FitOutcome::Interrupted => Err(TrainError::Interrupted.into()),
+            _ => Ok(()),
+        };
+    }
     let run = report.run_number;
     match report.outcome {
         FitOutcome::Finished => eprintln!("run {run:03} finished {} epochs in {}", report.epochs_done, report.run_dir.display()),

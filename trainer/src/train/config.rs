@@ -207,6 +207,11 @@ pub struct TrainingSettings {
     pub seed: u64,
     /// Per-step metrics (the step's loss and learning rate) are logged every N optimizer steps.
     pub log_every_n_steps: u64,
+    /// Shards each batch is split into, over every process of the job (each shard draws its
+    /// own noise): a run gives the same numbers for the same count, however many processes
+    /// or cores share it. Unset: each process's cores (divided by candle's threads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_shards: Option<usize>,
     /// For a model with class labels: the probability that a training image's label is
     /// replaced by the null class (unset: [`DEFAULT_LABEL_DROPOUT`], recorded when a labelled
     /// run is created).
@@ -255,6 +260,7 @@ impl Default for TrainingSettings {
             warmup_steps: 4,
             seed: 42,
             log_every_n_steps: 10,
+            data_shards: None,
             label_dropout: None,
             checkpoint: CheckpointSettings::default(),
             mlflow: MlflowSettings::default(),
@@ -490,6 +496,10 @@ pub struct Overrides {
     /// on the null class instead of its label (default 0.1).
     #[arg(long, allow_hyphen_values = true, value_parser = values::unit_interval)]
     pub label_dropout: Option<f64>,
+    /// Shards each batch is split into over every process of the job (`training.data_shards`):
+    /// the same count gives the same run on any number of processes or cores.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = values::count::<usize>())]
+    pub data_shards: Option<usize>,
     /// Log the run to this MLflow tracking server (`http://HOST:PORT`).
     #[arg(long, value_name = "URI")]
     pub mlflow_uri: Option<String>,
@@ -655,6 +665,9 @@ impl TrainingConfig {
         if let Some(p) = t.label_dropout.filter(|p| !(0.0..1.0).contains(p)) {
             return invalid("training.label_dropout", p, "must be in [0, 1)");
         }
+        if let Some(n) = t.data_shards.filter(|n| !(1..=256).contains(n)) {
+            return invalid("training.data_shards", n, "must be in 1..=256");
+        }
         let m = &self.model;
         if m.base.is_some() && m.base_run.is_some() {
             return invalid(
@@ -816,6 +829,7 @@ fn valid_keys() -> Vec<String> {
     t.check_val_every_n_epoch = 2;
     t.gradient_clip_val = Some(1.0);
     t.label_dropout = Some(0.1);
+    t.data_shards = Some(1);
     t.mlflow.tracking_uri = Some(String::new());
     t.mlflow.experiment_name = Some(String::new());
     t.checkpoint.mirror = Some(String::new());
@@ -915,6 +929,9 @@ impl TrainingConfig {
         set(&mut t.seed, &o.seed);
         if o.label_dropout.is_some() {
             t.label_dropout = o.label_dropout;
+        }
+        if o.data_shards.is_some() {
+            t.data_shards = o.data_shards;
         }
         let c = &mut t.checkpoint;
         set(&mut c.base_dir, &o.base_dir);

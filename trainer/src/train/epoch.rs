@@ -12,6 +12,7 @@ use model::diffusion::{BatchLabels, NoiseSchedule};
 use model::rng::Rng;
 use model::DiffiT;
 
+use super::collective::{any_rank, Collective};
 use super::error::TrainError;
 use super::optim::AdamW;
 use super::parallel::{loss_and_grads, shard_count};
@@ -44,6 +45,10 @@ pub struct Learner<'a> {
     pub augmentation: Augmentation,
     /// The seed of the augmentation draws.
     pub augment_seed: u64,
+    /// The processes the steps are split over (one, or the ranks of an MPI job).
+    pub collective: &'a dyn Collective,
+    /// Shards per step over all processes (`training.data_shards`); unset: by the cores.
+    pub data_shards: Option<usize>,
 }
 
 /// What one epoch did.
@@ -86,7 +91,12 @@ pub fn train_epoch(
     let (mut loss_sum, mut seen) = (0.0f64, 0usize);
     let mut lr = learner.scheduler.lr();
     for chunk in order.chunks(batch_size.max(1)) {
-        if stop.load(Ordering::SeqCst) {
+        // Every rank stops at the same step when any of them was asked to.
+        if any_rank(
+            learner.collective,
+            "checking for a stop",
+            stop.load(Ordering::SeqCst),
+        )? {
             return Ok(None);
         }
         let x = data.augmented_batch(
@@ -101,7 +111,12 @@ pub fn train_epoch(
             classes,
             dropout: learner.label_dropout,
         });
-        let shards = shard_count(chunk.len(), learner.device);
+        let shards = shard_count(
+            chunk.len(),
+            learner.device,
+            learner.data_shards,
+            learner.collective,
+        );
         let (value, grads) = loss_and_grads(
             learner.model,
             &x,
@@ -110,6 +125,7 @@ pub fn train_epoch(
             learner.noise_rng,
             shards,
             learner.params,
+            learner.collective,
         )?;
         if !value.is_finite() {
             return Err(TrainError::Diverged {

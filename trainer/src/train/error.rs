@@ -73,6 +73,9 @@ pub enum TrainError {
     /// encoded), not anything the user did.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The processes of a distributed training disagree or could not exchange a message.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// Object storage failed (opening a bucket, claiming or bringing a run).
     #[error(transparent)]
     Remote(Box<remote::RemoteError>),
@@ -112,6 +115,12 @@ pub enum TrainError {
         /// The loss seen.
         loss: f64,
     },
+}
+
+impl From<super::collective::CollectiveError> for TrainError {
+    fn from(e: super::collective::CollectiveError) -> Self {
+        Self::Distributed(e.to_string())
+    }
 }
 
 impl From<StoreError> for TrainError {

@@ -7,7 +7,8 @@
 //! - [`state`]: [`TrainState`] and its checkpoint round trip.
 //! - [`session`]: one `diffit train` end to end (new run or resume).
 //! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
-//! - [`parallel`]: data-parallel loss and gradients over the CPU cores.
+//! - [`parallel`]: data-parallel loss and gradients over the CPU cores and the ranks;
+//!   [`collective`]: what the ranks of a job (one process, or MPI) exchange.
 //! - [`config`]: defaults, the seed's YAML, command-line overrides; `seed_config`: the seed
 //!   system's own top-level YAML keys, mapped onto ours.
 //! - [`mlflow`]: MLflow tracking over its REST API, off the training thread.
@@ -15,6 +16,7 @@
 
 pub mod base_runs;
 pub mod callbacks;
+pub mod collective;
 pub mod config;
 pub mod epoch;
 pub mod error;

@@ -120,11 +120,27 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
 }
 
+/// The gradients an optimizer step reads: candle's own store from `backward`, or the
+/// combined gradients of a sharded step ([`super::parallel::ParamGrads`]).
+pub trait Gradients {
+    /// The gradient of `var`, if it has one.
+    fn of(&self, var: &Var) -> Option<&Tensor>;
+}
+
+impl Gradients for GradStore {
+    fn of(&self, var: &Var) -> Option<&Tensor> {
+        self.get(var.as_tensor())
+    }
+}
+
 /// The global L2 norm of the gradients of `params` (those without a gradient count as 0).
-pub fn global_grad_norm(params: &[(String, Var)], grads: &GradStore) -> Result<f64, OptimError> {
+pub fn global_grad_norm(
+    params: &[(String, Var)],
+    grads: &impl Gradients,
+) -> Result<f64, OptimError> {
     let mut sum = 0f64;
     for (_, var) in params {
-        if let Some(grad) = grads.get(var.as_tensor()) {
+        if let Some(grad) = grads.of(var) {
             let sq = grad.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
             sum += sq.to_scalar::<f64>()?;
         }
@@ -174,7 +190,11 @@ impl AdamW {
     ///
     /// Parameters are visited in name order so the result never depends on how the caller
     /// collected them (a `VarMap` hands them out in hash order).
-    pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<(), OptimError> {
+    pub fn step(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &impl Gradients,
+    ) -> Result<(), OptimError> {
         let mut sorted: Vec<&(String, Var)> = params.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let scale = match self.max_grad_norm {
@@ -188,7 +208,7 @@ impl AdamW {
         let bias1 = 1.0 - p.beta1.powi(t);
         let bias2 = 1.0 - p.beta2.powi(t);
         for (name, var) in sorted {
-            let Some(grad) = grads.get(var.as_tensor()) else {
+            let Some(grad) = grads.of(var) else {
                 continue;
             };
             let clipped;

@@ -19,6 +19,7 @@ use model::rng::{mix_seed, Rng};
 use model::{base_tensor_shapes, init_base_tensors, Config, DiffiT};
 use store::LoraCheckpoint;
 
+use super::collective::SingleProcess;
 use super::config::Preset;
 use super::epoch::{train_epoch, EpochLoss, Learner};
 use super::error::TrainError;
@@ -272,6 +273,8 @@ impl Pretraining {
             label_dropout: 0.0,
             augmentation: Augmentation::NONE,
             augment_seed: 0,
+            collective: &SingleProcess,
+            data_shards: None,
         };
         let done = train_epoch(
             &mut learner,

@@ -20,6 +20,7 @@ use crate::tensors::map_to_candle;
 use super::callbacks::{
     DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
 };
+use super::collective::{Collective, Setup, SingleProcess, Wait};
 use super::config::{Overrides, TrainingConfig, DEFAULT_LABEL_DROPOUT};
 use super::error::TrainError;
 use super::pretrain::{
@@ -65,6 +66,53 @@ pub struct TrainReport {
     pub config: TrainingConfig,
     /// Epoch resumed from, if any.
     pub resumed_from: Option<u32>,
+}
+
+/// The operation that hands the other ranks rank 0's setup.
+const SETUP: &str = "sharing the training setup";
+
+/// A rank other than 0: takes rank 0's setup, loads the same data, and trains beside it
+/// without a run store (its callbacks write nothing).
+fn follow(
+    stop: Arc<AtomicBool>,
+    collective: Rc<dyn Collective>,
+) -> Result<TrainReport, TrainError> {
+    let message = collective.broadcast(SETUP, Wait::Unbounded, Vec::new())?;
+    let setup = Setup::decode(&message, &Device::Cpu)?;
+    let cfg = TrainingConfig::from_stored(setup.config).map_err(|e| {
+        TrainError::Distributed(format!("{SETUP}: the config does not decode: {e}"))
+    })?;
+    let model_cfg: Config = serde_json::from_value(setup.model_config).map_err(|e| {
+        TrainError::Distributed(format!("{SETUP}: the model config does not decode: {e}"))
+    })?;
+    let (train, val) = load_data(&cfg, &model_cfg)?;
+    let images = (train.len() as u64, val.len() as u64);
+    if images != setup.images {
+        return Err(TrainError::Distributed(format!(
+            "rank {} loaded {} training and {} validation images, rank 0 loaded {} and {}: \
+             every rank must read the same data (a path every machine sees)",
+            collective.rank(),
+            images.0,
+            images.1,
+            setup.images.0,
+            setup.images.1
+        )));
+    }
+    let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
+    let mut state = TrainState::new(cfg.clone(), model_cfg, setup.base, Device::Cpu, steps)?;
+    state.classes = setup.classes;
+    let mut trainer = Trainer::new(train, val, stop).with_collective(collective);
+    let outcome = trainer.fit(&mut state)?;
+    Ok(TrainReport {
+        run_number: setup.run_number,
+        run_dir: PathBuf::from(setup.run_dir),
+        outcome,
+        epochs_done: state.epoch,
+        base_val_loss: None,
+        best: None,
+        config: cfg,
+        resumed_from: state.resumed_from,
+    })
 }
 
 /// Prints a status line to stderr when progress is shown.
@@ -441,6 +489,19 @@ fn label_settings(cfg: &mut TrainingConfig, model: &Config) {
 
 /// Runs a training request to its end (or to a requested stop).
 pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainReport, TrainError> {
+    run_training_on(req, stop, Rc::new(SingleProcess))
+}
+
+/// [`run_training`] as one rank of `collective`. Rank 0 does everything one process does and
+/// hands the others the settled setup; the others train beside it and write nothing.
+pub fn run_training_on(
+    req: &TrainRequest,
+    stop: Arc<AtomicBool>,
+    collective: Rc<dyn Collective>,
+) -> Result<TrainReport, TrainError> {
+    if collective.rank() != 0 {
+        return follow(stop, collective);
+    }
     let show = req.show_progress;
     let resume_run = if req.resume {
         let from_flags = req
@@ -562,15 +623,48 @@ pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainRe
             cfg.model.preset
         ),
     );
+    if collective.ranks() > 1 {
+        let setup = Setup {
+            config: cfg.to_stored(),
+            model_config: serde_json::to_value(&model_cfg).map_err(|e| {
+                TrainError::Internal(format!("cannot encode the model config: {e}"))
+            })?,
+            base: base.clone(),
+            classes: train.classes().to_vec(),
+            run_number,
+            run_dir: run_dir.display().to_string(),
+            images: (train.len() as u64, val.len() as u64),
+        };
+        collective.broadcast(SETUP, Wait::Unbounded, setup.encode()?)?;
+    }
     let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
     let mut state = TrainState::new(cfg.clone(), model_cfg, base, Device::Cpu, steps)?;
     state.classes = train.classes().to_vec();
+    if collective.ranks() > 1 {
+        let grad_bytes: usize = state
+            .params
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count() * 4)
+            .sum();
+        say(
+            show,
+            &format!(
+                "training on {} ranks ({}); rank 0 writes the run; each step every rank sends \
+                 {:.1} KiB of gradients for each of its shards",
+                collective.ranks(),
+                collective.transport(),
+                grad_bytes as f64 / 1024.0
+            ),
+        );
+    }
     let shared = Rc::new(RefCell::new(manager));
     let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
     if !req.log_samples {
         tb.samples_per_epoch = 0;
     }
-    let mut trainer = Trainer::new(train, val, stop).with_progress(show);
+    let mut trainer = Trainer::new(train, val, stop)
+        .with_progress(show)
+        .with_collective(collective);
     if resume_run.is_some() {
         trainer = trainer.with_callback(ResumeFromCheckpointCallback::new(
             shared.clone(),

@@ -2,6 +2,7 @@
 //! train an epoch, validate, let callbacks log and checkpoint, repeat; stop cleanly on request.
 
 use std::io::IsTerminal;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use model::diffusion::{ddpm_eval_loss_labeled, NoiseSchedule};
 use model::rng::{mix_seed, Rng};
 use model::DiffiT;
 
+use super::collective::{any_rank, share_state, Collective, Reader, SingleProcess, Wait, Writer};
 use super::config::DEFAULT_LABEL_DROPOUT;
 use super::epoch::{batch_labels, train_epoch, Learner, StepProgress};
 use super::error::TrainError;
@@ -88,6 +90,7 @@ pub struct Trainer {
     callbacks: Vec<Box<dyn Callback>>,
     stop: Arc<AtomicBool>,
     show_progress: bool,
+    collective: Rc<dyn Collective>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -111,19 +114,91 @@ pub fn validation_loss(
     seed: u64,
     device: &Device,
 ) -> Result<f64, TrainError> {
+    validation_loss_over(
+        &SingleProcess,
+        model,
+        val,
+        schedule,
+        batch_size,
+        seed,
+        device,
+    )
+}
+
+/// [`validation_loss`] with its batches split over the ranks of `collective` (batch `i` of
+/// the repeats on rank `i mod ranks`) and summed in batch order on every rank: the same value,
+/// bit for bit, as one process computes.
+pub fn validation_loss_over(
+    collective: &dyn Collective,
+    model: &DiffiT,
+    val: &Dataset,
+    schedule: &NoiseSchedule,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<f64, TrainError> {
+    const WHAT: &str = "gathering validation losses";
     let indices: Vec<usize> = (0..val.len()).collect();
-    let (mut total, mut count) = (0.0f64, 0usize);
     let val_seed = mix_seed(seed, streams::VALIDATION);
-    for repeat in 0..VAL_REPEATS {
-        for (b, chunk) in indices.chunks(batch_size.max(1)).enumerate() {
-            let mut rng = Rng::new(mix_seed(mix_seed(val_seed, repeat), b as u64));
-            let x = val.batch(chunk, device)?;
-            let labels = batch_labels(model, val, chunk)?;
-            let loss = ddpm_eval_loss_labeled(model, &x, labels.as_deref(), schedule, &mut rng)?
-                .to_scalar::<f32>()?;
-            total += f64::from(loss) * chunk.len() as f64;
-            count += chunk.len();
+    let batches: Vec<(u64, usize, &[usize])> = (0..VAL_REPEATS)
+        .flat_map(|repeat| {
+            indices
+                .chunks(batch_size.max(1))
+                .enumerate()
+                .map(move |(b, chunk)| (repeat, b, chunk))
+        })
+        .collect();
+    let (ranks, rank) = (collective.ranks(), collective.rank());
+    // Each batch's mean loss (as f32, the model's own precision) and its image count.
+    let mut losses: Vec<Option<(f32, usize)>> = vec![None; batches.len()];
+    for (i, (repeat, b, chunk)) in batches.iter().enumerate() {
+        if i % ranks != rank {
+            continue;
         }
+        let mut rng = Rng::new(mix_seed(mix_seed(val_seed, *repeat), *b as u64));
+        let x = val.batch(chunk, device)?;
+        let labels = batch_labels(model, val, chunk)?;
+        let loss = ddpm_eval_loss_labeled(model, &x, labels.as_deref(), schedule, &mut rng)?
+            .to_scalar::<f32>()?;
+        losses[i] = Some((loss, chunk.len()));
+    }
+    if ranks > 1 {
+        let mut w = Writer::new();
+        for (i, slot) in losses.iter().enumerate() {
+            if let Some((loss, _)) = slot {
+                w.u64(i as u64).u64(u64::from(loss.to_bits()));
+            }
+        }
+        for (from, message) in collective
+            .all_gather(WHAT, Wait::Bounded, &w.finish())?
+            .iter()
+            .enumerate()
+        {
+            let mut r = Reader::new(message, WHAT);
+            while !r.is_empty() {
+                let i = r.len()?;
+                let bits = u32::try_from(r.u64()?).map_err(|_| {
+                    TrainError::Distributed(format!("{WHAT}: rank {from} sent a malformed loss"))
+                })?;
+                let Some((_, _, chunk)) = batches.get(i) else {
+                    return Err(TrainError::Distributed(format!(
+                        "{WHAT}: rank {from} sent batch {i} of {}",
+                        batches.len()
+                    )));
+                };
+                losses[i] = Some((f32::from_bits(bits), chunk.len()));
+            }
+        }
+    }
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for (i, slot) in losses.iter().enumerate() {
+        let Some((loss, len)) = slot else {
+            return Err(TrainError::Distributed(format!(
+                "{WHAT}: no rank sent batch {i}"
+            )));
+        };
+        total += f64::from(*loss) * *len as f64;
+        count += len;
     }
     Ok(if count == 0 {
         f64::NAN
@@ -204,7 +279,16 @@ impl Trainer {
             callbacks: Vec::new(),
             stop,
             show_progress: false,
+            collective: Rc::new(SingleProcess),
         }
+    }
+
+    /// Trains as one rank of `collective`: steps and validation are split over its ranks,
+    /// every rank ends each step with the same state, and a stop seen by one rank stops all.
+    /// Only the callbacks of rank 0 should write.
+    pub fn with_collective(mut self, collective: Rc<dyn Collective>) -> Self {
+        self.collective = collective;
+        self
     }
 
     /// Adds a callback (called in the order added).
@@ -234,8 +318,13 @@ impl Trainer {
         train_len.div_ceil(batch_size.max(1)) as u64
     }
 
-    fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+    /// Whether a stop was requested, here or on any other rank.
+    fn stop_requested(&self) -> Result<bool, TrainError> {
+        any_rank(
+            &*self.collective,
+            "checking for a stop",
+            self.stop.load(Ordering::SeqCst),
+        )
     }
 
     /// Trains from `state.epoch` up to `state.config.training.epochs`, calling the callbacks.
@@ -273,6 +362,7 @@ impl Trainer {
         for cb in callbacks.iter_mut() {
             cb.on_fit_start(state)?;
         }
+        share_state(&*self.collective, state)?;
         let show = self.show_progress;
         let total_epochs = state.config.training.epochs;
         let progress = Progress::new(
@@ -297,7 +387,7 @@ impl Trainer {
             );
         }
         while state.epoch < total_epochs {
-            if self.stop_requested() {
+            if self.stop_requested()? {
                 return Ok(FitOutcome::Interrupted);
             }
             let epoch = state.epoch + 1;
@@ -344,6 +434,8 @@ impl Trainer {
                 metrics.insert("val_loss".to_string(), val_loss);
             }
             state.last_metrics = metrics.clone();
+            // Every rank has finished the epoch before rank 0 commits it.
+            self.collective.barrier("ending an epoch")?;
             for cb in callbacks.iter_mut() {
                 cb.on_validation_end(state, &metrics)?;
             }
@@ -372,7 +464,8 @@ impl Trainer {
     }
 
     fn validate(&self, model: &DiffiT, state: &TrainState) -> Result<f64, TrainError> {
-        validation_loss(
+        validation_loss_over(
+            &*self.collective,
             model,
             &self.val,
             &self.schedule,
@@ -411,6 +504,8 @@ impl Trainer {
                 .unwrap_or(DEFAULT_LABEL_DROPOUT),
             augmentation: state.config.data.augmentation,
             augment_seed: mix_seed(state.config.training.seed, streams::AUGMENT),
+            collective: &*self.collective,
+            data_shards: state.config.training.data_shards,
         };
         let started = Instant::now();
         let done = train_epoch(

@@ -49,9 +49,11 @@ pub fn site_dir() -> PathBuf {
 /// Returns the workspace binaries `diffit` and `diffit-server` of the profile this test was
 /// built with, building them first if needed.
 ///
-/// The build is `cargo test --workspace --no-run`: the very command (and so the very feature
-/// set) that built this test under `cargo test --workspace`, hence a no-op there. A narrower
-/// `cargo build -p trainer -p server` would resolve features differently and rebuild candle.
+/// The build is `cargo test --workspace --no-run` with the trainer's features of this build
+/// (`trainer::FEATURES`): the very command (and so the very feature set) that built this test
+/// under `cargo test --workspace [--features …]`, hence a no-op there. A narrower `cargo build
+/// -p trainer -p server`, or other features, would resolve features differently, rebuild
+/// candle, and replace the binaries other tests are running.
 pub fn workspace_binaries() -> (PathBuf, PathBuf) {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/browser-<hash>
@@ -66,6 +68,9 @@ pub fn workspace_binaries() -> (PathBuf, PathBuf) {
         .args(["test", "--workspace", "--no-run", "--quiet"]);
     if release {
         build.arg("--release");
+    }
+    if !trainer::FEATURES.is_empty() {
+        build.args(["--features", &trainer::FEATURES.join(",")]);
     }
     let status = build.status().expect("run cargo");
     assert!(

@@ -9,3 +9,12 @@ pub mod cli;
 pub mod data;
 pub mod tensors;
 pub mod train;
+
+/// The cargo features this crate was built with, as `--features` spells them from the
+/// workspace root (the end-to-end tests rebuild the binaries with the same set).
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "mpi")]
+    "trainer/mpi",
+    #[cfg(feature = "cuda")]
+    "trainer/cuda",
+];

@@ -15,7 +15,7 @@ FEATURES ?= --features trainer/mpi
 # Run a cargo without make's jobserver, so that it uses every core itself.
 NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
 
-.PHONY: demo test lint unit e2e app serve bench setup cargo fuzz
+.PHONY: demo test lint unit e2e app serve bench setup cargo fuzz cuda gpu-check
 
 ## Build and start the server (the dashboard on :$(PORT) answers from then on), then build the
 ## app and the trainer and train the demo run (small preset) while the dashboard shows it
@@ -24,7 +24,8 @@ NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS -u CARGO_MAKEFLAGS
 demo: cargo
 	CARGO=$(CARGO) CHECKPOINTS=$(CHECKPOINTS) PORT=$(PORT) DEMO_EPOCHS=$(DEMO_EPOCHS) DEMO_PRESET=$(DEMO_PRESET) scripts/demo.sh
 
-## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end).
+## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end),
+## and build and check the CUDA binary with NCCL (no GPU needed: scripts/build-cuda.sh).
 ## The wasm app (its own target dir) builds while clippy checks the workspace: the two share no
 ## artefacts, so running them side by side fills the cores each leaves idle. Each cargo gets its
 ## own job slots (NO_JOBSERVER): sharing make's two would leave the builds half as wide.
@@ -32,6 +33,7 @@ test: setup
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint app
 	$(CARGO) test --workspace $(FEATURES)
 	$(NO_JOBSERVER) scripts/fuzz.sh smoke
+	CUDA_FEATURES=trainer/nccl CUDA_CLIPPY=1 $(NO_JOBSERVER) scripts/build-cuda.sh
 
 cargo:
 	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }
@@ -62,6 +64,14 @@ fuzz:
 ## Side-by-side benchmarks (not part of `test`): writes bench/RESULTS.md, linked from the README.
 bench:
 	bench/run.sh
+
+## The CUDA build of diffit (target/cuda/release/diffit), on any machine: scripts/build-cuda.sh.
+cuda:
+	$(NO_JOBSERVER) scripts/build-cuda.sh
+
+## On a machine with an NVIDIA GPU: the same run on the GPU and the CPU, compared, then throughput.
+gpu-check:
+	scripts/gpu-check.sh
 
 ## Build the browser app into target/site (served by diffit-server by default).
 app:

@@ -135,8 +135,18 @@ def main():
                      f"{mib(stored['disk_bytes'])} (on disk: base shared, best/last links)",
                      f"{stored['bucket_bytes'] / stored['disk_bytes']:.2f}×", "–", "info"))
 
-    rows.append(("7. GPU training (`--features cuda`)", "not measured", "no GPU on this machine",
-                 "–", "–", "n/a"))
+    # The GPU figures come from `make gpu-check` (scripts/gpu-check.sh) on a machine with an
+    # NVIDIA GPU, which writes target/gpu-check.md; they are appended below the table.
+    gpu_check = os.environ.get("GPU_CHECK", "target/gpu-check.md")
+    gpu_text = None
+    if os.path.exists(gpu_check):
+        with open(gpu_check, encoding="utf-8") as f:
+            gpu_text = f.read().strip()
+        rows.append(("7. GPU training (`--device cuda`)", "see below", "scripts/gpu-check.sh",
+                     "–", "–", "info"))
+    else:
+        rows.append(("7. GPU training (`--device cuda`)", "not measured",
+                     "no GPU here: `make gpu-check` on one writes the figures", "–", "–", "n/a"))
 
     cpu = "unknown CPU"
     try:
@@ -159,6 +169,8 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     body = [f"| {' | '.join(r)} |" for r in rows]
+    if gpu_text:
+        body += ["", "## GPU", "", gpu_text]
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(head + body) + "\n")
     print("\n".join(head + body))

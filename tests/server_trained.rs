@@ -45,6 +45,7 @@ fn train_tiny(dir: &std::path::Path, epochs: u32) -> Metadata {
             resume: false,
             show_progress: false,
             log_samples: false,
+            device: Default::default(),
         },
         stop,
     )

@@ -17,4 +17,6 @@ pub const FEATURES: &[&str] = &[
     "trainer/mpi",
     #[cfg(feature = "cuda")]
     "trainer/cuda",
+    #[cfg(feature = "nccl")]
+    "trainer/nccl",
 ];

@@ -94,6 +94,9 @@ fn negative_zero_and_non_finite_values_name_the_flag_and_its_range() {
         &["verify", "--run-number", "0", "--checkpoints", d],
         &["--run-number"],
     );
+    for device in ["tpu", "cuda:x", "cuda:-1"] {
+        assert_usage_error(&train("--device", device), &["--device", device, "cuda:N"]);
+    }
     // Nothing was created by the refused commands.
     assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
 }
@@ -118,6 +121,34 @@ fn usage_errors_found_after_parsing_exit_2_and_other_failures_1() {
             yaml.to_str().unwrap(),
         ],
         &["typo.yaml", "epoch"],
+    );
+    // A GPU asked of a CPU build is refused before a base is pretrained or a run created, and
+    // says how to build one with CUDA.
+    if !trainer::FEATURES.contains(&"trainer/cuda") {
+        assert_usage_error(
+            &[
+                "train",
+                "--checkpoints",
+                d,
+                "--preset",
+                "tiny",
+                "--device",
+                "cuda:1",
+            ],
+            &[
+                "--device cuda:1",
+                "built without CUDA",
+                "scripts/build-cuda.sh",
+            ],
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path() != yaml)
+            .count(),
+        0,
+        "a refused command wrote into --checkpoints"
     );
     let out = diffit(&["runs", "show", "42", "--checkpoints", d]);
     assert_eq!(

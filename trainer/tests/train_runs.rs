@@ -55,6 +55,7 @@ fn request(cfg: TrainingConfig, overrides: Overrides, resume: bool) -> TrainRequ
         resume,
         show_progress: false,
         log_samples: false,
+        device: Default::default(),
     }
 }
 

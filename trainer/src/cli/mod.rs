@@ -22,6 +22,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::train::config::Overrides;
+use crate::train::device::DeviceChoice;
 use format::layout::DEFAULT_BASE_DIR;
 
 /// `diffit`: train DiffiT LoRA adapters and manage their runs.
@@ -122,6 +123,10 @@ pub struct TrainArgs {
     /// YAML config file (the seed's `lora_finetuning.yaml` keys).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where to compute: `cpu`, or `cuda` / `cuda:N` for an NVIDIA GPU (a build with the
+    /// `cuda` feature; under an MPI launcher `cuda` is each process's local-rank GPU).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceChoice,
 }
 
 impl Command {

@@ -4,6 +4,8 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use candle_core::Device;
+
 use crate::train::collective::{self, Collective};
 use crate::train::config::{DataSource, TrainingConfig};
 use crate::train::error::TrainError;
@@ -37,6 +39,7 @@ pub fn request_from_args(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         resume: args.resume,
         show_progress: true,
         log_samples: true,
+        device: args.device,
     })
 }
 
@@ -80,8 +83,9 @@ fn refuse_seed_runs(config: &TrainingConfig, args: &TrainArgs) -> anyhow::Result
 /// (after this rank has said why), so no rank waits for one that has given up.
 pub fn train(args: &TrainArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let req = request_from_args(args)?;
-    let collective: Rc<dyn Collective> = Rc::from(collective::launched()?);
-    let result = train_on(req, stop, collective.clone());
+    let device = req.device.open(collective::local_rank())?;
+    let collective: Rc<dyn Collective> = Rc::from(collective::launched(&device)?);
+    let result = train_on(req, stop, collective.clone(), device);
     if let Err(e) = &result {
         let code = exit_code(e);
         if collective.ranks() > 1 && code != INTERRUPTED {
@@ -101,10 +105,11 @@ fn train_on(
     mut req: TrainRequest,
     stop: &Arc<AtomicBool>,
     collective: Rc<dyn Collective>,
+    device: Device,
 ) -> anyhow::Result<()> {
     let writer = collective.rank() == 0;
     req.show_progress &= writer;
-    let report = run_training_on(&req, stop.clone(), collective)?;
+    let report = run_training_on(&req, stop.clone(), collective, device)?;
     if !writer {
         return match report.outcome {
             FitOutcome::Interrupted => Err(TrainError::Interrupted.into()),

@@ -22,6 +22,8 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::collections::HashMap;
 
@@ -125,11 +127,18 @@ impl Collective for SingleProcess {
 
 /// The collective this process was launched into: MPI when the binary has the `mpi` feature
 /// and an MPI launcher started it (`mpirun`, `mpiexec`, `srun --mpi`), one process otherwise.
-pub fn launched() -> Result<Box<dyn Collective>, TrainError> {
+/// A job of several GPU processes (`device` a GPU) in a build with the `nccl` feature
+/// exchanges over NCCL instead, MPI holding the job.
+pub fn launched(device: &Device) -> Result<Box<dyn Collective>, TrainError> {
     #[cfg(feature = "mpi")]
     if let Some(job) = self::mpi::MpiCollective::from_launcher()? {
+        #[cfg(feature = "nccl")]
+        if device.is_cuda() && job.ranks() > 1 {
+            return Ok(Box::new(self::nccl::NcclCollective::over(job, device)?));
+        }
         return Ok(Box::new(job));
     }
+    let _ = device;
     if let Some(var) = launcher_variable() {
         if launched_ranks().is_some_and(|n| n > 1) {
             return Err(TrainError::Usage(format!(
@@ -158,6 +167,19 @@ pub fn launched_ranks() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// This process's rank among the job's processes on its machine, as the launcher says (0 when
+/// it does not): which GPU it takes when several share a machine.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0usize)
 }
 
 /// Processes of this job on this machine, as the launcher says (1 when it does not).
@@ -513,6 +535,57 @@ pub fn share_state(c: &dyn Collective, state: &mut TrainState) -> Result<(), Tra
     r.end()
 }
 
+/// A message length as [`all_gather_padded`] and NCCL's broadcast exchange it: 8 bytes, LE.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) fn decode_len(bytes: &[u8]) -> Option<usize> {
+    let bytes = <[u8; 8]>::try_from(bytes).ok()?;
+    usize::try_from(u64::from_le_bytes(bytes)).ok()
+}
+
+/// An all-gather of messages of any length over a transport whose own all-gather moves equal
+/// counts (NCCL): `sizes` gathers every rank's length, each message is padded to the longest,
+/// `equal` gathers the padded messages (concatenated in rank order), and each is cut back to
+/// its length.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) fn all_gather_padded(
+    sizes: &dyn Collective,
+    what: &'static str,
+    wait: Wait,
+    local: &[u8],
+    equal: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, CollectiveError>,
+) -> Result<Vec<Vec<u8>>, CollectiveError> {
+    let error = |reason: String| CollectiveError {
+        rank: sizes.rank(),
+        ranks: sizes.ranks(),
+        what,
+        reason,
+    };
+    let lens = sizes
+        .all_gather(what, wait, &(local.len() as u64).to_le_bytes())?
+        .iter()
+        .map(|b| decode_len(b).ok_or_else(|| error("a malformed message size".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    if longest == 0 {
+        return Ok(vec![Vec::new(); lens.len()]);
+    }
+    let mut padded = local.to_vec();
+    padded.resize(longest, 0);
+    let all = equal(padded)?;
+    if all.len() != longest * lens.len() {
+        return Err(error(format!(
+            "{} bytes gathered, {} expected",
+            all.len(),
+            longest * lens.len()
+        )));
+    }
+    Ok(all
+        .chunks(longest)
+        .zip(&lens)
+        .map(|(chunk, &len)| chunk[..len].to_vec())
+        .collect())
+}
+
 /// Ranks as threads of one test process, exchanging through shared memory.
 #[cfg(test)]
 pub(crate) mod loopback {
@@ -584,7 +657,45 @@ pub(crate) mod loopback {
 
 #[cfg(test)]
 mod tests {
+    use super::loopback::Loopback;
     use super::*;
+
+    #[test]
+    fn a_padded_all_gather_gives_every_message_at_its_own_length() {
+        // Ranks with messages of 5, 0 and 3 bytes; `equal` is an all-gather of equal counts
+        // (what NCCL offers), here the loopback's, concatenated.
+        let messages: [&[u8]; 3] = [b"abcde", b"", b"xyz"];
+        let job = Loopback::job(3);
+        let got: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = job
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        all_gather_padded(c, "test", Wait::Bounded, messages[c.rank()], |p| {
+                            assert_eq!(p.len(), 5, "padded to the longest message");
+                            Ok(c.all_gather("test", Wait::Bounded, &p)?.concat())
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for on_rank in &got {
+            assert_eq!(on_rank, &messages.map(<[u8]>::to_vec).to_vec());
+        }
+        // A transport that returns the wrong count is an error, not a misread message.
+        let err = all_gather_padded(&SingleProcess, "test", Wait::Bounded, b"ab", |p| {
+            Ok(p[..1].to_vec())
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("1 bytes gathered, 2 expected"),
+            "{err}"
+        );
+        assert_eq!(decode_len(&[0; 7]), None);
+        assert_eq!(decode_len(&9u64.to_le_bytes()), Some(9));
+    }
 
     #[test]
     fn messages_round_trip_and_short_ones_are_errors() {

@@ -18,6 +18,7 @@ pub mod base_runs;
 pub mod callbacks;
 pub mod collective;
 pub mod config;
+pub mod device;
 pub mod epoch;
 pub mod error;
 pub mod export;

@@ -202,7 +202,10 @@ pub fn loss_and_grads(
     combine(params, results)
 }
 
-/// Each parameter's gradient in `store`, by tensor id.
+/// Each parameter's gradient in `store`, by tensor id: the one-shard step's result, handed to
+/// the optimizer as candle left it (no copy, no sum), so that a one-shard run is exactly what
+/// it was before shards existed. [`collect_grads_in_order`] serves the shards, whose results
+/// are exchanged and summed in `params` order.
 fn collect_grads(params: &[(String, Var)], store: &GradStore) -> HashMap<TensorId, Tensor> {
     params
         .iter()
@@ -382,14 +385,19 @@ mod tests {
         (model, params)
     }
 
-    #[test]
-    fn sharded_gradients_are_the_size_weighted_mean_of_the_shards() {
-        let (model, params) = trainable();
-        let x = Rng::new(2)
+    /// A batch of 5 images in [-1, 1].
+    fn batch() -> Tensor {
+        Rng::new(2)
             .normal_tensor((5, 3, 16, 16), &Device::Cpu)
             .unwrap()
             .clamp(-1f32, 1f32)
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn sharded_gradients_are_the_size_weighted_mean_of_the_shards() {
+        let (model, params) = trainable();
+        let x = batch();
         let schedule = NoiseSchedule::default();
         let step = |shards| {
             let mut rng = Rng::new(3);
@@ -470,11 +478,7 @@ mod tests {
     #[test]
     fn ranks_together_give_one_process_bit_for_bit() {
         let (model, params) = trainable();
-        let x = Rng::new(2)
-            .normal_tensor((5, 3, 16, 16), &Device::Cpu)
-            .unwrap()
-            .clamp(-1f32, 1f32)
-            .unwrap();
+        let x = batch();
         // 2 and 3 shards over 2 ranks (rank 0 computes shards 0 and 2 of 3), and a step of
         // one shard, which each rank computes itself.
         for shards in [2, 3, 1] {

@@ -20,8 +20,9 @@ use crate::tensors::map_to_candle;
 use super::callbacks::{
     DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
 };
-use super::collective::{Collective, Setup, SingleProcess, Wait};
+use super::collective::{local_rank, Collective, Setup, SingleProcess, Wait};
 use super::config::{Overrides, TrainingConfig, DEFAULT_LABEL_DROPOUT};
+use super::device::DeviceChoice;
 use super::error::TrainError;
 use super::pretrain::{
     base_model_config, cached_base_path, load_base, pretrain, same_weights, save_base,
@@ -45,6 +46,8 @@ pub struct TrainRequest {
     pub show_progress: bool,
     /// Log a few DDIM samples to TensorBoard each epoch.
     pub log_samples: bool,
+    /// Where to compute (`--device`); not stored with the run.
+    pub device: DeviceChoice,
 }
 
 /// What a run did.
@@ -76,6 +79,7 @@ const SETUP: &str = "sharing the training setup";
 fn follow(
     stop: Arc<AtomicBool>,
     collective: Rc<dyn Collective>,
+    device: Device,
 ) -> Result<TrainReport, TrainError> {
     let message = collective.broadcast(SETUP, Wait::Unbounded, Vec::new())?;
     let setup = Setup::decode(&message, &Device::Cpu)?;
@@ -99,7 +103,7 @@ fn follow(
         )));
     }
     let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
-    let mut state = TrainState::new(cfg.clone(), model_cfg, setup.base, Device::Cpu, steps)?;
+    let mut state = TrainState::new(cfg.clone(), model_cfg, setup.base, device, steps)?;
     state.classes = setup.classes;
     let mut trainer = Trainer::new(train, val, stop).with_collective(collective);
     let outcome = trainer.fit(&mut state)?;
@@ -489,18 +493,21 @@ fn label_settings(cfg: &mut TrainingConfig, model: &Config) {
 
 /// Runs a training request to its end (or to a requested stop).
 pub fn run_training(req: &TrainRequest, stop: Arc<AtomicBool>) -> Result<TrainReport, TrainError> {
-    run_training_on(req, stop, Rc::new(SingleProcess))
+    let device = req.device.open(0)?;
+    run_training_on(req, stop, Rc::new(SingleProcess), device)
 }
 
-/// [`run_training`] as one rank of `collective`. Rank 0 does everything one process does and
-/// hands the others the settled setup; the others train beside it and write nothing.
+/// [`run_training`] as one rank of `collective`, computing on `device` (`req.device`, opened).
+/// Rank 0 does everything one process does and hands the others the settled setup; the others
+/// train beside it and write nothing.
 pub fn run_training_on(
     req: &TrainRequest,
     stop: Arc<AtomicBool>,
     collective: Rc<dyn Collective>,
+    device: Device,
 ) -> Result<TrainReport, TrainError> {
     if collective.rank() != 0 {
-        return follow(stop, collective);
+        return follow(stop, collective, device);
     }
     let show = req.show_progress;
     let resume_run = if req.resume {
@@ -638,7 +645,14 @@ pub fn run_training_on(
         collective.broadcast(SETUP, Wait::Unbounded, setup.encode()?)?;
     }
     let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
-    let mut state = TrainState::new(cfg.clone(), model_cfg, base, Device::Cpu, steps)?;
+    if !device.is_cpu() {
+        let gpu = req.device.ordinal(local_rank()).unwrap_or(0);
+        say(
+            show,
+            &format!("computing on CUDA device {gpu} (--device {})", req.device),
+        );
+    }
+    let mut state = TrainState::new(cfg.clone(), model_cfg, base, device, steps)?;
     state.classes = train.classes().to_vec();
     if collective.ranks() > 1 {
         let grad_bytes: usize = state

@@ -42,7 +42,7 @@ struct Watch {
 }
 
 /// Clears the watch when the exchange it guards returns.
-struct Armed<'a>(Option<&'a Watch>);
+pub(super) struct Armed<'a>(Option<&'a Watch>);
 
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
@@ -105,7 +105,8 @@ impl MpiCollective {
         }))
     }
 
-    fn arm(&self, what: &'static str, wait: Wait) -> Armed<'_> {
+    /// Arms the watchdog for one exchange (`Wait::Bounded`) until the guard is dropped.
+    pub(super) fn arm(&self, what: &'static str, wait: Wait) -> Armed<'_> {
         if wait == Wait::Unbounded {
             return Armed(None);
         }

@@ -7,12 +7,14 @@
 #   scripts/gpu-check.sh [DIFFIT]     (default target/cuda/release/diffit)
 #
 # What it compares, from the same base model, data, seed and noise (the noise is drawn on the
-# CPU in both runs, so only the arithmetic differs):
+# CPU in both runs, and both split each batch into one shard, as a GPU process does, so each
+# step draws the same noise; only the arithmetic differs):
 #   - the base model's validation loss (forward passes only): relative difference <= 1e-3;
 #   - every epoch's train_loss and val_loss after EPOCHS epochs of LoRA training (forward,
 #     backward and AdamW): relative difference <= 1e-2 (a GPU sums in another order, and the
 #     differences grow step by step through the optimizer);
-#   - images/s of each epoch after the first (which pays one-off costs): reported, not judged.
+#   - images/s of each epoch after the first (which pays one-off costs): reported, not judged;
+#     the CPU's from a third run with its default shards (every core), as users train on it.
 #
 # Writes a markdown table to $OUT (default target/gpu-check.md) and prints it. Exit status: 0
 # when every comparison is within its tolerance, 1 when one is not, 2 when the check cannot run.
@@ -21,11 +23,15 @@
 #   CUDA_LIBS   directories holding CUDA 13's libcublas, libcublasLt, libcurand and libnvrtc when
 #               they are not on the loader's path (e.g. a pip-installed nvidia-cublas wheel's lib/)
 #   EPOCHS      LoRA epochs per device (default 2); PRESET (default small); OUT
+#   DEVICE      the device under test (default cuda). DEVICE=cpu checks the check itself on a
+#               machine without a GPU (`make test` does, with the CPU binary): both sides then
+#               run on the CPU, and every difference must be exactly 0
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/cuda/release/diffit}
 EPOCHS=${EPOCHS:-2}
+DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-small}
 OUT=${OUT:-$ROOT/target/gpu-check.md}
 log() { printf '\033[1mgpu-check:\033[0m %s\n' "$*" >&2; }
@@ -40,26 +46,30 @@ if missing=$(ldd "$BIN" | grep "not found"); then
     die "the CUDA libraries $BIN needs are not on the loader's path (set CUDA_LIBS):
 $missing"
 fi
-GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1 || true)
+GPU=$([ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1 || true)
 [ -n "$GPU" ] || log "nvidia-smi found no GPU; trying anyway"
 log "GPU: ${GPU:-unknown}; CPU: $(nproc) cores; binary: $BIN"
 
+mkdir -p "$(dirname "$OUT")"
 WORK=$(mktemp -d /tmp/diffit-gpu-check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 log "pretraining a $PRESET base on the CPU (shared by both runs)"
 "$BIN" pretrain --preset "$PRESET" --epochs 1 --num-images 64 --out "$WORK/base.safetensors" \
     --checkpoints "$WORK/pretrain" >"$WORK/pretrain.log" 2>&1 || { cat "$WORK/pretrain.log" >&2; die "pretraining failed"; }
-for device in cuda cpu; do
-    log "training $EPOCHS epochs on --device $device"
-    "$BIN" train --device "$device" --preset "$PRESET" --epochs "$EPOCHS" \
-        --base "$WORK/base.safetensors" --checkpoints "$WORK/$device" >"$WORK/$device.log" 2>&1 \
-        || { cat "$WORK/$device.log" >&2; die "training on $device failed"; }
+# name, device, flags
+for run in "gpu $DEVICE --data-shards 1" "cpu cpu --data-shards 1" "cpu-cores cpu"; do
+    read -r name device flags <<<"$run"
+    log "training $EPOCHS epochs on --device $device ${flags:-(default shards)}"
+    # shellcheck disable=SC2086 # flags is a list of words
+    "$BIN" train --device "$device" $flags --preset "$PRESET" --epochs "$EPOCHS" \
+        --base "$WORK/base.safetensors" --checkpoints "$WORK/$name" >"$WORK/$name.log" 2>&1 \
+        || { cat "$WORK/$name.log" >&2; die "training on $device failed"; }
 done
 
-python3 - "$WORK/cpu.log" "$WORK/cuda.log" "$OUT" "${GPU:-unknown GPU}" "$(nproc)" "$PRESET" <<'PY'
+python3 - "$WORK/cpu.log" "$WORK/gpu.log" "$WORK/cpu-cores.log" "$OUT" "${GPU:-unknown GPU}" "$(nproc)" "$PRESET" "$DEVICE" <<'PY'
 import re, sys
 
-cpu_log, gpu_log, out, gpu, cores, preset = sys.argv[1:]
+cpu_log, gpu_log, cores_log, out, gpu, cores, preset, device = sys.argv[1:]
 EPOCH = re.compile(r"epoch (\d+)/\d+: train_loss=([\d.eE+-]+) val_loss=([\d.eE+-]+).*?\(([\d.]+) images/s\)")
 BASE = re.compile(r"base model val_loss: ([\d.eE+-]+)")
 
@@ -77,8 +87,12 @@ if len(cpu) != len(gpu_epochs):
     sys.exit("gpu-check: the two runs trained different numbers of epochs")
 
 rows, ok = [], True
+# Checking the check (DEVICE=cpu): the same device on both sides must agree exactly.
+exact = device == "cpu"
+
 def compare(what, a, b, tolerance):
     global ok
+    tolerance = 0.0 if exact else tolerance
     rel = abs(a - b) / max(abs(a), 1e-12)
     good = rel <= tolerance
     ok &= good
@@ -91,10 +105,10 @@ for (e, ct, cv, _), (_, gt, gv, _) in zip(cpu, gpu_epochs):
 
 steady = lambda runs: [r for _, _, _, r in (runs[1:] or runs)]
 mean = lambda xs: sum(xs) / len(xs)
-cpu_ips, gpu_ips = mean(steady(cpu)), mean(steady(gpu_epochs))
+cpu_ips, gpu_ips = mean(steady(read(cores_log)[1])), mean(steady(gpu_epochs))
 table = "\n".join([
-    f"GPU check: `{preset}` LoRA training on {gpu} vs this machine's {cores} CPU cores "
-    f"(scripts/gpu-check.sh)",
+    f"GPU check: `{preset}` LoRA training on {gpu if not exact else 'the CPU (DEVICE=cpu: the check checked)'} "
+    f"vs this machine's {cores} CPU cores (scripts/gpu-check.sh)",
     "",
     "| value | CPU | GPU | relative difference | tolerance | verdict |",
     "|---|---|---|---|---|---|",
@@ -102,7 +116,7 @@ table = "\n".join([
     "",
     "| throughput | CPU | GPU | GPU / CPU |",
     "|---|---|---|---|",
-    f"| training images/s (epochs after the first) | {cpu_ips:.1f} | {gpu_ips:.1f} | {gpu_ips / cpu_ips:.2f}x |",
+    f"| training images/s (epochs after the first; CPU: every core) | {cpu_ips:.1f} | {gpu_ips:.1f} | {gpu_ips / cpu_ips:.2f}x |",
     "",
 ])
 open(out, "w", encoding="utf-8").write(table)

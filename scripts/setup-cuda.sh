@@ -57,13 +57,13 @@ CUDARC_VERSION=$(awk '/^name = "cudarc"$/ { getline; gsub(/[^0-9.]/, "", $3); pr
 ENTRY=cuda-$CUDA_VERSION-cudarc-$CUDARC_VERSION
 
 cuda_ok() {
-    local dir=$1 lib
+    local dir=$1 lib name soname
     [ -x "$dir/bin/nvcc" ] && [ -x "$dir/nvvm/bin/cicc" ] || return 1
     [ -f "$dir/include/cuda_runtime.h" ] && [ -e "$dir/lib/libcudart.so" ] || return 1
     "$dir/bin/nvcc" --version 2>/dev/null | grep -q "release ${CUDA_VERSION%.*}," || return 1
     for lib in "${STUBS[@]}"; do
-        read -r name _ _ <<<"$lib"
-        [ -f "$dir/lib/stubs/lib$name.so" ] || return 1
+        read -r name soname _ <<<"$lib"
+        [ -f "$dir/lib/stubs/lib$name.so" ] && [ -e "$dir/lib/stubs/$soname" ] || return 1
     done
 }
 

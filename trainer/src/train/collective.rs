@@ -162,32 +162,33 @@ pub fn launcher_variable() -> Option<&'static str> {
     .find(|v| std::env::var_os(v).is_some())
 }
 
-/// The job size an MPI launcher announced for this process, if one started it.
-pub fn launched_ranks() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+/// The number the first of `variables` set by a launcher holds, if any does.
+fn launcher_number(variables: &[&str]) -> Option<usize> {
+    variables
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// The job size an MPI launcher announced for this process, if one started it.
+pub fn launched_ranks() -> Option<usize> {
+    launcher_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])
 }
 
 /// This process's rank among the job's processes on its machine, as the launcher says (0 when
 /// it does not): which GPU it takes when several share a machine.
 pub fn local_rank() -> usize {
-    [
+    launcher_number(&[
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "MPI_LOCALRANKID",
         "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
-    .unwrap_or(0usize)
+    ])
+    .unwrap_or(0)
 }
 
 /// Processes of this job on this machine, as the launcher says (1 when it does not).
 pub fn local_ranks() -> usize {
-    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(1usize)
+    launcher_number(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"])
+        .unwrap_or(1)
         .max(1)
 }
 

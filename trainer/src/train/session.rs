@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, DeviceLocation, Tensor};
 
 use model::data::Dataset;
 use model::rng::mix_seed;
@@ -20,7 +20,7 @@ use crate::tensors::map_to_candle;
 use super::callbacks::{
     DistributedCheckpointCallback, ResumeFromCheckpointCallback, TensorBoardCallback,
 };
-use super::collective::{local_rank, Collective, Setup, SingleProcess, Wait};
+use super::collective::{Collective, Setup, SingleProcess, Wait};
 use super::config::{Overrides, TrainingConfig, DEFAULT_LABEL_DROPOUT};
 use super::device::DeviceChoice;
 use super::error::TrainError;
@@ -645,11 +645,13 @@ pub fn run_training_on(
         collective.broadcast(SETUP, Wait::Unbounded, setup.encode()?)?;
     }
     let steps = Trainer::steps_per_epoch(train.len(), cfg.training.batch_size);
-    if !device.is_cpu() {
-        let gpu = req.device.ordinal(local_rank()).unwrap_or(0);
+    if let DeviceLocation::Cuda { gpu_id } = device.location() {
         say(
             show,
-            &format!("computing on CUDA device {gpu} (--device {})", req.device),
+            &format!(
+                "computing on CUDA device {gpu_id} (--device {})",
+                req.device
+            ),
         );
     }
     let mut state = TrainState::new(cfg.clone(), model_cfg, base, device, steps)?;

@@ -160,14 +160,68 @@ pub fn older_main_checkpoints_copy(into: &Path) -> PathBuf {
     into.join("checkpoints")
 }
 
-/// Whether this CPU runs the kernels the pinned checksums were recorded with (x86-64 with
-/// AVX-512: candle's gemm takes another path on AVX2 and rounds differently). Elsewhere a pinned
-/// comparison says it is skipped and why.
-pub fn pinned_kernels() -> bool {
+/// The machine kind the first pins were recorded on, before kinds were told apart by their
+/// caches ([`kernel_fingerprint`]): x86-64 with AVX-512, caches not recorded.
+pub const FIRST_KIND: &str = "avx512f; caches not recorded";
+/// An AMD EPYC (Zen 4) with 1 MiB of L2 per core, a kind `make test` runs on.
+pub const EPYC_1M_L2: &str = "avx512f; L1 Data 32K 8-way 64B, L1 Instruction 32K 8-way 64B, \
+                              L2 Unified 1024K 8-way 64B, L3 Unified 32768K 16-way 64B";
+
+/// The CPU's kernels as candle's gemm picks them: AVX-512 or not, and each cache of CPU 0
+/// (level, type, size, ways, line), from which gemm sizes its blocks. Both decide the order of
+/// the sums in every matmul, so the last bits of trained weights: a checksum pinned on one kind
+/// of machine holds on that kind only.
+pub fn kernel_fingerprint() -> String {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        return true;
+    let simd = if std::arch::is_x86_feature_detected!("avx512f") {
+        "avx512f"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "x86-64"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = std::env::consts::ARCH;
+    let mut caches = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache") {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(name))
+                    .map_or_else(|_| "?".into(), |v| v.trim().to_string())
+            };
+            if dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("index"))
+            {
+                caches.push(format!(
+                    "L{} {} {} {}-way {}B",
+                    read("level"),
+                    read("type"),
+                    read("size"),
+                    read("ways_of_associativity"),
+                    read("coherency_line_size")
+                ));
+            }
+        }
     }
-    println!("SKIPPED the pinned checksum: it holds on x86-64 with AVX-512, which this CPU lacks");
-    false
+    caches.sort();
+    format!("{simd}; {}", caches.join(", "))
+}
+
+/// Checks `actual` (a checksum of `what`) against `pins`, the values recorded per machine kind
+/// ([`kernel_fingerprint`], value). On a kind with a pin the two must be equal; on another kind
+/// the comparison says it is skipped and prints this machine's value, to pin it.
+pub fn check_pinned(what: &str, actual: &str, pins: &[(&str, &str)]) {
+    let here = kernel_fingerprint();
+    match pins.iter().find(|(kind, _)| *kind == here) {
+        Some((_, expected)) => assert_eq!(actual, *expected, "{what} on {here}"),
+        None if pins.iter().any(|(_, pinned)| *pinned == actual) => {
+            println!("{what}: matches a pin recorded on another machine kind ({here})");
+        }
+        None => println!(
+            "SKIPPED the pinned checksum of {what}: none is recorded for this machine kind \
+             ({here}); its value here is {actual}"
+        ),
+    }
 }

@@ -58,38 +58,100 @@ pub fn write_atomic<R>(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<R>,
 ) -> Result<R> {
-    let temp = temp_path_for(path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .ctx("create a temporary file for", path)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    // Failures name the file being written, not its temporary name, which is gone afterwards.
-    let outcome = write(&mut writer).and_then(|value| {
+    let (mut staged, value) = StagedFile::write(path, write)?;
+    staged.sync()?;
+    staged.publish()?;
+    Ok(value)
+}
+
+/// The two halves of [`write_atomic`], for a caller that overlaps independent fsyncs: the bytes
+/// of `target` written under a temporary name, not yet fsync'd nor renamed. [`sync`] makes them
+/// durable; [`publish`] (after `sync`) renames them over the target and fsyncs its directory.
+/// Dropped unpublished, the temporary file is removed and the target is untouched.
+///
+/// [`sync`]: StagedFile::sync
+/// [`publish`]: StagedFile::publish
+#[derive(Debug)]
+pub struct StagedFile {
+    temp: PathBuf,
+    target: PathBuf,
+    file: Option<File>,
+    synced: bool,
+    published: bool,
+}
+
+impl StagedFile {
+    /// Writes `target`'s bytes (filled in by `write`) into a fresh temporary file beside it.
+    pub fn write<R>(
+        target: &Path,
+        write: impl FnOnce(&mut BufWriter<File>) -> Result<R>,
+    ) -> Result<(Self, R)> {
+        let temp = temp_path_for(target);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .ctx("create a temporary file for", target)?;
+        let mut staged = Self {
+            temp,
+            target: target.to_path_buf(),
+            file: None,
+            synced: false,
+            published: false,
+        };
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        // Failures name the file being written, not its temporary name, which is gone afterwards.
+        let value = write(&mut writer)?;
         let file = writer
             .into_inner()
-            .map_err(|e| StoreError::io("write", path, e.into_error()))?;
-        file.sync_all().ctx("fsync", path)?;
-        drop(file);
-        fs::rename(&temp, path).ctx("rename into place", path)?;
-        Ok(value)
-    });
-    match outcome {
-        Ok(value) => {
-            sync_dir(parent_dir(path))?;
-            Ok(value)
+            .map_err(|e| StoreError::io("write", target, e.into_error()))?;
+        staged.file = Some(file);
+        Ok((staged, value))
+    }
+
+    /// Writes `bytes` as `target`'s content.
+    pub fn bytes(target: &Path, bytes: &[u8]) -> Result<Self> {
+        Ok(Self::write(target, |w| w.write_all(bytes).ctx("write", target))?.0)
+    }
+
+    /// The file this will become.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Makes the written bytes durable (fsync of the temporary file).
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(file) = self.file.take() {
+            file.sync_all().ctx("fsync", &self.target)?;
         }
-        Err(e) => {
-            discard(&temp);
-            Err(e)
+        self.synced = true;
+        Ok(())
+    }
+
+    /// Renames the (synced) bytes over the target and fsyncs the directory, so the new name
+    /// survives a power cut. Until this returns, the target is its old content or absent.
+    pub fn publish(mut self) -> Result<()> {
+        if !self.synced {
+            self.sync()?;
+        }
+        fs::rename(&self.temp, &self.target).ctx("rename into place", &self.target)?;
+        self.published = true;
+        sync_dir(parent_dir(&self.target))
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.published {
+            self.file.take();
+            discard(&self.temp);
         }
     }
 }
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, |w| w.write_all(bytes).ctx("write", path))
+    StagedFile::bytes(path, bytes)?.publish()
 }
 
 /// How [`link_or_copy_atomic`] made the new name.
@@ -237,6 +299,26 @@ mod tests {
             1,
             "temp file removed"
         );
+    }
+
+    #[test]
+    fn a_staged_file_is_invisible_until_published_and_gone_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_bytes_atomic(&path, b"old").unwrap();
+        let mut staged = StagedFile::bytes(&path, b"new").unwrap();
+        staged.sync().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"old", "synced but not published");
+        drop(staged);
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+        StagedFile::bytes(&path, b"new").unwrap().publish().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use format::{
 
 use super::atomic::{
     link_or_copy_atomic, remove_if_exists, remove_temp_leftovers, same_file, write_bytes_atomic,
+    StagedFile,
 };
 use super::error::{IoContext, Result, StoreError};
 use super::hooks::{NoHooks, SaveHooks};
@@ -239,6 +240,14 @@ impl CheckpointManager {
 
     /// Writes `next` as metadata.json atomically, then adopts it; on error nothing changes.
     pub(crate) fn commit(&mut self, mut next: Metadata) -> Result<()> {
+        self.stage_metadata(&mut next)?.publish()?;
+        self.metadata = next;
+        Ok(())
+    }
+
+    /// The first half of [`commit`](Self::commit): `next` (stamped) written as metadata.json's
+    /// staged bytes, neither fsync'd nor renamed into place.
+    pub(crate) fn stage_metadata(&self, next: &mut Metadata) -> Result<StagedFile> {
         next.updated_at = Some(now());
         next.format_version = FORMAT_VERSION;
         let path = self.layout.metadata();
@@ -247,9 +256,7 @@ impl CheckpointManager {
             path: path.clone(),
             source,
         })?;
-        write_bytes_atomic(&path, &bytes)?;
-        self.metadata = next;
-        Ok(())
+        StagedFile::bytes(&path, &bytes)
     }
 
     /// Brings files in line with metadata after a crash: deletes epoch files metadata does not

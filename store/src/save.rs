@@ -5,6 +5,7 @@ use format::layout::PENDING_SUFFIX;
 use format::{BestCheckpoint, CheckpointName, CheckpointRecord, Mode};
 use serde_json::Map;
 
+use super::atomic::StagedFile;
 use super::atomic::{link_or_copy_unsynced, remove_if_exists, sync_dir};
 use super::best::BestPolicy;
 use super::checkpoint::LoraCheckpoint;
@@ -12,7 +13,7 @@ use super::error::{IoContext, Result, StoreError};
 use super::manager::{now, upsert_epoch_metrics, CheckpointManager};
 use super::retention::{RetentionPlan, RetentionPolicy};
 use super::saved::SavedCheckpoint;
-use super::tensor_file::write_tensor_file;
+use super::tensor_file::{stage_tensor_file, write_tensor_file};
 
 impl CheckpointManager {
     /// Saves one epoch's checkpoint, records it, and updates `best` (by `monitor`, `mode`) and
@@ -34,8 +35,8 @@ impl CheckpointManager {
             });
         }
         self.hooks.before_save(&self.layout, checkpoint);
-        let digest =
-            write_tensor_file(&path, checkpoint.all_tensors(&path)?, &checkpoint.header())?;
+        let (tensor_file, digest) =
+            stage_tensor_file(&path, checkpoint.all_tensors(&path)?, &checkpoint.header())?;
 
         let run = self.run_number();
         let record = CheckpointRecord {
@@ -75,7 +76,9 @@ impl CheckpointManager {
             });
         }
         let is_last = next.live_checkpoints().map(|c| c.epoch).max() == Some(epoch);
-        self.commit(next)?;
+        let metadata = self.stage_metadata(&mut next)?;
+        publish_in_order(tensor_file, metadata)?;
+        self.metadata = next;
 
         // The links follow metadata, which is durable now. Their renames are not fsync'd: an
         // OS crash can only leave a link on its previous (complete) file, and `repair` re-points
@@ -225,9 +228,90 @@ impl CheckpointManager {
     }
 }
 
+/// Makes a staged epoch file durable under its name, then commits the staged metadata.json that
+/// names it: the order of [`write_atomic`](super::atomic::write_atomic) twice over, with one
+/// fsync taken off the path. Metadata's temporary bytes name nothing until their rename, so
+/// their fsync runs beside the tensor file's fsync, rename and directory fsync (two fsyncs in
+/// flight at once share the filesystem's journal commit); metadata.json is renamed into place
+/// only after all of that is durable, and its directory is fsync'd last. A crash at any instant
+/// leaves the previous metadata.json (which does not name the new file: `repair` deletes it) or
+/// the new one naming a complete, durable file.
+fn publish_in_order(tensor_file: StagedFile, mut metadata: StagedFile) -> Result<()> {
+    let synced = std::thread::scope(|scope| {
+        let metadata_sync = scope.spawn(|| metadata.sync());
+        let mut tensor_file = tensor_file;
+        let tensor = tensor_file.sync().and_then(|()| tensor_file.publish());
+        let metadata = match metadata_sync.join() {
+            Ok(outcome) => outcome,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        tensor.and(metadata)
+    });
+    synced?;
+    metadata.publish()
+}
+
 /// Where the replacement of `epoch_file` waits for its rename.
 fn pending_path(epoch_file: &std::path::Path) -> std::path::PathBuf {
     let mut name = epoch_file.as_os_str().to_owned();
     name.push(PENDING_SUFFIX);
     std::path::PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+
+    use super::*;
+    use crate::error::IoContext;
+
+    fn staged(path: &std::path::Path, bytes: &[u8]) -> StagedFile {
+        StagedFile::write(path, |w| w.write_all(bytes).ctx("write", path))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn metadata_follows_the_epoch_file_and_nothing_is_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("lora")).unwrap();
+        let (epoch, metadata) = (
+            dir.path().join("lora/epoch_001.safetensors"),
+            dir.path().join("metadata.json"),
+        );
+        fs::write(&metadata, b"old").unwrap();
+        publish_in_order(staged(&epoch, b"tensors"), staged(&metadata, b"new")).unwrap();
+        assert_eq!(fs::read(&epoch).unwrap(), b"tensors");
+        assert_eq!(fs::read(&metadata).unwrap(), b"new");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("lora")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn metadata_is_not_renamed_when_the_epoch_file_cannot_be_named() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("lora")).unwrap();
+        let metadata = dir.path().join("metadata.json");
+        fs::write(&metadata, b"old").unwrap();
+        let epoch = staged(&dir.path().join("lora/epoch_001.safetensors"), b"tensors");
+        let next = staged(&metadata, b"new");
+        // The epoch's directory goes away before its rename, which then fails.
+        fs::remove_dir_all(dir.path().join("lora")).unwrap();
+        assert!(publish_in_order(epoch, next).is_err());
+        assert_eq!(
+            fs::read(&metadata).unwrap(),
+            b"old",
+            "the commit point did not move"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "metadata's staged bytes were removed"
+        );
+    }
 }

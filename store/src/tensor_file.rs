@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::atomic::write_atomic;
+use super::atomic::{write_atomic, StagedFile};
 use super::checksum::{digest_bytes, FileDigest, HashingWriter};
 use super::error::{IoContext, Result, StoreError};
 
@@ -151,6 +151,17 @@ pub fn write_tensor_file<'a>(
 ) -> Result<FileDigest> {
     let tensors = sorted(path, tensors)?;
     write_atomic(path, |w| encode(path, w, &tensors, metadata))
+}
+
+/// As [`write_tensor_file`], stopping before the fsync and the rename: the caller makes the
+/// file durable and names it ([`StagedFile::sync`], [`StagedFile::publish`]).
+pub fn stage_tensor_file<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a StoredTensor)>,
+    metadata: &HeaderMetadata,
+) -> Result<(StagedFile, FileDigest)> {
+    let tensors = sorted(path, tensors)?;
+    StagedFile::write(path, |w| encode(path, w, &tensors, metadata))
 }
 
 /// The digest the file [`write_tensor_file`] would write, computed without touching the disk.

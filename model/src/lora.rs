@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -33,27 +34,43 @@ impl CustomOp1 for FrozenLinear {
         "frozen-linear"
     }
 
+    /// The matmul runs on the input's storage and the weight's as they are (no copies in or
+    /// out), and the bias is added into the product in place.
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-linear: expected an f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
+        let (rows, in_dim) = layout.shape().dims2()?;
+        if layout.contiguous_offsets().is_none() {
             candle_core::bail!("frozen-linear: the input must be contiguous");
-        };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let mut y = x.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
         }
-        let y = y.contiguous()?;
-        let shape = y.shape().clone();
-        let (stored, y_layout) = y.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
-            (&*stored, y_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("frozen-linear: unexpected output storage");
+        let (out_dim, weight_in) = self.weight.dims2()?;
+        if weight_in != in_dim {
+            candle_core::bail!("frozen-linear: input width {in_dim}, weight {out_dim}x{weight_in}");
+        }
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(weight) = &*weight else {
+            candle_core::bail!("frozen-linear: the weight must be on the CPU");
         };
-        Ok((CpuStorage::F32(values[a..b].to_vec()), shape))
+        // Wᵀ as a view: the GEMM reads the weight with swapped strides.
+        let transposed = weight_layout.transpose(0, 1)?;
+        let product = storage.matmul(weight, (1, rows, out_dim, in_dim), layout, &transposed)?;
+        let CpuStorage::F32(mut y) = product else {
+            candle_core::bail!("frozen-linear: expected an f32 product");
+        };
+        if let Some(bias) = &self.bias {
+            let (bias, bias_layout) = bias.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::F32(b)), Some((from, to))) =
+                (&*bias, bias_layout.contiguous_offsets())
+            else {
+                candle_core::bail!("frozen-linear: the bias must be a contiguous f32 CPU tensor");
+            };
+            let b = &b[from..to];
+            if b.len() != out_dim {
+                candle_core::bail!("frozen-linear: bias of {} for {out_dim} outputs", b.len());
+            }
+            for row in y.chunks_exact_mut(out_dim) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, out_dim))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -536,5 +553,27 @@ mod tests {
             g_ours.get(&w).is_none(),
             "no gradient for the frozen weight"
         );
+    }
+
+    /// The frozen path reads its input where it lies: a row range of a larger tensor (a
+    /// contiguous view that starts past the beginning of its storage) gives the plain result.
+    #[test]
+    fn frozen_linear_reads_a_view_at_an_offset() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(11);
+        let (i, o) = (6, 4);
+        let w = rng.normal_tensor((o, i), &dev).unwrap();
+        let bias = rng.normal_tensor(o, &dev).unwrap();
+        let all = candle_core::Var::from_tensor(&rng.normal_tensor((9, i), &dev).unwrap()).unwrap();
+        let x = all.as_tensor().narrow(0, 3, 5).unwrap();
+        let layer = LoraLinear::new(w.clone(), Some(bias.clone()), None);
+        let ours = layer.forward(&x, None).unwrap();
+        let plain = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let d = crate::max_abs_diff(&ours, &plain);
+        assert!(d < 1e-5, "max difference {d}");
     }
 }

@@ -25,7 +25,8 @@ demo: cargo
 	CARGO=$(CARGO) CHECKPOINTS=$(CHECKPOINTS) PORT=$(PORT) DEMO_EPOCHS=$(DEMO_EPOCHS) DEMO_PRESET=$(DEMO_PRESET) scripts/demo.sh
 
 ## Set up what is missing, then lint and run every test (native, wasm build, browser end-to-end),
-## and build and check the CUDA binary with NCCL (no GPU needed: scripts/build-cuda.sh). The GPU
+## and build and check the CUDA binary with NCCL (no GPU needed: scripts/build-cuda.sh; the
+## unoptimised cuda-check profile, since that binary only has to start). The GPU
 ## check is checked too: run with the CPU on both sides, every difference must be 0.
 ## The wasm app (its own target dir) builds while clippy checks the workspace: the two share no
 ## artefacts, so running them side by side fills the cores each leaves idle. Each cargo gets its
@@ -36,7 +37,7 @@ test: setup
 	DEVICE=cpu PRESET=tiny EPOCHS=1 OUT=target/gpu-check-cpu.md \
 	    scripts/gpu-check.sh "$${CARGO_TARGET_DIR:-target}/debug/diffit"
 	$(NO_JOBSERVER) scripts/fuzz.sh smoke
-	CUDA_FEATURES=trainer/nccl CUDA_CLIPPY=1 $(NO_JOBSERVER) scripts/build-cuda.sh
+	CUDA_PROFILE=cuda-check CUDA_FEATURES=trainer/nccl CUDA_CLIPPY=1 $(NO_JOBSERVER) scripts/build-cuda.sh
 
 cargo:
 	@command -v cargo >/dev/null || { echo "cargo (rustup) is required: https://rustup.rs"; exit 1; }

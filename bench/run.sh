@@ -12,13 +12,17 @@
 #
 # Not part of `make test`. Installs PyTorch (CPU use only) into .venv-bench the first time.
 # Env: BENCH_OUT (default bench/RESULTS.md), SKIP_TORCH=1, SKIP_BROWSER=1, SKIP_SERVER=1, SKIP_BUCKET=1,
-#      TRAIN_EPOCHS (default 3), SAMPLE_STEPS (default 50).
+#      TRAIN_EPOCHS (default 3), SAMPLE_STEPS (default 50), BENCH_ROUNDS (default 5: alternating
+#      rounds per ratio), SAVE_ROUNDS (default 11: the checkpoint saves').
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${BENCH_OUT:-bench/RESULTS.md}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-3}
+# Every ratio is the median of ROUNDS alternating measurements of both sides (min-max shown).
+ROUNDS=${BENCH_ROUNDS:-5}
+export BENCH_ROUNDS=$ROUNDS
 SAMPLE_STEPS=${SAMPLE_STEPS:-50}
 WORK=$(mktemp -d /tmp/diffit-bench.XXXXXX)
 LINES="$WORK/bench.jsonl"
@@ -32,12 +36,25 @@ cargo build --release -p trainer -p store -p remote --examples
 R=target/release
 
 # --- 1. Training -----------------------------------------------------------------------------
-log "training: diffit train --preset small ($TRAIN_EPOCHS epochs on a quickly pretrained base)"
+# ROUNDS rounds, each ours then PyTorch's, so drift in the machine's speed hits both alike; the
+# report gives the median of the rounds' ratios with their min-max.
+log "training: diffit train --preset small vs PyTorch, $ROUNDS alternating rounds ($TRAIN_EPOCHS epochs each)"
 "$R/diffit" pretrain --preset small --epochs 1 --num-images 64 --out "$WORK/base.safetensors" \
     --checkpoints "$WORK/checkpoints"
-"$R/diffit" train --preset small --epochs "$TRAIN_EPOCHS" --base "$WORK/base.safetensors" \
-    --checkpoints "$WORK/checkpoints" 2>&1 | tee "$WORK/train.log"
-python3 - "$WORK/train.log" "$(nproc)" >>"$LINES" <<'PY'
+VENV=.venv-bench
+if [ -z "${SKIP_TORCH:-}" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    log "installing PyTorch into $VENV (once; a large download)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet torch numpy
+fi
+for round in $(seq "$ROUNDS"); do
+    # The first round's run is the one the browser section samples (run 1 of $WORK/checkpoints).
+    dir=$WORK/checkpoints
+    [ "$round" = 1 ] || dir=$WORK/train-$round
+    "$R/diffit" train --preset small --epochs "$TRAIN_EPOCHS" --base "$WORK/base.safetensors" \
+        --checkpoints "$dir" 2>&1 | tee "$WORK/train.log"
+    python3 - "$WORK/train.log" "$(nproc)" "$round" >>"$LINES" <<'PY'
 import json, re, sys
 text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
 images = re.search(r"(\d+) training / \d+ validation images", text)
@@ -47,30 +64,25 @@ if not rates:
 # The first epoch pays one-off costs (thread pool, allocations); report the later ones.
 steady = rates[1:] or rates
 ips = sum(steady) / len(steady)
-print(json.dumps({"kind": "train_candle", "images_per_s": ips, "epochs": rates,
-                  "threads": int(sys.argv[2]),
+print(json.dumps({"kind": "train_candle", "round": int(sys.argv[3]), "images_per_s": ips,
+                  "epochs": rates, "threads": int(sys.argv[2]),
                   "epoch_seconds": int(images.group(1)) / ips if images else None}))
 PY
-"$R/examples/bench_train" 20 | tee "$WORK/bench_train.txt"
-
-if [ -z "${SKIP_TORCH:-}" ]; then
-    VENV=.venv-bench
-    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-        log "installing PyTorch into $VENV (once; a large download)"
-        python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet --upgrade pip
-        "$VENV/bin/pip" install --quiet torch numpy
+    if [ -z "${SKIP_TORCH:-}" ]; then
+        log "training: PyTorch reference, same config, batch 16, float32, $(nproc) threads (round $round)"
+        "$VENV/bin/python" bench/diffit_torch.py --steps 30 --batch-size 16 --threads "$(nproc)" \
+            | tee "$WORK/torch.json"
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="train_torch"; d["round"]=int(sys.argv[2]); print(json.dumps(d))' \
+            "$WORK/torch.json" "$round" >>"$LINES"
     fi
-    log "training: PyTorch reference, same config, batch 16, float32, $(nproc) threads"
-    "$VENV/bin/python" bench/diffit_torch.py --steps 30 --batch-size 16 --threads "$(nproc)" \
-        | tee "$WORK/torch.json"
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="train_torch"; print(json.dumps(d))' \
-        "$WORK/torch.json" >>"$LINES"
-fi
+done
+# The per-phase split (forward, backward, optimizer) of our step.
+"$R/examples/bench_train" 20 | tee "$WORK/bench_train.txt"
 
 # --- 2 and 3. Checkpoint I/O and disk ----------------------------------------------------------
 log "checkpoint save and listing (bench_store), disk use (bench_disk)"
-"$R/examples/bench_store" "$WORK" | tee -a /dev/stderr | collect
+# Saves are quick: 11 alternating rounds per size.
+BENCH_ROUNDS=${SAVE_ROUNDS:-11} "$R/examples/bench_store" "$WORK" | tee -a /dev/stderr | collect
 "$R/examples/bench_disk" "$WORK" "$WORK/disk-runs" | tee -a /dev/stderr | collect
 
 # --- 4. Browser sampling ------------------------------------------------------------------------
@@ -78,20 +90,22 @@ if [ -z "${SKIP_BROWSER:-}" ]; then
     log "browser sampling (headless Chromium) vs native, $SAMPLE_STEPS steps"
     scripts/browser-env.sh
     scripts/build-app.sh
-    "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 | tee "$WORK/native.json"
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step"; print(json.dumps(d))' \
-        "$WORK/native.json" >>"$LINES"
-    # The page runs single-threaded wasm: the native figure on one thread too, for reference.
-    RAYON_NUM_THREADS=1 "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 \
-        | tee "$WORK/native1.json"
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="native_step_1t"; print(json.dumps(d))' \
-        "$WORK/native1.json" >>"$LINES"
     # The driver's own speed does not matter (the work runs in the page). `cargo test --workspace
     # --no-run` builds the examples with `make test`'s exact feature set, so nothing is rebuilt;
     # a plain `cargo build --examples` would resolve features differently and rebuild candle.
     cargo test --workspace --no-run
-    target/debug/examples/browser_bench "$R/diffit-server" "$WORK/checkpoints" 1 "$SAMPLE_STEPS" \
-        | tee -a /dev/stderr | collect
+    # Each round: native on every core, native on one thread (as the page runs), then the page.
+    for round in $(seq "$ROUNDS"); do
+        for threads in "" 1; do
+            kind=native_step${threads:+_1t}
+            RAYON_NUM_THREADS=${threads:-$(nproc)} \
+                "$R/examples/bench_sample" "$WORK/checkpoints" 1 best "$SAMPLE_STEPS" 0 | tee "$WORK/native.json"
+            python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]=sys.argv[2]; d["round"]=int(sys.argv[3]); print(json.dumps(d))' \
+                "$WORK/native.json" "$kind" "$round" >>"$LINES"
+        done
+        target/debug/examples/browser_bench "$R/diffit-server" "$WORK/checkpoints" 1 "$SAMPLE_STEPS" \
+            | tee -a /dev/stderr | collect
+    done
 fi
 
 # --- 5. Server ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //!
 //! 1. listing: `remote::list_runs` over RUNS runs in the bucket (with its run index, and with
 //!    the index removed, reading every run's metadata) vs `store::list_all_runs` over the same
-//!    runs on disk (median of 5 each);
+//!    runs on disk (BENCH_ROUNDS alternating rounds, default 5: medians and per-round pairs);
 //! 2. bytes: the checkpoints dir given (3 runs × 10 epochs written by `bench_disk`) synced into
 //!    the bucket, the bucket's object bytes vs the disk's allocated bytes.
 //!
@@ -19,16 +19,16 @@ use format::layout::{run_dir_name, METADATA_FILE};
 use format::Metadata;
 use remote::{Bucket, Location};
 
-fn median_ms(mut f: impl FnMut() -> usize, expect: usize) -> f64 {
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            assert_eq!(f(), expect);
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+/// Times one call of `f`, which must return `expect` runs.
+fn time_ms(f: impl FnOnce() -> usize, expect: usize) -> f64 {
+    let t = Instant::now();
+    assert_eq!(f(), expect);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
-    times[2]
+    times[times.len() / 2]
 }
 
 fn main() {
@@ -62,16 +62,30 @@ fn main() {
     .unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let expect = runs as usize;
-    let bucket_ms = median_ms(|| remote::list_runs(&bucket).unwrap().len(), expect);
-    let local_ms = median_ms(|| store::list_all_runs(disk.path()).unwrap().len(), expect);
+    // BENCH_ROUNDS (default 5) alternating rounds: the bucket, then the disk.
+    let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(5, |n| n.parse().unwrap());
+    let pairs: Vec<[f64; 2]> = (0..rounds)
+        .map(|_| {
+            [
+                time_ms(|| remote::list_runs(&bucket).unwrap().len(), expect),
+                time_ms(|| store::list_all_runs(disk.path()).unwrap().len(), expect),
+            ]
+        })
+        .collect();
+    let bucket_ms = median(pairs.iter().map(|p| p[0]).collect());
+    let local_ms = median(pairs.iter().map(|p| p[1]).collect());
     // Without the index, every run's metadata is read (64 at a time).
     bucket.delete(remote::index::INDEX_OBJECT).unwrap();
-    let unindexed_ms = median_ms(|| remote::list_runs(&bucket).unwrap().len(), expect);
+    let unindexed_ms = median(
+        (0..rounds)
+            .map(|_| time_ms(|| remote::list_runs(&bucket).unwrap().len(), expect))
+            .collect(),
+    );
     println!(
         "BENCH {}",
         serde_json::json!({"kind": "bucket_listing", "runs": runs,
                            "bucket_ms": bucket_ms, "unindexed_ms": unindexed_ms,
-                           "local_ms": local_ms})
+                           "local_ms": local_ms, "rounds_ms": pairs})
     );
 
     if let Some(checkpoints) = args.get(2).filter(|p| !p.is_empty()) {

@@ -2,12 +2,14 @@
 # Measures diffit-server on loopback: requests/s of GET /api/runs with $RUNS runs (wrk), next to
 # nginx serving the same JSON from a file, and peak RSS while streaming a $LARGE_BYTES checkpoint.
 # Only 127.0.0.1 is used; every process started here is stopped on exit.
-#   server/benches/serve_bench.sh   (env: RUNS DURATION CONNS THREADS LARGE_BYTES PROFILE SKIP_BUILD)
+#   server/benches/serve_bench.sh   (env: RUNS DURATION CONNS THREADS LARGE_BYTES PROFILE SKIP_BUILD
+#   BENCH_ROUNDS: alternating rounds of the two servers, default 5)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${RUNS:-10000}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 LARGE_BYTES=${LARGE_BYTES:-1073741824}
@@ -78,10 +80,16 @@ CONF
 NGINX_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$NGINX_PORT/api/runs" -o /dev/null && break; sleep 0.1; done
 
-echo "== diffit-server GET /api/runs ($THREADS threads, $CONNS connections, $DURATION)"
-wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$SERVER_PORT/api/runs" | tee "$WORK/wrk-server.txt"
-echo "== nginx, same JSON from a file"
-wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$NGINX_PORT/api/runs" | tee "$WORK/wrk-nginx.txt"
-echo "server VmHWM after the load: $(rss VmHWM) KiB"
 rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-echo "BENCH {\"kind\": \"server\", \"runs\": $RUNS, \"body_bytes\": $(stat -c %s "$WORK/www/api/runs.json"), \"server_rps\": $(rps "$WORK/wrk-server.txt"), \"nginx_rps\": $(rps "$WORK/wrk-nginx.txt"), \"stream_bytes\": $LARGE_BYTES, \"stream_peak_rss_kib\": $STREAM_HWM_KIB}"
+# ROUNDS alternating rounds of both servers; each round's pair gives one ratio in the report.
+server_rps=() nginx_rps=()
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round/$ROUNDS: diffit-server GET /api/runs ($THREADS threads, $CONNS connections, $DURATION)"
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$SERVER_PORT/api/runs" | tee "$WORK/wrk-server.txt"
+  echo "== round $round/$ROUNDS: nginx, same JSON from a file"
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$NGINX_PORT/api/runs" | tee "$WORK/wrk-nginx.txt"
+  server_rps+=("$(rps "$WORK/wrk-server.txt")") nginx_rps+=("$(rps "$WORK/wrk-nginx.txt")")
+done
+echo "server VmHWM after the load: $(rss VmHWM) KiB"
+list() { local IFS=,; echo "[$*]"; }
+echo "BENCH {\"kind\": \"server\", \"runs\": $RUNS, \"body_bytes\": $(stat -c %s "$WORK/www/api/runs.json"), \"server_rps_rounds\": $(list "${server_rps[@]}"), \"nginx_rps_rounds\": $(list "${nginx_rps[@]}"), \"stream_bytes\": $LARGE_BYTES, \"stream_peak_rss_kib\": $STREAM_HWM_KIB}"

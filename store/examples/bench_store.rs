@@ -114,51 +114,70 @@ fn lora_checkpoint(megabytes: usize) -> anyhow::Result<LoraCheckpoint> {
     Ok(c)
 }
 
-/// Alternates our checkpoint save with a plain write + fsync of the same bytes.
+/// Alternates our checkpoint save with a plain write + fsync of the same bytes, `BENCH_ROUNDS`
+/// times (default 11) per size; each round's pair gives one ratio.
 fn bench_saves(base: &Path) -> anyhow::Result<()> {
+    let rounds: u32 = match std::env::var("BENCH_ROUNDS") {
+        Ok(n) => n
+            .parse()
+            .map_err(|e| anyhow::anyhow!("BENCH_ROUNDS={n}: {e}"))?,
+        Err(_) => 11,
+    };
+    anyhow::ensure!(rounds >= 1, "BENCH_ROUNDS must be at least 1");
     // 1 MB is about a `small` LoRA checkpoint (adapters + AdamW moments, 0.8 MB).
     for megabytes in [1usize, 8, 64] {
         let mut run = CheckpointManager::create(base, "bench")?;
         let mut checkpoint = lora_checkpoint(megabytes)?;
         let plain = base.join(format!("plain_{megabytes}.bin"));
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for round in 1..=5u32 {
+        let mut pairs = Vec::new();
+        for round in 1..=rounds {
             checkpoint.epoch = round;
             let started = Instant::now();
             let saved = run.save_lora_weights(&checkpoint, "val_loss", Mode::Min)?;
-            ours.push(started.elapsed().as_secs_f64());
+            let ours = started.elapsed().as_secs_f64();
             let bytes = fs::read(&saved.path)?;
             let started = Instant::now();
             let mut file = fs::File::create(&plain)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             drop(file);
-            theirs.push(started.elapsed().as_secs_f64());
+            pairs.push((ours, started.elapsed().as_secs_f64()));
             run.cleanup_old_checkpoints(1, false)?;
         }
         let size = fs::metadata(&plain)?.len() as f64 / 1e6;
-        let rate = |secs: &[f64]| -> String {
-            secs.iter()
-                .map(|s| format!("{:.0}", size / s))
+        let rates = |pick: fn(&(f64, f64)) -> f64| -> String {
+            pairs
+                .iter()
+                .map(|p| format!("{:.0}", size / pick(p)))
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        let median = |secs: &mut Vec<f64>| {
-            secs.sort_by(f64::total_cmp);
-            size / secs[secs.len() / 2]
-        };
-        println!("LoRA save  {size:>6.1} MB: MB/s per round {}", rate(&ours));
+        println!(
+            "LoRA save  {size:>6.1} MB: MB/s per round {}",
+            rates(|p| p.0)
+        );
         println!(
             "plain write {size:>5.1} MB: MB/s per round {}",
-            rate(&theirs)
+            rates(|p| p.1)
         );
-        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
-        println!("  median: save_lora_weights {ours:.0} MB/s, plain write+fsync {theirs:.0} MB/s");
+        let median = |pick: fn(&(f64, f64)) -> f64| {
+            let mut secs: Vec<f64> = pairs.iter().map(pick).collect();
+            secs.sort_by(f64::total_cmp);
+            secs[secs.len() / 2]
+        };
+        let (ours, theirs) = (median(|p| p.0), median(|p| p.1));
+        println!(
+            "  median: save_lora_weights {:.0} MB/s, plain write+fsync {:.0} MB/s",
+            size / ours,
+            size / theirs
+        );
+        // Per round: [our ms, plain ms]; the report takes each round's ratio.
+        let rounds: Vec<[f64; 2]> = pairs.iter().map(|p| [p.0 * 1e3, p.1 * 1e3]).collect();
         println!(
             "BENCH {}",
-            serde_json::json!({"kind": "save", "megabytes": size, "save_mb_s": ours,
-                               "plain_mb_s": theirs, "save_ms": size / ours * 1e3})
+            serde_json::json!({"kind": "save", "megabytes": size, "save_mb_s": size / ours,
+                               "plain_mb_s": size / theirs, "save_ms": ours * 1e3,
+                               "rounds_ms": rounds})
         );
     }
     Ok(())

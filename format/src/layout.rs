@@ -6,7 +6,8 @@
 //!     config.json  metadata.json
 //!     base_model/base_model.safetensors
 //!     lora_weights/epoch_001.safetensors ... best.safetensors last.safetensors
-//!     logs/
+//!     annotations.json             (tags and a note, set by `diffit runs tag/note`)
+//!     logs/  events.out.tfevents.*  steps/epoch_001.json  samples/epoch_001.png
 //!   base_training/run_001/ ...   (base-training runs, in the seed system's layout)
 //! ```
 //!
@@ -33,6 +34,16 @@ pub const BASE_MODEL_FILE: &str = "base_model.safetensors";
 pub const LORA_DIR: &str = "lora_weights";
 /// Folder of the TensorBoard event files.
 pub const LOGS_DIR: &str = "logs";
+/// The user's tags and note of a run (`diffit runs tag` / `note`), kept apart from
+/// `metadata.json` so that annotating never races the run's writer.
+pub const ANNOTATIONS_FILE: &str = "annotations.json";
+/// Folder under `logs/` of the per-step training log, one JSON file per epoch
+/// ([`crate::logs::StepLog`]).
+pub const STEPS_DIR: &str = "steps";
+/// Folder under `logs/` of the sample grids drawn during training, one PNG per epoch.
+pub const SAMPLES_DIR: &str = "samples";
+/// Extension of a sample grid.
+pub const SAMPLE_EXT: &str = "png";
 /// Lock file held (OS advisory lock) by the one process writing a run.
 pub const LOCK_FILE: &str = ".lock";
 /// Extension of every tensor file.
@@ -46,6 +57,24 @@ pub const PENDING_SUFFIX: &str = ".pending";
 /// `run_001`, ..., `run_999`, `run_1000`: at least three digits.
 pub fn run_dir_name(run_number: u32) -> String {
     format!("run_{run_number:03}")
+}
+
+/// `epoch_007.json`-style name of epoch `epoch`'s file in a log folder.
+pub fn epoch_file_name(epoch: u32, ext: &str) -> String {
+    format!("epoch_{epoch:03}.{ext}")
+}
+
+/// Parses an [`epoch_file_name`] with extension `ext`: only the canonical spelling, epoch ≥ 1.
+pub fn parse_epoch_file_name(name: &str, ext: &str) -> Option<u32> {
+    let digits = name
+        .strip_prefix("epoch_")?
+        .strip_suffix(ext)?
+        .strip_suffix('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let epoch: u32 = digits.parse().ok()?;
+    (epoch >= 1 && epoch_file_name(epoch, ext) == name).then_some(epoch)
 }
 
 /// Parses a run directory name; only the canonical spelling (`run_007`, not `run_7` or `run_0007`).
@@ -200,6 +229,26 @@ impl RunLayout {
     pub fn logs_dir(&self) -> PathBuf {
         self.root().join(LOGS_DIR)
     }
+    /// `annotations.json`.
+    pub fn annotations(&self) -> PathBuf {
+        self.root().join(ANNOTATIONS_FILE)
+    }
+    /// `logs/steps/`.
+    pub fn steps_dir(&self) -> PathBuf {
+        self.logs_dir().join(STEPS_DIR)
+    }
+    /// `logs/steps/epoch_NNN.json`: epoch `epoch`'s training steps.
+    pub fn step_log(&self, epoch: u32) -> PathBuf {
+        self.steps_dir().join(epoch_file_name(epoch, "json"))
+    }
+    /// `logs/samples/`.
+    pub fn samples_dir(&self) -> PathBuf {
+        self.logs_dir().join(SAMPLES_DIR)
+    }
+    /// `logs/samples/epoch_NNN.png`: the sample grid drawn after epoch `epoch`.
+    pub fn sample_grid(&self, epoch: u32) -> PathBuf {
+        self.samples_dir().join(epoch_file_name(epoch, SAMPLE_EXT))
+    }
     /// The file of a checkpoint name.
     pub fn checkpoint(&self, name: CheckpointName) -> PathBuf {
         match name {
@@ -225,6 +274,27 @@ impl RunLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_file_names_round_trip_and_only_canonical_ones_parse() {
+        for epoch in [1, 7, 999, 1000] {
+            let name = epoch_file_name(epoch, "png");
+            assert_eq!(parse_epoch_file_name(&name, "png"), Some(epoch));
+            assert_eq!(parse_epoch_file_name(&name, "json"), None);
+        }
+        for bad in [
+            "epoch_000.png",
+            "epoch_7.png",
+            "epoch_0007.png",
+            "epoch_.png",
+            "epoch_007png",
+            "epoch_007.png.tmp-1",
+            "epoch_+07.png",
+            "best.png",
+        ] {
+            assert_eq!(parse_epoch_file_name(bad, "png"), None, "{bad}");
+        }
+    }
 
     #[test]
     fn run_names_round_trip_past_999() {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod layout;
+pub mod logs;
 pub mod metadata;
 pub mod seed;
 pub mod tensors;

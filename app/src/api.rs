@@ -1,7 +1,7 @@
 //! The server's HTTP API as the app calls it: the fetch functions and their errors. The bodies
 //! are `format::api`'s types, the very ones the server serializes.
 
-use format::api::{run_path, ErrorBody, RunDetail, RunList, RunSummary, RUNS_PATH};
+use format::api::{run_path, ErrorBody, RunDetail, RunList, RunQuery, RunSummary, RUNS_PATH};
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use web_sys::RequestCache;
@@ -45,6 +45,11 @@ pub async fn fetch_runs() -> Result<Vec<RunSummary>, ApiError> {
 /// The whole run list: the runs and the base-training runs.
 pub async fn fetch_run_list() -> Result<RunList, ApiError> {
     get_json::<RunList>(RUNS_PATH).await
+}
+
+/// One page of the runs a query matches (searched, sorted and paged by the server).
+pub async fn fetch_run_page(query: &RunQuery) -> Result<RunList, ApiError> {
+    get_json::<RunList>(&query.path()).await
 }
 
 /// One run's metadata and configuration.

@@ -1,104 +1,79 @@
-//! The runs view: every run in a sortable table, refreshed by live updates; a row opens the run,
-//! checked rows open together with their charts overlaid.
+//! The runs view: one page of the runs at a time, searched, sorted and paged by the server
+//! (`/api/runs?q=…`, [`format::query`]), with a column for each config value that differs
+//! between the matching runs; refreshed by live updates. A row opens the run; checked rows
+//! open together with their charts overlaid.
 
-use std::cmp::Ordering;
+use std::time::Duration;
 
 use leptos::prelude::*;
+use serde_json::Value;
 
-use format::api::{RunList, RunSummary};
+use format::api::{RunList, RunPage, RunQuery, RunSummary, SortOrder, DEFAULT_PAGE};
 
-use crate::api::fetch_run_list;
+use crate::api::fetch_run_page;
 use crate::display;
 use crate::error::ErrorBox;
 use crate::live::use_live;
 use crate::route::{navigate, Route};
 
-/// A column the table can be sorted by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortKey {
-    /// Run number.
-    Run,
-    /// Experiment name.
-    Experiment,
-    /// Creation time.
-    Created,
-    /// Number of checkpoints.
-    Checkpoints,
-    /// Best validation loss.
-    BestValLoss,
-    /// Base model's validation loss.
-    BaseValLoss,
-    /// Run status.
-    Status,
-}
-
-const COLUMNS: [(SortKey, &str, &str); 7] = [
-    (SortKey::Run, "run", "Run"),
-    (SortKey::Experiment, "experiment", "Experiment"),
-    (SortKey::Created, "created", "Created"),
-    (SortKey::Checkpoints, "checkpoints", "Checkpoints"),
-    (SortKey::BestValLoss, "best_val_loss", "Best val_loss"),
-    (SortKey::BaseValLoss, "base_val_loss", "Base val_loss"),
-    (SortKey::Status, "status", "Status"),
+/// The fixed columns: the sort key the server knows each by, and its title.
+const COLUMNS: [(&str, &str); 7] = [
+    ("run", "Run"),
+    ("experiment", "Experiment"),
+    ("created", "Created"),
+    ("checkpoints", "Checkpoints"),
+    ("best_val_loss", "Best val_loss"),
+    ("base_val_loss", "Base val_loss"),
+    ("status", "Status"),
 ];
 
-/// Orders two runs by `key`; missing values sort last whatever the direction.
-pub fn compare(a: &RunSummary, b: &RunSummary, key: SortKey, ascending: bool) -> Ordering {
-    fn opt<T: PartialOrd>(a: Option<T>, b: Option<T>, ascending: bool) -> Ordering {
-        match (a, b) {
-            (Some(a), Some(b)) => {
-                let o = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
-                if ascending {
-                    o
-                } else {
-                    o.reverse()
-                }
-            }
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => Ordering::Equal,
-        }
+/// Most config columns shown; the rest of the differing values are in the row's tooltip.
+const MAX_PARAM_COLUMNS: usize = 8;
+
+/// How long typing pauses before the search is sent.
+const SEARCH_PAUSE: Duration = Duration::from_millis(250);
+
+/// A config value as a cell shows it.
+pub fn param_cell(value: Option<&Value>) -> String {
+    match value {
+        None => "—".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) => format!("{v:e}"),
+            _ => n.to_string(),
+        },
+        Some(other) => other.to_string(),
     }
-    let (ia, ib) = (a.info.as_ref(), b.info.as_ref());
-    let primary = match key {
-        SortKey::Run => opt(Some(a.run_number), Some(b.run_number), ascending),
-        SortKey::Experiment => opt(
-            ia.map(|i| &i.experiment_name),
-            ib.map(|i| &i.experiment_name),
-            ascending,
-        ),
-        SortKey::Created => opt(
-            ia.map(|i| &i.created_at),
-            ib.map(|i| &i.created_at),
-            ascending,
-        ),
-        SortKey::Checkpoints => opt(
-            ia.map(|i| i.checkpoints_count),
-            ib.map(|i| i.checkpoints_count),
-            ascending,
-        ),
-        SortKey::BestValLoss => opt(
-            a.best_value_of("val_loss"),
-            b.best_value_of("val_loss"),
-            ascending,
-        ),
-        SortKey::BaseValLoss => opt(
-            ia.and_then(|i| i.base_val_loss),
-            ib.and_then(|i| i.base_val_loss),
-            ascending,
-        ),
-        SortKey::Status => opt(Some(a.status.as_str()), Some(b.status.as_str()), ascending),
-    };
-    primary.then(a.run_number.cmp(&b.run_number))
+}
+
+/// A column title for a config key: its last part (the full path is the tooltip).
+fn param_title(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
 }
 
 /// The runs table.
 #[component]
 pub fn RunsView() -> impl IntoView {
     let live = use_live();
+    let search = RwSignal::new(String::new());
+    let draft = RwSignal::new(String::new());
+    let sort = RwSignal::new(("run".to_string(), false));
+    let offset = RwSignal::new(0usize);
     let runs = LocalResource::new(move || {
         live.changes.track();
-        fetch_run_list()
+        let (key, ascending) = sort.get();
+        let query = RunQuery {
+            q: Some(search.get()).filter(|q| !q.trim().is_empty()),
+            sort: Some(key),
+            order: Some(if ascending {
+                SortOrder::Asc
+            } else {
+                SortOrder::Desc
+            }),
+            offset: Some(offset.get()),
+            limit: Some(DEFAULT_PAGE),
+        };
+        async move { fetch_run_page(&query).await }
     });
     // The latest answer, kept while a refetch is in flight. Only a change of *kind* (loading,
     // error, empty, table) rebuilds the view; a changed list updates the table's keyed rows, so
@@ -110,12 +85,21 @@ pub fn RunsView() -> impl IntoView {
                 None => previous.cloned().flatten(),
             },
         );
+    let page = Memo::new(move |_| {
+        latest.with(|l| match l {
+            Some(Ok(list)) => list.page.clone(),
+            _ => None,
+        })
+    });
     let kind = Memo::new(move |_| {
         latest.with(|l| match l {
             None => ListState::Loading,
             Some(Err(e)) => ListState::Error(e.clone()),
-            Some(Ok(list)) if list.runs.is_empty() => ListState::Empty,
-            Some(Ok(_)) => ListState::Table,
+            Some(Ok(list)) => match &list.page {
+                Some(p) if p.total == 0 => ListState::Empty,
+                Some(p) if p.matched == 0 => ListState::NoMatch,
+                _ => ListState::Table,
+            },
         })
     });
     let list = Signal::derive(move || {
@@ -130,8 +114,38 @@ pub fn RunsView() -> impl IntoView {
             _ => Vec::new(),
         })
     });
-    let sort = RwSignal::new((SortKey::Run, false));
+    let varying = Memo::new(move |_| {
+        page.with(|p| {
+            p.as_ref()
+                .map(|p| p.varying.iter().take(MAX_PARAM_COLUMNS).cloned().collect())
+                .unwrap_or_default()
+        })
+    });
     let selected = RwSignal::new(Vec::<u32>::new());
+    // A new search or sort starts at the first page.
+    let apply = move |text: String| {
+        if search.get_untracked() != text {
+            offset.set(0);
+            search.set(text);
+        }
+    };
+    let on_input = move |ev: leptos::ev::Event| {
+        let text = event_target_value(&ev);
+        draft.set(text.clone());
+        set_timeout(
+            move || {
+                if draft.get_untracked() == text {
+                    apply(text);
+                }
+            },
+            SEARCH_PAUSE,
+        );
+    };
+    let on_key = move |ev: leptos::ev::KeyboardEvent| {
+        if ev.key() == "Enter" {
+            apply(draft.get_untracked());
+        }
+    };
 
     let open_selected = move |_| {
         let mut picked = selected.get();
@@ -157,6 +171,19 @@ pub fn RunsView() -> impl IntoView {
                     {move || format!("Compare selected ({})", selected.with(Vec::len))}
                 </button>
             </header>
+            <div class="runs-tools">
+                <input
+                    type="search"
+                    class="run-search"
+                    data-search=""
+                    placeholder="Search: lr<1e-3 tag:sweep -status:broken trees"
+                    title="Terms, all of which must hold: KEY<VALUE (also <=, >, >=, =, !=, : for contains) over a run field (run, experiment, status, created, checkpoints, best_val_loss, base_val_loss, best, note) or a config value (learning_rate, training.batch_size, lora.rank, lr …); tag:NAME; a word found in the name, note or tags; a leading - negates."
+                    prop:value=move || draft.get()
+                    on:input=on_input
+                    on:keydown=on_key
+                />
+                <Pager page=page offset=offset/>
+            </div>
             {move || match kind.get() {
                 ListState::Loading => view! { <p class="loading">"Loading runs…"</p> }.into_any(),
                 ListState::Error(e) => view! { <ErrorBox message=e/> }.into_any(),
@@ -168,7 +195,14 @@ pub fn RunsView() -> impl IntoView {
                     </p>
                 }
                 .into_any(),
-                ListState::Table => view! { <RunsTable runs=list sort=sort selected=selected/> }.into_any(),
+                ListState::NoMatch => view! {
+                    <p class="empty" data-no-match="">"No run matches the search."</p>
+                }
+                .into_any(),
+                ListState::Table => view! {
+                    <RunsTable runs=list sort=sort offset=offset varying=varying selected=selected/>
+                }
+                .into_any(),
             }}
             {move || {
                 let rows = base_runs.get();
@@ -184,47 +218,112 @@ enum ListState {
     Loading,
     Error(String),
     Empty,
+    NoMatch,
     Table,
+}
+
+/// "Runs 101–200 of 1,234 (10,000 in all)" with the previous and next pages.
+#[component]
+fn Pager(page: Memo<Option<RunPage>>, offset: RwSignal<usize>) -> impl IntoView {
+    let text = move || {
+        page.with(|p| {
+            p.as_ref().map(|p| {
+                let first = (p.offset + 1).min(p.matched);
+                let last = (p.offset + DEFAULT_PAGE).min(p.matched);
+                let all = if p.matched == p.total {
+                    String::new()
+                } else {
+                    format!(" ({} in all)", display::count(p.total))
+                };
+                format!(
+                    "Runs {}–{} of {}{all}",
+                    display::count(first),
+                    display::count(last),
+                    display::count(p.matched)
+                )
+            })
+        })
+    };
+    let has_next = move || {
+        page.with(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.offset + DEFAULT_PAGE < p.matched)
+        })
+    };
+    view! {
+        <div class="pager">
+            <span class="sub" data-page-info="">{text}</span>
+            <button
+                class="secondary"
+                data-action="previous-page"
+                disabled=move || offset.get() == 0
+                on:click=move |_| offset.update(|o| *o = o.saturating_sub(DEFAULT_PAGE))
+            >
+                "‹ Previous"
+            </button>
+            <button
+                class="secondary"
+                data-action="next-page"
+                disabled=move || !has_next()
+                on:click=move |_| offset.update(|o| *o += DEFAULT_PAGE)
+            >
+                "Next ›"
+            </button>
+        </div>
+    }
+}
+
+/// A sortable column title: a click sorts by it, a second click reverses.
+fn sort_header(
+    sort: RwSignal<(String, bool)>,
+    offset: RwSignal<usize>,
+    key: String,
+    label: String,
+    class: &'static str,
+) -> impl IntoView {
+    let (k1, k2, k3) = (key.clone(), key.clone(), key.clone());
+    let arrow = move || match sort.get() {
+        (k, true) if k == k1 => " ▲",
+        (k, false) if k == k1 => " ▼",
+        _ => "",
+    };
+    let on_click = move |_| {
+        offset.set(0);
+        sort.update(|(k, ascending)| {
+            if *k == k2 {
+                *ascending = !*ascending;
+            } else {
+                k.clone_from(&k2);
+                *ascending = true;
+            }
+        })
+    };
+    view! {
+        <th data-sort=key.clone() title=key class=class class:sorted=move || sort.get().0 == k3 on:click=on_click>
+            {label}
+            {arrow}
+        </th>
+    }
 }
 
 #[component]
 fn RunsTable(
     runs: Signal<Vec<RunSummary>>,
-    sort: RwSignal<(SortKey, bool)>,
+    sort: RwSignal<(String, bool)>,
+    offset: RwSignal<usize>,
+    varying: Memo<Vec<String>>,
     selected: RwSignal<Vec<u32>>,
 ) -> impl IntoView {
-    let rows = move || {
-        let (key, ascending) = sort.get();
-        let mut sorted = runs.get();
-        sorted.sort_by(|a, b| compare(a, b, key, ascending));
-        sorted
+    let header = move || {
+        let fixed = COLUMNS
+            .iter()
+            .map(|&(key, label)| sort_header(sort, offset, key.to_string(), label.to_string(), ""));
+        let params = varying.get().into_iter().map(|key| {
+            let label = param_title(&key).to_string();
+            sort_header(sort, offset, key, label, "param varying")
+        });
+        fixed.chain(params).collect_view()
     };
-    let header = COLUMNS
-        .iter()
-        .map(|&(key, attr, label)| {
-            let arrow = move || match sort.get() {
-                (k, true) if k == key => " ▲",
-                (k, false) if k == key => " ▼",
-                _ => "",
-            };
-            let on_click = move |_| {
-                sort.update(|(k, ascending)| {
-                    if *k == key {
-                        *ascending = !*ascending;
-                    } else {
-                        *k = key;
-                        *ascending = true;
-                    }
-                })
-            };
-            view! {
-                <th data-sort=attr class:sorted=move || sort.get().0 == key on:click=on_click>
-                    {label}
-                    {arrow}
-                </th>
-            }
-        })
-        .collect_view();
     view! {
         <table class="runs">
             <thead>
@@ -234,9 +333,14 @@ fn RunsTable(
                 </tr>
             </thead>
             <tbody>
-                // Keyed by the whole summary: a row is rebuilt only when what it shows changed.
-                <For each=rows key=|run| format!("{run:?}") let:run>
-                    <RunRow run=run selected=selected/>
+                // Keyed by the whole summary and the columns: a row is rebuilt only when what
+                // it shows changed.
+                <For
+                    each=move || runs.get()
+                    key=move |run| format!("{run:?}{:?}", varying.get_untracked())
+                    let:run
+                >
+                    <RunRow run=run selected=selected varying=varying.get_untracked()/>
                 </For>
             </tbody>
         </table>
@@ -303,7 +407,7 @@ fn BaseRunsTable(runs: Vec<RunSummary>) -> impl IntoView {
 }
 
 #[component]
-fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
+fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>, varying: Vec<String>) -> impl IntoView {
     let n = run.run_number;
     let open = move |_| {
         navigate(&Route::Run {
@@ -335,18 +439,37 @@ fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
             <tr class="broken" data-run=n on:click=open>
                 {checkbox}
                 <td class="num">{n}</td>
-                <td colspan="6" class="error-text">{format!("unreadable: {error}")}</td>
+                <td colspan=6 + varying.len() class="error-text">{format!("unreadable: {error}")}</td>
             </tr>
         }
         .into_any();
     }
     let status = run.status.as_str();
     let info = run.info.as_ref();
+    let tags = info
+        .map(|i| i.tags.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|tag| {
+            let label = tag.clone();
+            view! { <span class="tag" data-tag=tag>{label}</span> }
+        })
+        .collect_view();
+    let note = info.and_then(|i| i.note.clone()).map(|note| {
+        view! { <span class="note-mark" data-note="" title=note>"✎"</span> }
+    });
+    let params = varying
+        .iter()
+        .map(|key| {
+            let value = info.and_then(|i| i.params.get(key));
+            view! { <td class="param" data-param=key.clone()>{param_cell(value)}</td> }
+        })
+        .collect_view();
     view! {
         <tr data-run=n on:click=open>
             {checkbox}
             <td class="num">{n}</td>
-            <td>{info.map(|i| i.experiment_name.clone()).unwrap_or_default()}</td>
+            <td>{info.map(|i| i.experiment_name.clone()).unwrap_or_default()} {tags} {note}</td>
             <td>{info.map(|i| display::time(&i.created_at)).unwrap_or_default()}</td>
             <td class="num">{info.map(|i| i.checkpoints_count.to_string()).unwrap_or_default()}</td>
             <td class="num">
@@ -357,6 +480,7 @@ fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
             <td>
                 <span class=format!("status status-{status}") title=info.and_then(|i| i.seed.as_ref()).map(|s| s.note.clone())>{status}</span>
             </td>
+            {params}
         </tr>
     }
     .into_any()
@@ -366,36 +490,14 @@ fn RunRow(run: RunSummary, selected: RwSignal<Vec<u32>>) -> impl IntoView {
 mod tests {
     use super::*;
 
-    fn run(n: u32, best: Option<f64>) -> RunSummary {
-        let best = best
-            .map(|v| format!(r#"{{"epoch":1,"monitor":"val_loss","value":{v}}}"#))
-            .unwrap_or_else(|| "null".into());
-        serde_json::from_str(&format!(
-            r#"{{"run_number":{n},"status":"finished","experiment_name":"e",
-                "created_at":"2025-01-01T00:00:00","updated_at":null,
-                "recorded_status":"finished","checkpoints_count":1,"last_epoch":1,
-                "best":{best},"base_val_loss":null,"writer_active":false}}"#
-        ))
-        .unwrap()
-    }
-
     #[test]
-    fn sorts_with_missing_values_last() {
-        let mut runs = [run(1, Some(0.5)), run(2, None), run(3, Some(0.2))];
-        runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, true));
-        assert_eq!(
-            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
-            [3, 1, 2]
-        );
-        runs.sort_by(|a, b| compare(a, b, SortKey::BestValLoss, false));
-        assert_eq!(
-            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
-            [1, 3, 2]
-        );
-        runs.sort_by(|a, b| compare(a, b, SortKey::Run, false));
-        assert_eq!(
-            runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
-            [3, 2, 1]
-        );
+    fn config_values_read_as_written() {
+        assert_eq!(param_cell(Some(&serde_json::json!(0.0001))), "1e-4");
+        assert_eq!(param_cell(Some(&serde_json::json!(0.01))), "0.01");
+        assert_eq!(param_cell(Some(&serde_json::json!(8))), "8");
+        assert_eq!(param_cell(Some(&serde_json::json!("adamw"))), "adamw");
+        assert_eq!(param_cell(Some(&serde_json::json!([1, 2]))), "[1,2]");
+        assert_eq!(param_cell(None), "—");
+        assert_eq!(param_title("training.learning_rate"), "learning_rate");
     }
 }

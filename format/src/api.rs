@@ -1,6 +1,8 @@
 //! The HTTP API: its paths and every JSON body, declared once. The server serializes these
 //! types and the app deserializes the same ones, so the two cannot drift apart.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -128,6 +130,16 @@ pub struct RunInfo {
     /// Set when the seed system wrote the run: it is read-only here, and this says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedRun>,
+    /// The user's tags (`diffit runs tag`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The user's note (`diffit runs note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The run's config values by dotted path in `config.json` (`training.learning_rate`),
+    /// scalars and lists ([`crate::query::flatten_params`]); empty when it has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, Value>,
 }
 
 impl RunInfo {
@@ -172,6 +184,115 @@ pub struct RunList {
     /// `seed` field; each one's detail is at [`base_training_run_path`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub base_training: Vec<RunSummary>,
+    /// A page ([`RunQuery`]): where `runs` starts among the matching runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<RunPage>,
+}
+
+/// What a paged or filtered list answers besides its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// Index of the first row among the matching runs.
+    pub offset: usize,
+    /// Runs that match the query (all pages).
+    pub matched: usize,
+    /// Every run of the checkpoints dir.
+    pub total: usize,
+    /// The config keys whose values differ between the matching runs (the columns worth showing).
+    pub varying: Vec<String>,
+}
+
+/// Most rows one page holds.
+pub const MAX_PAGE: usize = 1000;
+/// Rows of a page when the query names no limit.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// Sort direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    /// Smallest first.
+    #[default]
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// `GET /api/runs?q=…&sort=…&order=…&offset=…&limit=…`: the matching runs ([`crate::query`]),
+/// sorted by a field or config value, one page of them. With none of these the list is
+/// every run, unpaged, as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunQuery {
+    /// The search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// A field or config key to sort by (run number by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
+    /// Direction of the sort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<SortOrder>,
+    /// Rows to skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// Rows to send, at most [`MAX_PAGE`] ([`DEFAULT_PAGE`] when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl RunQuery {
+    /// True when it asks for the plain, whole list.
+    pub fn is_plain(&self) -> bool {
+        *self == RunQuery::default()
+    }
+
+    /// `/api/runs?…` for this query.
+    pub fn path(&self) -> String {
+        let mut parts = vec![];
+        let mut push = |key: &str, value: &str| {
+            parts.push(format!("{key}={}", percent_encode(value)));
+        };
+        if let Some(q) = &self.q {
+            push("q", q);
+        }
+        if let Some(sort) = &self.sort {
+            push("sort", sort);
+        }
+        if let Some(order) = self.order {
+            push(
+                "order",
+                match order {
+                    SortOrder::Asc => "asc",
+                    SortOrder::Desc => "desc",
+                },
+            );
+        }
+        if let Some(offset) = self.offset {
+            push("offset", &offset.to_string());
+        }
+        if let Some(limit) = self.limit {
+            push("limit", &limit.to_string());
+        }
+        if parts.is_empty() {
+            RUNS_PATH.to_string()
+        } else {
+            format!("{RUNS_PATH}?{}", parts.join("&"))
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 /// `GET /api/runs/{n}`: the run's state, its metadata and its `config.json`.
@@ -292,8 +413,29 @@ mod tests {
                 base_val_loss: Some(0.9),
                 writer_active: false,
                 seed: None,
+                tags: vec![],
+                note: None,
+                params: BTreeMap::new(),
             }),
         }
+    }
+
+    #[test]
+    fn a_query_becomes_an_encoded_path_and_reads_back() {
+        assert_eq!(RunQuery::default().path(), RUNS_PATH);
+        assert!(RunQuery::default().is_plain());
+        let q = RunQuery {
+            q: Some("lr<1e-3 tag:sweep \"a&b\"".into()),
+            sort: Some("training.learning_rate".into()),
+            order: Some(SortOrder::Desc),
+            offset: Some(200),
+            limit: Some(100),
+        };
+        assert_eq!(
+            q.path(),
+            "/api/runs?q=lr%3C1e-3%20tag%3Asweep%20%22a%26b%22\
+             &sort=training.learning_rate&order=desc&offset=200&limit=100"
+        );
     }
 
     #[test]
@@ -307,6 +449,7 @@ mod tests {
         let list = RunList {
             runs: vec![readable(), broken],
             base_training: Vec::new(),
+            page: None,
         };
         let json = serde_json::to_value(&list).unwrap();
         // The readable part is flattened into the row, as the API has always sent it.
@@ -335,6 +478,7 @@ mod tests {
         let list = RunList {
             runs: vec![row.clone()],
             base_training: vec![row],
+            page: None,
         };
         let json = serde_json::to_value(&list).unwrap();
         assert_eq!(json["runs"][0]["status"], "seed");

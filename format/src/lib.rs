@@ -4,10 +4,12 @@
 //! these same types. Nothing here touches the filesystem. [`seed`] tells runs the seed system
 //! (PyTorch Lightning) wrote from ours, so that readers show them read-only.
 
+pub mod annotations;
 pub mod api;
 pub mod layout;
 pub mod logs;
 pub mod metadata;
+pub mod query;
 pub mod seed;
 pub mod tensors;
 

@@ -48,8 +48,9 @@ const UPDATE_TRIES: u32 = 64;
 pub enum Entry {
     /// A writer (its token) is about to commit or has committed since the last settle.
     Writing(String),
-    /// The run's list row, as its committed metadata gives it.
-    Settled(RunInfo),
+    /// The run's list row, as its committed metadata gives it (boxed: a row is far bigger than
+    /// a token).
+    Settled(Box<RunInfo>),
 }
 
 /// The whole index.
@@ -203,7 +204,9 @@ pub fn settle(bucket: &Bucket, rows: &[(u32, RunInfo)]) -> Result<()> {
     update(bucket, |index| {
         for (n, info) in rows {
             if index.runs.get(n) == Some(&mine) {
-                index.runs.insert(*n, Entry::Settled(info.clone()));
+                index
+                    .runs
+                    .insert(*n, Entry::Settled(Box::new(info.clone())));
             }
         }
     })?;

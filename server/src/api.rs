@@ -15,7 +15,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use format::api::{RunDetail, RunMetrics, READY_EVENT, RESYNC_EVENT};
+use format::api::{
+    RunDetail, RunList, RunMetrics, RunPage, RunQuery, RunSummary, SortOrder, DEFAULT_PAGE,
+    MAX_PAGE, READY_EVENT, RESYNC_EVENT,
+};
 use format::{CheckpointName, Metadata};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -27,6 +30,7 @@ use crate::error::ApiError;
 use crate::root::ConfineError;
 use crate::state::{AppState, Shared};
 use crate::tensor_file::{compute_checksum, FileFacts, FileKey, Representation};
+use crate::watch::RunsSnapshot;
 
 /// Interval of SSE keep-alive comments.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -51,22 +55,84 @@ pub fn parse_run_number(text: &str) -> Result<u32, ApiError> {
         })
 }
 
-/// `GET /api/runs`: every run, broken ones included, from the watcher's cached list.
-pub async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /api/runs`: every run, broken ones included, from the watcher's cached list; with a
+/// query (`q`, `sort`, `order`, `offset`, `limit`: [`RunQuery`]) the matching runs, sorted,
+/// one page of them, with the counts and the config keys that differ between them.
+pub async fn list_runs(
+    State(state): State<AppState>,
+    query: Result<Query<RunQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let snapshot = state.shared.runs();
-    let etag = format!("\"runs-{}\"", snapshot.generation);
+    let (etag, body) = if query.is_plain() {
+        let etag = format!("\"runs-{}\"", snapshot.generation);
+        (etag, snapshot.json.clone())
+    } else {
+        // The same query of the same list is the same answer.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&query.path(), &mut hasher);
+        let etag = format!(
+            "\"runs-{}-{:016x}\"",
+            snapshot.generation,
+            std::hash::Hasher::finish(&hasher)
+        );
+        if if_none_match(&headers, &etag) {
+            (etag, Default::default())
+        } else {
+            let page = run_page(&snapshot, &query)?;
+            let json = serde_json::to_vec(&page)
+                .map_err(|e| ApiError::Internal(format!("cannot encode the run list: {e}")))?;
+            (etag, json.into())
+        }
+    };
     let mut response = if if_none_match(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            snapshot.json.clone(),
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     set_header(&mut response, header::ETAG, &etag);
     set_header(&mut response, header::CACHE_CONTROL, REVALIDATE);
-    response
+    Ok(response)
+}
+
+/// One page of the runs `query` matches, sorted as it asks.
+fn run_page(snapshot: &RunsSnapshot, query: &RunQuery) -> Result<RunList, ApiError> {
+    let all = || snapshot.summaries.values();
+    let search = format::query::Query::parse(query.q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    search
+        .check_keys(all())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is more than a page holds ({MAX_PAGE})"
+        )));
+    }
+    let mut matched: Vec<&RunSummary> = all().filter(|row| search.matches(row)).collect();
+    if let Some(key) = &query.sort {
+        format::query::check_key(key, all()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let key = query.sort.as_deref().unwrap_or("run");
+    let ascending = query.order.unwrap_or_default() == SortOrder::Asc;
+    matched.sort_by(|a, b| format::query::compare_rows(a, b, key, ascending));
+    let offset = query.offset.unwrap_or(0);
+    Ok(RunList {
+        runs: matched
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|r| (*r).clone())
+            .collect(),
+        base_training: snapshot.base_training.summaries.values().cloned().collect(),
+        page: Some(RunPage {
+            offset,
+            matched: matched.len(),
+            total: snapshot.summaries.len(),
+            varying: format::query::varying_params(matched.iter().copied()),
+        }),
+    })
 }
 
 /// `GET /api/runs/{n}`: the run's state, its metadata and its `config.json` (null if absent).

@@ -74,21 +74,30 @@ pub enum Fingerprint {
     Missing,
 }
 
-/// The run folders of `set` and the fingerprint of each one's metadata, sorted by number.
+/// What a run's list row is read from: `metadata.json`, `annotations.json` and `config.json`,
+/// each fingerprinted.
+pub type RunFingerprint = [Fingerprint; 3];
+
+/// The run folders of `set` and the fingerprint of each one's row files, sorted by number.
 /// A missing root (or `base_training/`) is an empty list.
-pub fn scan(root: &CheckpointsRoot, set: RunSet) -> Vec<(u32, Fingerprint)> {
+pub fn scan(root: &CheckpointsRoot, set: RunSet) -> Vec<(u32, RunFingerprint)> {
     let Some(base) = set.dir(root) else {
         return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir(&base) else {
         return Vec::new();
     };
-    let mut runs: Vec<(u32, Fingerprint)> = entries
+    let mut runs: Vec<(u32, RunFingerprint)> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let n = parse_run_dir_name(entry.file_name().to_str()?)?;
-            let metadata_path = entry.path().join(format::layout::METADATA_FILE);
-            Some((n, fingerprint(&metadata_path)))
+            let dir = entry.path();
+            let files = [
+                format::layout::METADATA_FILE,
+                format::layout::ANNOTATIONS_FILE,
+                format::layout::CONFIG_FILE,
+            ];
+            Some((n, files.map(|name| fingerprint(&dir.join(name)))))
         })
         .collect();
     runs.sort_unstable_by_key(|(n, _)| *n);
@@ -139,6 +148,19 @@ pub fn summarize(root: &CheckpointsRoot, set: RunSet, n: u32) -> RunSummary {
     }
     match run_info(&layout) {
         Ok(mut info) => {
+            // The store read annotations.json and config.json as they lie: what leaves the
+            // root (a symlink out) is not shown.
+            let confined = |path: &Path| match root.open(path) {
+                Ok(_) | Err(ConfineError::NotFound(_)) => true,
+                Err(_) => false,
+            };
+            if !confined(&layout.annotations()) {
+                info.tags.clear();
+                info.note = None;
+            }
+            if !confined(&layout.config()) {
+                info.params.clear();
+            }
             if root.follows_bucket() {
                 info.writer_active = info.recorded_status == RunStatus::Running;
             }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use format::api::{EventKind, RunEvent, RunList, RunSummary};
 
-use crate::catalog::{self, Fingerprint, RunSet};
+use crate::catalog::{self, RunFingerprint, RunSet};
 use crate::root::CheckpointsRoot;
 
 /// One change, as broadcast to `/api/events` subscribers: its kind (the SSE event name) and
@@ -29,7 +29,7 @@ pub struct RunChange {
 pub struct RunSetView {
     /// Row per run number.
     pub summaries: BTreeMap<u32, RunSummary>,
-    fingerprints: HashMap<u32, Fingerprint>,
+    fingerprints: HashMap<u32, RunFingerprint>,
 }
 
 /// The run list as last seen, with its JSON ready to send.
@@ -39,7 +39,7 @@ pub struct RunsSnapshot {
     pub generation: u64,
     /// Row per run number.
     pub summaries: BTreeMap<u32, RunSummary>,
-    fingerprints: HashMap<u32, Fingerprint>,
+    fingerprints: HashMap<u32, RunFingerprint>,
     /// The base-training runs (`base_training/`).
     pub base_training: RunSetView,
     /// `{"runs": [...], "base_training": [...]}`.
@@ -56,6 +56,7 @@ impl RunsSnapshot {
         let body = RunList {
             runs: runs.summaries.values().cloned().collect(),
             base_training: base_training.summaries.values().cloned().collect(),
+            page: None,
         };
         // Serializing plain data structures cannot fail; an empty list is the safe fallback.
         let json = serde_json::to_vec(&body)

@@ -342,3 +342,121 @@ async fn static_app_or_a_page_saying_how_to_build_it() {
     let absent = blocking(move || get(addr, "/nope.js", &[])).await;
     assert_eq!(absent.status, 404);
 }
+
+/// The search, the sort and the pages of `/api/runs`, over runs with their own learning rates,
+/// tags and notes (set through the store as `diffit runs tag` does), and a tag added while the
+/// server runs showing up in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_is_searched_sorted_and_paged() {
+    use format::api::{RunList, RunQuery, SortOrder};
+    use store::annotations::update_annotations;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rates = [1e-3, 5e-4, 2e-4, 1e-4, 3e-3];
+    for (i, lr) in rates.iter().enumerate() {
+        let n = i as u32 + 1;
+        let layout = write_run(dir.path(), n, 1, RunStatus::Finished);
+        let config = serde_json::json!({
+            "training": {"learning_rate": lr, "batch_size": 8},
+            "lora": {"rank": 4},
+        });
+        write_atomic(&layout.config(), &serde_json::to_vec(&config).unwrap());
+        if n != 3 {
+            update_annotations(&layout, |a| a.retag(&["sweep".into()], &[])).unwrap();
+        }
+    }
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("a.json"), br#"{"tags":["leaked"]}"#).unwrap();
+    let run5 = format::RunLayout::new(dir.path(), 5);
+    std::fs::remove_file(run5.annotations()).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("a.json"), run5.annotations()).unwrap();
+    let server = start(dir.path(), &dir.path().join("no-app")).await;
+    let addr = server.addr;
+    let list = move |query: RunQuery| {
+        let answer = get(addr, &query.path(), &[]);
+        (answer.status, answer.json())
+    };
+
+    let (status, body) = blocking(move || {
+        list(RunQuery {
+            q: Some("lr<1e-3 tag:sweep".into()),
+            sort: Some("lr".into()),
+            order: Some(SortOrder::Desc),
+            limit: Some(1),
+            ..RunQuery::default()
+        })
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: RunList = serde_json::from_value(body).unwrap();
+    let numbers = |page: &RunList| page.runs.iter().map(|r| r.run_number).collect::<Vec<_>>();
+    assert_eq!(numbers(&page), [2]);
+    let facts = page.page.clone().unwrap();
+    assert_eq!((facts.offset, facts.matched, facts.total), (0, 2, 5));
+    assert_eq!(facts.varying, ["training.learning_rate"]);
+    let info = page.runs[0].info.as_ref().unwrap();
+    assert_eq!(info.tags, ["sweep"]);
+    assert_eq!(info.params["lora.rank"], 4);
+
+    let (_, body) = blocking(move || {
+        list(RunQuery {
+            q: Some("lr<1e-3 tag:sweep".into()),
+            sort: Some("lr".into()),
+            order: Some(SortOrder::Desc),
+            offset: Some(1),
+            limit: Some(1),
+        })
+    })
+    .await;
+    assert_eq!(numbers(&serde_json::from_value(body).unwrap()), [4]);
+
+    // The symlink out of the checkpoints dir is not followed: run 5 shows no tags.
+    let (_, body) = blocking(move || {
+        list(RunQuery {
+            q: Some("-tag:sweep".into()),
+            ..RunQuery::default()
+        })
+    })
+    .await;
+    assert_eq!(numbers(&serde_json::from_value(body).unwrap()), [3, 5]);
+
+    for (bad, says) in [
+        (
+            "/api/runs?q=momentum%3E0.9",
+            "unknown search key \"momentum\"",
+        ),
+        ("/api/runs?q=lr%3C", "has no value"),
+        ("/api/runs?sort=nope", "unknown search key \"nope\""),
+        ("/api/runs?limit=5000", "more than a page holds"),
+        ("/api/runs?offset=-1", "offset"),
+        ("/api/runs?order=sideways", "order"),
+    ] {
+        let answer = blocking(move || get(addr, bad, &[])).await;
+        assert_eq!(answer.status, 400, "{bad}");
+        let error = answer.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+
+    // A tag added while the server runs is in the next list.
+    let run3 = format::RunLayout::new(dir.path(), 3);
+    update_annotations(&run3, |a| a.retag(&["late".into()], &[])).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = blocking(move || {
+            list(RunQuery {
+                q: Some("tag:late".into()),
+                ..RunQuery::default()
+            })
+        })
+        .await;
+        let page: RunList = serde_json::from_value(body).unwrap();
+        if numbers(&page) == [3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new tag never showed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

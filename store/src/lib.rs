@@ -15,6 +15,7 @@
 //! - [`listing`] -- [`list_all_runs`], the rows of the run list.
 //! - [`hooks`] -- [`SaveHooks`], code run around saves; [`saved`] -- what saves report.
 
+pub mod annotations;
 pub mod atomic;
 pub mod base;
 pub mod best;

@@ -3,6 +3,7 @@
 //! Runs the seed system wrote are rows too, marked by their `seed` field;
 //! `list_base_training_runs` lists the `base_training/` folder.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,11 @@ use serde_json::Value;
 use format::api::{BestSummary, RunInfo};
 use format::layout::parse_run_dir_name;
 use format::metadata::{metric_values, Metrics};
+use format::query::flatten_params;
 use format::seed::{SeedMarks, BASE_TRAINING_DIR};
 use format::{RunLayout, RunStatus};
 
+use super::annotations::read_annotations;
 use super::error::{IoContext, Result, StoreError};
 use super::lock::writer_active;
 use super::manager::read_metadata_as;
@@ -88,12 +91,42 @@ struct ListedBest {
 /// Reads one run's row (the API's [`RunInfo`]).
 pub fn run_info(layout: &RunLayout) -> Result<RunInfo> {
     let m = read_metadata_as(layout, |m: &ListedMetadata| m.run_number)?;
-    Ok(row(m, writer_active(layout), layout.in_base_training_dir()))
+    let mut info = row(m, writer_active(layout), layout.in_base_training_dir());
+    // Tags, note and config values only add to the row: a run whose annotations.json or
+    // config.json cannot be read is listed without them (`diffit runs tag` names the file).
+    match read_annotations(layout) {
+        Ok(annotations) => {
+            info.tags = annotations.tags;
+            info.note = annotations.note;
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
+    info.params = config_params(layout);
+    Ok(info)
+}
+
+/// Largest `config.json` read for a listing's config values.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The run's `config.json` as dotted config values; none when it is absent, too big or not
+/// a JSON object.
+fn config_params(layout: &RunLayout) -> BTreeMap<String, Value> {
+    let path = layout.config();
+    let small = fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_CONFIG_BYTES);
+    let parsed = small
+        .then(|| fs::read(&path).ok())
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    match parsed {
+        Some(config) if config.is_object() => flatten_params(&config),
+        _ => BTreeMap::new(),
+    }
 }
 
 /// One run's row from the bytes of its `metadata.json` read elsewhere (an object store), for
 /// run `run_number`; `writer_active` says whether a writer is known to hold it. The error says
-/// what is wrong with the bytes.
+/// what is wrong with the bytes. The row has no tags, note or config values (those files are
+/// not read from the bucket).
 pub fn run_info_from_json(
     bytes: &[u8],
     run_number: u32,
@@ -144,6 +177,9 @@ fn row(m: ListedMetadata, writer_active: bool, in_base_training_dir: bool) -> Ru
         base_val_loss: m.base_metrics.get("val_loss").copied(),
         writer_active,
         seed,
+        tags: Vec::new(),
+        note: None,
+        params: BTreeMap::new(),
     }
 }
 

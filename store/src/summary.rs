@@ -47,6 +47,18 @@ impl CheckpointManager {
             }
         };
         let _ = writeln!(s, "  Status:       {status}");
+        if let Ok(annotations) = super::annotations::read_annotations(&self.layout) {
+            if !annotations.tags.is_empty() {
+                let _ = writeln!(s, "  Tags:         {}", annotations.tags.join(" "));
+            }
+            if let Some(note) = &annotations.note {
+                let _ = writeln!(
+                    s,
+                    "  Note:         {}",
+                    note.replace('\n', "\n                ")
+                );
+            }
+        }
         if let Some(seed) = &seed {
             let _ = writeln!(s, "  Seed run:     {}", seed.note);
         }

@@ -275,3 +275,91 @@ fn runs_show_prints_the_summary_and_bad_numbers_fail() {
     assert!(!out.status.success());
     assert!(text(&out).contains("sideways"), "{}", text(&out));
 }
+
+#[test]
+fn runs_tag_and_note_annotate_a_run_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(run_with_three_epochs(dir.path()));
+    let checkpoints = dir.path().to_str().unwrap();
+    let metadata = dir.path().join("run_001/metadata.json");
+    let metadata_before = fs::read(&metadata).unwrap();
+
+    let out = diffit(&[
+        "runs",
+        "tag",
+        "1",
+        "sweep",
+        "lr-1e-3",
+        "--checkpoints",
+        checkpoints,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).trim(), "run 1: tags lr-1e-3 sweep");
+    let out = diffit(&[
+        "runs",
+        "tag",
+        "1",
+        "best",
+        "--remove",
+        "sweep",
+        "--checkpoints",
+        checkpoints,
+    ]);
+    assert_eq!(text(&out).trim(), "run 1: tags best lr-1e-3");
+    let out = diffit(&[
+        "runs",
+        "note",
+        "1",
+        "warm restart, seed 3",
+        "--checkpoints",
+        checkpoints,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = diffit(&["runs", "note", "1", "--checkpoints", checkpoints]);
+    assert_eq!(text(&out).trim(), "warm restart, seed 3");
+    let show = text(&diffit(&[
+        "runs",
+        "show",
+        "1",
+        "--checkpoints",
+        checkpoints,
+    ]));
+    assert!(show.contains("Tags:         best lr-1e-3"), "{show}");
+    assert!(
+        show.contains("Note:         warm restart, seed 3"),
+        "{show}"
+    );
+    // Annotations live beside metadata.json, which is left as the writer wrote it.
+    assert_eq!(fs::read(&metadata).unwrap(), metadata_before);
+
+    // A bad tag is a usage error naming it; nothing changes.
+    let annotations = dir.path().join("run_001/annotations.json");
+    let before = fs::read(&annotations).unwrap();
+    let out = diffit(&[
+        "runs",
+        "tag",
+        "1",
+        "two words",
+        "--checkpoints",
+        checkpoints,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("\"two words\""), "{}", text(&out));
+    assert_eq!(fs::read(&annotations).unwrap(), before);
+    let out = diffit(&["runs", "tag", "7", "x", "--checkpoints", checkpoints]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("run 7 not found"), "{}", text(&out));
+    // A damaged file is named, and not overwritten.
+    fs::write(&annotations, b"{\"tags\": 3}").unwrap();
+    let out = diffit(&["runs", "tag", "1", "y", "--checkpoints", checkpoints]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("annotations.json"), "{}", text(&out));
+    assert_eq!(fs::read(&annotations).unwrap(), b"{\"tags\": 3}");
+    let out = diffit(&["runs", "note", "1", "--clear", "--checkpoints", checkpoints]);
+    assert_eq!(out.status.code(), Some(1));
+
+    fs::remove_file(&annotations).unwrap();
+    let out = diffit(&["runs", "note", "1", "--clear", "--checkpoints", checkpoints]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).trim(), "run 1 has no note");
+}

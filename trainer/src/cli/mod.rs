@@ -76,6 +76,45 @@ pub enum RunsCommand {
     Show(ShowArgs),
     /// Print the table of all runs (same as `train --list-runs`).
     List(CheckpointsArg),
+    /// Add tags to a run (`--remove` takes them off); the dashboard searches them (`tag:NAME`).
+    /// Written to the run's annotations.json, so a run can be tagged while it trains.
+    Tag(TagArgs),
+    /// Set a run's note (`--clear` removes it); with neither, print it.
+    Note(NoteArgs),
+}
+
+/// `diffit runs tag N TAG... [--remove TAG]...`.
+#[derive(Debug, Clone, Args)]
+pub struct TagArgs {
+    /// The run number.
+    #[arg(allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    pub run_number: u32,
+    /// Tags to add: letters, digits, '_', '-' and '.'.
+    #[arg(value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// A tag to remove (repeatable).
+    #[arg(long = "remove", value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Where the runs are.
+    #[command(flatten)]
+    pub dir: CheckpointsArg,
+}
+
+/// `diffit runs note N [TEXT | --clear]`.
+#[derive(Debug, Clone, Args)]
+pub struct NoteArgs {
+    /// The run number.
+    #[arg(allow_negative_numbers = true, value_parser = values::count::<u32>())]
+    pub run_number: u32,
+    /// The note (quote it); replaces the run's note.
+    #[arg(value_name = "TEXT", conflicts_with = "clear")]
+    pub text: Option<String>,
+    /// Remove the note.
+    #[arg(long)]
+    pub clear: bool,
+    /// Where the runs are.
+    #[command(flatten)]
+    pub dir: CheckpointsArg,
 }
 
 /// The checkpoints directory every subcommand takes.
@@ -176,6 +215,12 @@ pub fn run_cli(cli: Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Runs {
             command: RunsCommand::List(dir),
         } => runs::print_runs_table(&dir.checkpoints),
+        Command::Runs {
+            command: RunsCommand::Tag(args),
+        } => runs::tag_run(&args),
+        Command::Runs {
+            command: RunsCommand::Note(args),
+        } => runs::note_run(&args),
         Command::Verify(args) => verify::verify_run(&args.dir.checkpoints, args.run_number),
         Command::Inspect(args) => inspect::inspect(&args),
     }
@@ -219,6 +264,8 @@ mod tests {
             "max",
             "--save-every-n-epochs",
             "2",
+            "--sample-every-n-epochs",
+            "0",
             "--data",
             "trees",
             "--base",
@@ -247,6 +294,7 @@ mod tests {
             monitor: Some("val_loss".into()),
             mode: Some(Mode::Max),
             save_every_n_epochs: Some(2),
+            sample_every_n_epochs: Some(0),
             save_base_model: Some(false),
             mlflow_uri: None,
             mlflow_experiment: None,

@@ -6,9 +6,14 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use format::annotations::{AnnotationError, Annotations};
 use format::api::RunState;
 use format::seed::{BASE_TRAINING_DIR, SEED_RUN_NOTE};
+use format::RunLayout;
+use store::annotations::{read_annotations, update_annotations, AnnotateError};
 use store::{list_all_runs, list_base_training_runs, CheckpointManager, RunListing};
+
+use super::{NoteArgs, TagArgs};
 
 /// The seed's column widths (`Run #`, `Experiment`, `Created`; one space between columns); a
 /// longer cell widens its column for every row, so the columns stay aligned.
@@ -164,6 +169,63 @@ pub fn show_run(base_dir: &Path, run_number: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies an annotation change to a run of a local checkpoints dir and returns the result. A
+/// refused change (a bad tag, a note too long) is a usage error; nothing is written then.
+fn annotate(
+    base_dir: &Path,
+    run_number: u32,
+    command: &str,
+    change: impl FnOnce(&mut Annotations) -> Result<(), AnnotationError>,
+) -> anyhow::Result<Annotations> {
+    let layout = RunLayout::new(local_dir(base_dir, command)?, run_number);
+    update_annotations(&layout, change).map_err(|e| match e {
+        AnnotateError::Refused(reason) => {
+            crate::train::TrainError::Usage(format!("cannot annotate run {run_number}: {reason}"))
+                .into()
+        }
+        AnnotateError::Store(e) => {
+            anyhow::Error::new(e).context(format!("cannot annotate run {run_number}"))
+        }
+    })
+}
+
+/// `diffit runs tag N TAG... [--remove TAG]...`: prints the run's tags after the change.
+pub fn tag_run(args: &TagArgs) -> anyhow::Result<()> {
+    let after = annotate(&args.dir.checkpoints, args.run_number, "runs tag", |a| {
+        a.retag(&args.tags, &args.remove)
+    })?;
+    println!(
+        "run {}: tags {}",
+        args.run_number,
+        if after.tags.is_empty() {
+            "(none)".to_string()
+        } else {
+            after.tags.join(" ")
+        }
+    );
+    Ok(())
+}
+
+/// `diffit runs note N [TEXT | --clear]`: sets or clears the note, or prints it.
+pub fn note_run(args: &NoteArgs) -> anyhow::Result<()> {
+    let (base, n) = (&args.dir.checkpoints, args.run_number);
+    let annotations = match (&args.text, args.clear) {
+        (None, false) => {
+            let layout = RunLayout::new(local_dir(base, "runs note")?, n);
+            if !layout.metadata().is_file() {
+                anyhow::bail!("run {n} not found: no {}", layout.metadata().display());
+            }
+            read_annotations(&layout)?
+        }
+        (text, _) => annotate(base, n, "runs note", |a| a.set_note(text.as_deref()))?,
+    };
+    match annotations.note {
+        Some(note) => println!("{note}"),
+        None => println!("run {n} has no note"),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -189,6 +251,9 @@ mod tests {
                 base_val_loss: None,
                 writer_active: false,
                 seed: seed.map(SeedRun::new),
+                tags: vec![],
+                note: None,
+                params: Default::default(),
             }),
         }
     }

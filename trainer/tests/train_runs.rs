@@ -1,5 +1,6 @@
 //! Whole training runs on the `tiny` preset: callbacks, exact resume (also after SIGKILL),
-//! Ctrl-C, LoRA beating the base, export formats, TensorBoard logs, and clear errors.
+//! Ctrl-C, LoRA beating the base, export formats, TensorBoard logs, step logs and sample grids,
+//! and clear errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use format::logs::StepLog;
 use format::{CheckpointName, Metadata, RunLayout, RunStatus};
 use model::DiffiT;
 use trainer::train::config::{Overrides, Preset, TrainingConfig};
@@ -89,6 +91,48 @@ fn checkpoint_bits(path: &Path) -> (BTreeMap<String, Vec<u32>>, BTreeMap<String,
     (bits, meta)
 }
 
+/// Epoch `epoch`'s step log of run `run`, parsed.
+fn step_log(dir: &Path, run: u32, epoch: u32) -> StepLog {
+    let path = RunLayout::new(dir, run).step_log(epoch);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Checks the step logs of a run trained straight through `epochs` epochs: one per epoch, its
+/// steps rising, every `every`-th global step of the epoch and its last, which is the last
+/// step the epoch's checkpoint records. Returns how many steps they hold in all.
+fn assert_step_logs(dir: &Path, run: u32, epochs: u32, every: u64) -> usize {
+    let meta = metadata(dir, run);
+    let saved = meta.checkpoints.iter().max_by_key(|c| c.epoch).unwrap();
+    let per_epoch = saved.global_step.unwrap() / u64::from(saved.epoch);
+    let mut total = 0;
+    for epoch in 1..=epochs {
+        let log = step_log(dir, run, epoch);
+        assert_eq!((log.epoch, u64::from(log.every)), (epoch, every));
+        let steps: Vec<u64> = log.steps.iter().map(|s| s.step).collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+        let last = u64::from(epoch) * per_epoch;
+        assert_eq!(steps.last(), Some(&last), "epoch {epoch}: {steps:?}");
+        if let Some(c) = meta.checkpoint(epoch) {
+            assert_eq!(c.global_step, Some(last));
+        }
+        let first = last - per_epoch;
+        let multiples = last / every - first / every;
+        let expected = multiples + u64::from(!last.is_multiple_of(every));
+        assert_eq!(steps.len() as u64, expected, "epoch {epoch}: {steps:?}");
+        assert!(steps
+            .iter()
+            .all(|s| (first + 1..=last).contains(s) && (s.is_multiple_of(every) || *s == last)));
+        assert!(log
+            .steps
+            .iter()
+            .all(|s| s.loss.is_finite() && s.lr.is_finite()));
+        total += steps.len();
+    }
+    assert!(!RunLayout::new(dir, run).step_log(epochs + 1).exists());
+    total
+}
+
 fn assert_same_final_state(a: &Path, b: &Path) {
     let (ta, ma) = checkpoint_bits(a);
     let (tb, mb) = checkpoint_bits(b);
@@ -161,11 +205,25 @@ fn six_epochs_straight_equal_stopping_after_two_and_resuming() {
         part.epochs_done
     );
     assert_eq!(metadata(dir.path(), 2).status, RunStatus::Interrupted);
+    assert!(
+        !RunLayout::new(dir.path(), 2)
+            .step_log(part.epochs_done + 1)
+            .exists(),
+        "an epoch cut short logs no steps"
+    );
 
     let resumed =
         run_training(&request(quick_config(dir.path(), 6), run2, true), no_stop()).unwrap();
     assert_eq!(resumed.resumed_from, Some(part.epochs_done));
     assert_eq!(resumed.epochs_done, 6);
+    // Step logs of the default interval, the same for the resumed run as for the straight one.
+    assert_step_logs(dir.path(), 1, 6, 10);
+    for epoch in 1..=6 {
+        assert_eq!(
+            step_log(dir.path(), 1, epoch),
+            step_log(dir.path(), 2, epoch)
+        );
+    }
 
     let last = |run| RunLayout::new(dir.path(), run).checkpoint(CheckpointName::Last);
     assert_same_final_state(&last(straight.run_number), &last(2));
@@ -339,11 +397,17 @@ fn retention_and_save_interval_follow_the_settings() {
     cfg.data.num_images = 40;
     cfg.training.checkpoint.save_every_n_epochs = 2;
     cfg.training.checkpoint.keep_last_n = 2;
-    let report = run_training(&request(cfg, Overrides::default(), false), no_stop()).unwrap();
+    cfg.training.log_every_n_steps = 2;
+    cfg.training.sample_every_n_epochs = 0;
+    let mut req = request(cfg, Overrides::default(), false);
+    req.log_samples = true;
+    let report = run_training(&req, no_stop()).unwrap();
+    assert_step_logs(dir.path(), report.run_number, 5, 2);
+    let layout = RunLayout::new(dir.path(), report.run_number);
+    assert!(!layout.samples_dir().exists(), "no sample grids at 0");
     let meta = metadata(dir.path(), report.run_number);
     let saved: Vec<u32> = meta.checkpoints.iter().map(|c| c.epoch).collect();
     assert_eq!(saved, [2, 4, 5], "every 2nd epoch and the last");
-    let layout = RunLayout::new(dir.path(), report.run_number);
     let live: Vec<u32> = meta.live_checkpoints().map(|c| c.epoch).collect();
     assert!(live.len() <= 3 && live.contains(&5), "{live:?}");
     assert!(!layout.checkpoint(CheckpointName::Epoch(2)).exists() || live.contains(&2));
@@ -813,32 +877,49 @@ fn sample_and_export_formats() {
 }
 
 #[test]
-fn tensorboard_reads_a_real_runs_logs() {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    if !py.exists() {
-        println!("SKIPPED: {} is absent", py.display());
-        return;
-    }
+fn tensorboard_reads_a_real_runs_logs_and_sample_grids_are_written_when_due() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = diffit().args(train_args(d, 1, 3)).output().unwrap();
+    let mut args = train_args(d, 1, 3);
+    args.extend(["--sample-every-n-epochs".into(), "2".into()]);
+    let out = diffit().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let logs = RunLayout::new(d, 1).logs_dir();
+    let steps_logged = assert_step_logs(d, 1, 3, 10);
+    // Grids after every 2nd epoch and the last: 4 tiny 16-pixel images in a row, 2-pixel gaps.
+    let layout = RunLayout::new(d, 1);
+    let (width, height) = (4 * 16 + 5 * 2, 16 + 2 * 2);
+    assert!(!layout.sample_grid(1).exists());
+    for epoch in [2, 3] {
+        let img = image::open(layout.sample_grid(epoch)).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (width, height),
+            "epoch {epoch}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(layout.samples_dir()).unwrap().count(), 2);
+
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if !py.exists() {
+        println!("SKIPPED the TensorBoard reader: {} is absent", py.display());
+        return;
+    }
     let script = r#"
-import sys
+import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "images": 0})
 acc.Reload()
-t = acc.Tags()
-print(len(acc.Scalars("train_loss")), len(acc.Scalars("val_loss")), len(acc.Scalars("lr")), len(t["images"]))
+scalars = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+images = {tag: [[e.step, e.width, e.height] for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+print(json.dumps({"scalars": scalars, "images": images}))
 "#;
     let out = Command::new(&py)
         .args(["-c", script])
-        .arg(&logs)
+        .arg(layout.logs_dir())
         .output()
         .unwrap();
     assert!(
@@ -846,7 +927,29 @@ print(len(acc.Scalars("train_loss")), len(acc.Scalars("val_loss")), len(acc.Scal
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 3 3 1");
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = |tag: &str| -> Vec<u64> {
+        read["scalars"][tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {read}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    for tag in ["train_loss", "val_loss", "lr"] {
+        assert_eq!(steps(tag), [1, 2, 3], "{tag}");
+    }
+    let logged: Vec<u64> = (1..=3)
+        .flat_map(|e| step_log(d, 1, e).steps)
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(logged.len(), steps_logged);
+    assert_eq!(steps("train_loss_step"), logged);
+    assert_eq!(steps("lr_step"), logged);
+    assert_eq!(
+        read["images"]["samples"],
+        serde_json::json!([[2, width, height], [3, width, height]])
+    );
 }
 
 #[test]

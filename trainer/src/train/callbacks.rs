@@ -1,13 +1,14 @@
 //! The seed's callbacks on the run store: `DistributedCheckpointCallback` (base model once,
 //! LoRA + optimizer + scheduler + RNG state per epoch, best/last, retention, status),
-//! `ResumeFromCheckpointCallback`, and a TensorBoard logger.
+//! `ResumeFromCheckpointCallback`, and a TensorBoard logger (which also writes the sample
+//! grids under `logs/samples/`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use candle_core::{Device, Tensor};
 use format::metadata::Metrics;
-use format::{Mode, RunStatus};
+use format::{Mode, RunLayout, RunStatus};
 use model::diffusion::{
     ddim_sample_guided, to_rgb8, Guidance, NoiseSchedule, DEFAULT_CFG_SCALE, DEFAULT_ETA,
 };
@@ -15,7 +16,9 @@ use model::rng::mix_seed;
 use model::DiffiT;
 use store::{CheckpointManager, RetentionPolicy};
 
+use super::epoch::StepProgress;
 use super::error::TrainError;
+use super::run_logs::{samples_due, write_sample_grid, StepRecorder};
 use super::state::{streams, TrainState};
 use super::tensorboard::EventWriter;
 use super::trainer::{Callback, FitOutcome};
@@ -227,29 +230,43 @@ impl Callback for ResumeFromCheckpointCallback {
     }
 }
 
-/// Logs `train_loss`, `val_loss`, `lr` (and a few samples) to TensorBoard under the run's
-/// `logs/`, fsyncing each epoch.
+/// Logs `train_loss`, `val_loss`, `lr` per epoch, `train_loss_step` and `lr_step` at the
+/// steps the step log keeps (step = global step), and a grid of samples every
+/// `sample_every_n_epochs` epochs to TensorBoard under the run's `logs/`, fsyncing each epoch;
+/// the grid is also written as `logs/samples/epoch_NNN.png` when `sample_grids` is set.
 #[derive(Debug)]
 pub struct TensorBoardCallback {
     writer: EventWriter,
-    /// Images sampled per epoch for the `samples` image summary (0 = none).
+    steps: StepRecorder,
+    /// Images sampled for the `samples` image summary (0 = none).
     pub samples_per_epoch: usize,
     /// DDIM steps of those samples.
     pub sample_steps: usize,
+    /// Sample every N epochs and after the last (`training.sample_every_n_epochs`; 0: never).
+    pub sample_every_n_epochs: u32,
+    /// The run whose `logs/samples/` gets each grid as a PNG file (`None`: TensorBoard only).
+    pub sample_grids: Option<RunLayout>,
 }
 
+/// Columns of the sample grid (its rows follow from `samples_per_epoch`).
+pub const SAMPLE_GRID_COLUMNS: usize = 4;
+
 impl TensorBoardCallback {
-    /// Logs into a new event file in `writer`.
-    pub fn new(writer: EventWriter) -> Self {
+    /// Logs into a new event file in `writer`, the step scalars every `log_every_n_steps`
+    /// steps (and at each epoch's last).
+    pub fn new(writer: EventWriter, log_every_n_steps: u64) -> Self {
         Self {
             writer,
+            steps: StepRecorder::new(log_every_n_steps),
             samples_per_epoch: 4,
             sample_steps: 20,
+            sample_every_n_epochs: 1,
+            sample_grids: None,
         }
     }
 }
 
-/// The per-epoch sample strip's `n` images: unconditional, or for a class-conditional model
+/// The `n` images of an epoch's sample grid: unconditional, or for a class-conditional model
 /// its classes in turn with the default guidance (as `diffit sample --class` draws them).
 pub fn epoch_samples(
     model: &DiffiT,
@@ -279,6 +296,10 @@ pub fn epoch_samples(
 }
 
 impl Callback for TensorBoardCallback {
+    fn on_train_step(&mut self, step: &StepProgress) {
+        self.steps.record(step);
+    }
+
     fn on_base_validation_end(
         &mut self,
         _state: &mut TrainState,
@@ -300,10 +321,18 @@ impl Callback for TensorBoardCallback {
         for (tag, value) in metrics {
             self.writer.add_scalar(tag, *value, step)?;
         }
-        if self.samples_per_epoch > 0 {
-            // Sampling uses its own seed, never the training RNGs, so logging cannot change
-            // what is trained. A class-conditional model draws its classes in turn, guided as
-            // `diffit sample --class` is by default.
+        for record in self.steps.finish_epoch() {
+            let at = i64::try_from(record.step).unwrap_or(i64::MAX);
+            self.writer.add_scalar("train_loss_step", record.loss, at)?;
+            self.writer.add_scalar("lr_step", record.lr, at)?;
+        }
+        let total = state.config.training.epochs;
+        if self.samples_per_epoch > 0 && samples_due(state.epoch, self.sample_every_n_epochs, total)
+        {
+            // Sampling uses its own fixed seed, never the training RNGs, so logging cannot
+            // change what is trained and every epoch's grid shows the same noise. A
+            // class-conditional model draws its classes in turn, guided as `diffit sample
+            // --class` is by default.
             let seed = mix_seed(state.config.training.seed, streams::SAMPLES);
             let images = epoch_samples(
                 &state.model,
@@ -314,8 +343,11 @@ impl Callback for TensorBoardCallback {
             )?;
             let size = state.model_config.image_size;
             let rgb = to_rgb8(&images)?;
-            let (w, h, strip) = super::sample::grid(&rgb, size, self.samples_per_epoch, 1)?;
-            self.writer.add_image_rgb8("samples", &strip, w, h, step)?;
+            let (w, h, grid) = super::sample::grid(&rgb, size, SAMPLE_GRID_COLUMNS, 1)?;
+            self.writer.add_image_rgb8("samples", &grid, w, h, step)?;
+            if let Some(layout) = &self.sample_grids {
+                write_sample_grid(layout, state.epoch, &grid, w, h)?;
+            }
         }
         self.writer.sync()?;
         Ok(())

@@ -207,6 +207,10 @@ pub struct TrainingSettings {
     pub seed: u64,
     /// Per-step metrics (the step's loss and learning rate) are logged every N optimizer steps.
     pub log_every_n_steps: u64,
+    /// A grid of samples (fixed seed) is drawn every N epochs and after the last, into
+    /// TensorBoard and `logs/samples/epoch_NNN.png`; 0 draws none.
+    #[serde(skip_serializing_if = "is_one")]
+    pub sample_every_n_epochs: u32,
     /// Shards each batch is split into, over every process of the job (each shard draws its
     /// own noise): a run gives the same numbers for the same count, however many processes
     /// or cores share it. Unset: each process's cores (divided by candle's threads).
@@ -260,6 +264,7 @@ impl Default for TrainingSettings {
             warmup_steps: 4,
             seed: 42,
             log_every_n_steps: 10,
+            sample_every_n_epochs: 1,
             data_shards: None,
             label_dropout: None,
             checkpoint: CheckpointSettings::default(),
@@ -488,6 +493,9 @@ pub struct Overrides {
     /// Save a checkpoint every N epochs.
     #[arg(long, allow_negative_numbers = true, value_parser = values::count::<u32>())]
     pub save_every_n_epochs: Option<u32>,
+    /// Draw a grid of samples every N epochs and after the last (0: none).
+    #[arg(long, allow_negative_numbers = true, value_parser = values::at_least_zero::<u32>())]
+    pub sample_every_n_epochs: Option<u32>,
     /// Store the frozen base model in the run (`true`/`false`); on resume, `true` stores it
     /// into a run that lacks it.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
@@ -636,11 +644,11 @@ impl TrainingConfig {
                 "must be a positive number (leave it unset for no clipping)",
             );
         }
-        if t.log_every_n_steps == 0 {
+        if t.log_every_n_steps == 0 || t.log_every_n_steps > u64::from(u32::MAX) {
             return invalid(
                 "training.log_every_n_steps",
                 t.log_every_n_steps,
-                "must be at least 1",
+                "must be in 1..=4294967295",
             );
         }
         if let Some(uri) = &t.mlflow.tracking_uri {
@@ -827,6 +835,7 @@ fn valid_keys() -> Vec<String> {
     let t = &mut full.training;
     t.val_batch_size = Some(1);
     t.check_val_every_n_epoch = 2;
+    t.sample_every_n_epochs = 2;
     t.gradient_clip_val = Some(1.0);
     t.label_dropout = Some(0.1);
     t.data_shards = Some(1);
@@ -927,6 +936,7 @@ impl TrainingConfig {
         set(&mut t.batch_size, &o.batch_size);
         set(&mut t.learning_rate, &o.learning_rate);
         set(&mut t.seed, &o.seed);
+        set(&mut t.sample_every_n_epochs, &o.sample_every_n_epochs);
         if o.label_dropout.is_some() {
             t.label_dropout = o.label_dropout;
         }
@@ -1131,6 +1141,10 @@ training:
             (
                 Box::new(|c| c.training.check_val_every_n_epoch = 0),
                 "training.check_val_every_n_epoch",
+            ),
+            (
+                Box::new(|c| c.training.log_every_n_steps = u64::from(u32::MAX) + 1),
+                "training.log_every_n_steps",
             ),
             (
                 Box::new(|c| c.training.checkpoint.save_every_n_epochs = 0),
@@ -1460,16 +1474,19 @@ training:
 
     #[test]
     fn new_settings_read_from_our_yaml_and_stay_out_of_stored_configs_at_defaults() {
-        let text = "data:\n  background: \"#000000\"\ntraining:\n  val_batch_size: 4\n  gradient_clip_val: 0.5\n  check_val_every_n_epoch: 3\n  checkpoint:\n    keep_last_n: 0\n    save_top_k: 2\n    keep_optimizer_last_n: 1\n";
+        let text = "data:\n  background: \"#000000\"\ntraining:\n  val_batch_size: 4\n  gradient_clip_val: 0.5\n  check_val_every_n_epoch: 3\n  sample_every_n_epochs: 0\n  checkpoint:\n    keep_last_n: 0\n    save_top_k: 2\n    keep_optimizer_last_n: 1\n";
         let cfg = TrainingConfig::from_yaml_str(text, Path::new("x.yaml")).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.data.background, Background([0, 0, 0]));
+        assert_eq!(cfg.training.sample_every_n_epochs, 0);
+        assert_eq!(cfg.to_stored()["sample_every_n_epochs"], 0);
         assert_eq!(TrainingConfig::from_stored(cfg.to_stored()).unwrap(), cfg);
         let stored = TrainingConfig::default().to_stored();
         for key in [
             "val_batch_size",
             "gradient_clip_val",
             "check_val_every_n_epoch",
+            "sample_every_n_epochs",
         ] {
             assert!(stored.get(key).is_none(), "{key}");
         }
@@ -1479,9 +1496,15 @@ training:
         flagged.apply(&Overrides {
             background: Some(Background::WHITE),
             keep_optimizer_last_n: Some(3),
+            sample_every_n_epochs: Some(2),
             ..Overrides::default()
         });
         assert_eq!(flagged.data.background, Background::WHITE);
         assert_eq!(flagged.training.checkpoint.keep_optimizer_last_n, Some(3));
+        assert_eq!(flagged.training.sample_every_n_epochs, 2);
+        assert_eq!(
+            TrainingConfig::from_stored(flagged.to_stored()).unwrap(),
+            flagged
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! - [`trainer`]: [`Trainer`], the [`Callback`] trait and validation.
 //! - [`epoch`]: the epoch loop itself, shared by fine-tuning and pretraining.
 //! - [`callbacks`]: the seed's checkpoint and resume callbacks on the run store, TensorBoard.
+//! - [`run_logs`]: the per-step log and the sample grids under a run's `logs/`.
 //! - [`state`]: [`TrainState`] and its checkpoint round trip.
 //! - [`session`]: one `diffit train` end to end (new run or resume).
 //! - [`optim`], [`scheduler`]: AdamW and warmup + cosine, both with saved state.
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod parallel;
 pub mod pretrain;
 pub mod replica;
+pub mod run_logs;
 pub mod sample;
 pub mod scheduler;
 mod seed_config;

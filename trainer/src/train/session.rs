@@ -29,6 +29,7 @@ use super::pretrain::{
     PretrainConfig, DEFAULT_PRETRAIN_SEED,
 };
 use super::replica;
+use super::run_logs::StepLogCallback;
 use super::state::{streams, TrainState};
 use super::tensorboard::EventWriter;
 use super::trainer::{FitOutcome, Trainer};
@@ -44,7 +45,8 @@ pub struct TrainRequest {
     pub resume: bool,
     /// Show progress bars / epoch lines on stderr.
     pub show_progress: bool,
-    /// Log a few DDIM samples to TensorBoard each epoch.
+    /// Draw a grid of DDIM samples every `training.sample_every_n_epochs` epochs (TensorBoard
+    /// and `logs/samples/`).
     pub log_samples: bool,
     /// Where to compute (`--device`); not stored with the run.
     pub device: DeviceChoice,
@@ -674,8 +676,13 @@ pub fn run_training_on(
         );
     }
     let shared = Rc::new(RefCell::new(manager));
-    let mut tb = TensorBoardCallback::new(EventWriter::create(&logs)?);
-    if !req.log_samples {
+    let layout = shared.borrow().layout().clone();
+    let mut tb =
+        TensorBoardCallback::new(EventWriter::create(&logs)?, cfg.training.log_every_n_steps);
+    tb.sample_every_n_epochs = cfg.training.sample_every_n_epochs;
+    if req.log_samples {
+        tb.sample_grids = Some(layout.clone());
+    } else {
         tb.samples_per_epoch = 0;
     }
     let mut trainer = Trainer::new(train, val, stop)
@@ -688,7 +695,10 @@ pub fn run_training_on(
             true,
         ));
     }
+    // The step log before the checkpoint callback: an epoch's steps are on disk before
+    // metadata names the epoch.
     trainer = trainer
+        .with_callback(StepLogCallback::new(layout, cfg.training.log_every_n_steps))
         .with_callback(DistributedCheckpointCallback::from_settings(
             shared.clone(),
             &cfg.training.checkpoint,

@@ -36,6 +36,21 @@ pub fn metrics_path(run_number: u32) -> String {
     format!("{RUNS_PATH}/{run_number}/metrics")
 }
 
+/// Path of one run's per-step training log ([`RunSteps`]).
+pub fn steps_path(run_number: u32) -> String {
+    format!("{RUNS_PATH}/{run_number}/steps")
+}
+
+/// Path of the list of one run's sample grids drawn during training ([`RunSamples`]).
+pub fn samples_path(run_number: u32) -> String {
+    format!("{RUNS_PATH}/{run_number}/samples")
+}
+
+/// Path of the sample grid (PNG) drawn after `epoch`.
+pub fn sample_path(run_number: u32, epoch: u32) -> String {
+    format!("{RUNS_PATH}/{run_number}/samples/{epoch}")
+}
+
 /// Path of a checkpoint file; `weights_only` asks for the LoRA tensors alone (no optimizer
 /// state), which only LoRA checkpoints have.
 pub fn checkpoint_path(run_number: u32, name: CheckpointName, weights_only: bool) -> String {
@@ -329,6 +344,25 @@ pub struct RunMetrics {
     pub best_epoch: Option<u32>,
     /// One entry per logged epoch.
     pub series: Vec<EpochMetrics>,
+}
+
+/// `GET /api/runs/{n}/steps`: every epoch's step log (`logs/steps/`), by epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSteps {
+    /// The run's number.
+    pub run_number: u32,
+    /// One entry per epoch that logged its steps.
+    pub logs: Vec<crate::logs::StepLog>,
+}
+
+/// `GET /api/runs/{n}/samples`: the epochs after which a sample grid was drawn
+/// (`logs/samples/`); each is at [`sample_path`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSamples {
+    /// The run's number.
+    pub run_number: u32,
+    /// The epochs, ascending.
+    pub epochs: Vec<u32>,
 }
 
 /// What happened to a run (the SSE `event:` name).

@@ -16,8 +16,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use format::api::{
-    RunDetail, RunList, RunMetrics, RunPage, RunQuery, RunSummary, SortOrder, DEFAULT_PAGE,
-    MAX_PAGE, READY_EVENT, RESYNC_EVENT,
+    RunDetail, RunList, RunMetrics, RunPage, RunQuery, RunSamples, RunSteps, RunSummary, SortOrder,
+    DEFAULT_PAGE, MAX_PAGE, READY_EVENT, RESYNC_EVENT,
 };
 use format::{CheckpointName, Metadata};
 use futures_util::{Stream, StreamExt};
@@ -191,6 +191,89 @@ pub async fn run_metrics(
         best_epoch: meta.best_checkpoint.as_ref().map(|b| b.epoch),
         base_metrics: meta.base_metrics,
     }))
+}
+
+/// `GET /api/runs/{n}/steps`: the per-step training log, every epoch that wrote one.
+pub async fn run_steps(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RunSteps>, ApiError> {
+    let n = run_from_path(path)?;
+    let shared = state.shared.clone();
+    let logs =
+        tokio::task::spawn_blocking(move || catalog::read_step_logs(&shared.root, n)).await??;
+    Ok(Json(RunSteps {
+        run_number: n,
+        logs,
+    }))
+}
+
+/// `GET /api/runs/{n}/samples`: the epochs with a sample grid.
+pub async fn run_samples(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RunSamples>, ApiError> {
+    let n = run_from_path(path)?;
+    let shared = state.shared.clone();
+    let epochs =
+        tokio::task::spawn_blocking(move || catalog::sample_epochs(&shared.root, n)).await??;
+    Ok(Json(RunSamples {
+        run_number: n,
+        epochs,
+    }))
+}
+
+/// Largest sample grid served (a grid of a few small images is tens of KiB).
+const MAX_SAMPLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// `GET /api/runs/{n}/samples/{epoch}`: the PNG grid drawn after that epoch, with an ETag of
+/// its version (a 304 when unchanged).
+pub async fn run_sample(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((run, epoch_text)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let n = parse_run_number(&run)?;
+    let epoch = parse_run_number(&epoch_text)
+        .ok()
+        .filter(|e| *e >= 1)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid epoch {epoch_text:?}: expected a positive decimal integer"
+            ))
+        })?;
+    let shared = state.shared.clone();
+    let (etag, bytes) = tokio::task::spawn_blocking(move || {
+        let layout = catalog::run_layout(&shared.root, RunSet::Runs, n)?;
+        let path = layout.sample_grid(epoch);
+        let file = shared.root.open(&path).map_err(|err| match err {
+            ConfineError::NotFound(_) => {
+                ApiError::LogNotFound(format!("run {n} has no sample grid for epoch {epoch}"))
+            }
+            other => other.into(),
+        })?;
+        let key = FileKey::of(&file).map_err(|e| ApiError::io("reading metadata of", &path, e))?;
+        if key.size > MAX_SAMPLE_BYTES {
+            return Err(ApiError::BrokenRun {
+                run: n,
+                reason: format!("{} is larger than {MAX_SAMPLE_BYTES} bytes", path.display()),
+            });
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_SAMPLE_BYTES), &mut bytes)
+            .map_err(|e| ApiError::io("reading", &path, e))?;
+        Ok::<_, ApiError>((format!("\"{}\"", key.version_tag()), bytes))
+    })
+    .await??;
+    let mut response = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
+    };
+    set_header(&mut response, header::ETAG, &etag);
+    set_header(&mut response, header::CACHE_CONTROL, REVALIDATE);
+    Ok(response)
 }
 
 /// Query of the checkpoint route.

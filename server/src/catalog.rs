@@ -12,6 +12,8 @@ use std::time::UNIX_EPOCH;
 
 use format::api::{RunState, RunSummary};
 use format::layout::parse_run_dir_name;
+use format::layout::SAMPLE_EXT;
+use format::logs::StepLog;
 use format::seed::BASE_TRAINING_DIR;
 use format::{Metadata, RunLayout, RunStatus, SeedRun};
 use serde_json::Value;
@@ -272,6 +274,54 @@ pub fn read_config(root: &CheckpointsRoot, set: RunSet, n: u32) -> Result<Option
             run: n,
             reason: format!("{} is not valid JSON: {e}", display_rel(root, &path)),
         })
+}
+
+/// The epochs of the files named `epoch_NNN.EXT` in `dir` (a folder of run `n`'s logs),
+/// ascending; none when the folder does not exist. A folder that resolves outside the root is
+/// an error.
+fn epoch_files(root: &CheckpointsRoot, dir: &Path, ext: &str) -> Result<Vec<u32>, ApiError> {
+    if !root.contains_dir(dir)? {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| ApiError::io("listing", dir, e))?;
+    let mut epochs: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| format::layout::parse_epoch_file_name(entry.file_name().to_str()?, ext))
+        .collect();
+    epochs.sort_unstable();
+    Ok(epochs)
+}
+
+/// Run `n`'s step logs (`logs/steps/epoch_NNN.json`), by epoch. A file that is not a step log
+/// of its epoch makes the run's steps unreadable, named.
+pub fn read_step_logs(root: &CheckpointsRoot, n: u32) -> Result<Vec<StepLog>, ApiError> {
+    let layout = run_layout(root, RunSet::Runs, n)?;
+    let mut logs = vec![];
+    for epoch in epoch_files(root, &layout.steps_dir(), "json")? {
+        let path = layout.step_log(epoch);
+        // Deleted between the listing and the read: left out.
+        let Some(text) = read_json_text(root, n, &path)? else {
+            continue;
+        };
+        let log: StepLog = serde_json::from_slice(&text).map_err(|e| ApiError::BrokenRun {
+            run: n,
+            reason: format!("{} is not a step log: {e}", display_rel(root, &path)),
+        })?;
+        if log.epoch != epoch {
+            return Err(ApiError::BrokenRun {
+                run: n,
+                reason: format!("{} records epoch {}", display_rel(root, &path), log.epoch),
+            });
+        }
+        logs.push(log);
+    }
+    Ok(logs)
+}
+
+/// The epochs of run `n`'s sample grids (`logs/samples/epoch_NNN.png`).
+pub fn sample_epochs(root: &CheckpointsRoot, n: u32) -> Result<Vec<u32>, ApiError> {
+    let layout = run_layout(root, RunSet::Runs, n)?;
+    epoch_files(root, &layout.samples_dir(), SAMPLE_EXT)
 }
 
 /// The file's bytes, `None` when it does not exist.

@@ -26,6 +26,9 @@ pub enum ApiError {
         /// The checkpoint asked for.
         name: String,
     },
+    /// The run exists but has no such log file (a sample grid of an epoch that drew none).
+    #[error("{0}")]
+    LogNotFound(String),
     /// No such API route.
     #[error("no such API endpoint: {0}")]
     NoRoute(String),
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RunNotFound(_)
             | ApiError::CheckpointNotFound { .. }
+            | ApiError::LogNotFound(_)
             | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::OutsideRoot(_) => StatusCode::FORBIDDEN,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,

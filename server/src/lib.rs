@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(api::list_runs))
         .route("/runs/{n}", get(api::run_detail))
         .route("/runs/{n}/metrics", get(api::run_metrics))
+        .route("/runs/{n}/steps", get(api::run_steps))
+        .route("/runs/{n}/samples", get(api::run_samples))
         .route(
             &format!("/runs/{}/{{n}}", format::seed::BASE_TRAINING_DIR),
             get(api::base_training_run_detail),
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     // event streams must not be buffered by a compressor.
     let api = json_api
         .route("/runs/{n}/checkpoints/{name}", get(api::checkpoint))
+        .route("/runs/{n}/samples/{epoch}", get(api::run_sample))
         .route("/events", get(api::events))
         .fallback(api::not_found);
     let app = static_app::router(&state.shared().app_dir);

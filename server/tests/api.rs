@@ -460,3 +460,83 @@ async fn the_list_is_searched_sorted_and_paged() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The step log and the sample grids a run wrote under `logs/`: served by epoch, a bad file
+/// named, a missing grid a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_logs_and_sample_grids_are_served() {
+    use format::api::{sample_path, samples_path, steps_path, RunSamples, RunSteps};
+    use format::logs::{StepLog, StepRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = write_run(dir.path(), 1, 2, RunStatus::Finished);
+    std::fs::create_dir_all(layout.steps_dir()).unwrap();
+    std::fs::create_dir_all(layout.samples_dir()).unwrap();
+    for epoch in [2, 1] {
+        let log = StepLog {
+            epoch,
+            every: 2,
+            steps: (1..=2)
+                .map(|i| StepRecord {
+                    step: u64::from((epoch - 1) * 4 + 2 * i),
+                    loss: 1.0 / f64::from(epoch * 10 + i),
+                    lr: 1e-3,
+                })
+                .collect(),
+        };
+        write_atomic(&layout.step_log(epoch), &serde_json::to_vec(&log).unwrap());
+    }
+    std::fs::write(
+        layout.steps_dir().join("epoch_2.json"),
+        b"not canonical: ignored",
+    )
+    .unwrap();
+    let png = b"\x89PNG\r\n\x1a\n fake grid".to_vec();
+    write_atomic(&layout.sample_grid(2), &png);
+    let server = start(dir.path(), &dir.path().join("no-app")).await;
+    let addr = server.addr;
+
+    let steps = blocking(move || get(addr, &steps_path(1), &[])).await;
+    assert_eq!(steps.status, 200);
+    let steps: RunSteps = serde_json::from_value(steps.json()).unwrap();
+    assert_eq!(
+        steps.logs.iter().map(|l| l.epoch).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(steps.logs[1].steps[1].step, 8);
+    let samples = blocking(move || get(addr, &samples_path(1), &[])).await;
+    let samples: RunSamples = serde_json::from_value(samples.json()).unwrap();
+    assert_eq!(samples.epochs, [2]);
+    let grid = blocking(move || get(addr, &sample_path(1, 2), &[])).await;
+    assert_eq!(grid.status, 200);
+    assert_eq!(grid.header("content-type"), Some("image/png"));
+    assert_eq!(grid.body, png);
+    let etag = grid.header("etag").unwrap().to_string();
+    let again = blocking(move || get(addr, &sample_path(1, 2), &[("If-None-Match", &etag)])).await;
+    assert_eq!(again.status, 304);
+    let missing = blocking(move || get(addr, &sample_path(1, 1), &[])).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("epoch 1"));
+    for bad in [
+        "/api/runs/1/samples/0",
+        "/api/runs/1/samples/x",
+        "/api/runs/1/samples/01",
+    ] {
+        let answer = blocking(move || get(addr, bad, &[])).await;
+        assert_eq!(answer.status, 400, "{bad}");
+    }
+    // No logs at all: empty lists, not errors.
+    write_run(dir.path(), 2, 1, RunStatus::Finished);
+    let none = blocking(move || get(addr, &steps_path(2), &[])).await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json()["logs"], serde_json::json!([]));
+    // A damaged step log is named.
+    std::fs::write(layout.step_log(1), b"{").unwrap();
+    let broken = blocking(move || get(addr, &steps_path(1), &[])).await;
+    assert_eq!(broken.status, 500);
+    let error = broken.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("logs/steps/epoch_001.json"), "{error}");
+}

@@ -1,7 +1,10 @@
 //! The server's HTTP API as the app calls it: the fetch functions and their errors. The bodies
 //! are `format::api`'s types, the very ones the server serializes.
 
-use format::api::{run_path, ErrorBody, RunDetail, RunList, RunQuery, RunSummary, RUNS_PATH};
+use format::api::{
+    run_path, samples_path, steps_path, ErrorBody, RunDetail, RunList, RunQuery, RunSamples,
+    RunSteps, RunSummary, RUNS_PATH,
+};
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use web_sys::RequestCache;
@@ -50,6 +53,16 @@ pub async fn fetch_run_list() -> Result<RunList, ApiError> {
 /// One page of the runs a query matches (searched, sorted and paged by the server).
 pub async fn fetch_run_page(query: &RunQuery) -> Result<RunList, ApiError> {
     get_json::<RunList>(&query.path()).await
+}
+
+/// One run's per-step training log.
+pub async fn fetch_steps(run_number: u32) -> Result<RunSteps, ApiError> {
+    get_json(&steps_path(run_number)).await
+}
+
+/// The epochs of one run's sample grids.
+pub async fn fetch_samples(run_number: u32) -> Result<RunSamples, ApiError> {
+    get_json(&samples_path(run_number)).await
 }
 
 /// One run's metadata and configuration.

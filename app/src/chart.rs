@@ -23,8 +23,9 @@ pub struct Series {
     pub label: String,
     /// Line colour.
     pub color: &'static str,
-    /// (epoch, value) in epoch order.
-    pub points: Vec<(u32, f64)>,
+    /// (x, value) in x order: x is the epoch, or the step (or the fractional epoch) of a
+    /// per-step chart.
+    pub points: Vec<(f64, f64)>,
     /// A horizontal reference line (the base model's value), if known.
     pub baseline: Option<f64>,
 }
@@ -32,8 +33,8 @@ pub struct Series {
 /// A point placed on the chart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedPoint {
-    /// Epoch.
-    pub epoch: u32,
+    /// Its x value (epoch or step).
+    pub at: f64,
     /// Raw (unsmoothed) value.
     pub value: f64,
     /// SVG x.
@@ -135,15 +136,20 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     let drawable = |v: f64| v.is_finite() && (!log_scale || v > 0.0);
     let to_axis = |v: f64| if log_scale { v.log10() } else { v };
 
-    let epochs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-    let (mut e_lo, mut e_hi) = epochs.fold((u32::MAX, 0), |(lo, hi), e| (lo.min(e), hi.max(e)));
+    let xs = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .filter(|x| x.is_finite());
+    let (mut e_lo, mut e_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
+        (lo.min(e), hi.max(e))
+    });
     if e_lo > e_hi {
-        (e_lo, e_hi) = (1, 1);
+        (e_lo, e_hi) = (1.0, 1.0);
     }
     let (e_lo, e_hi) = if e_lo == e_hi {
-        (e_lo as f64 - 1.0, e_hi as f64 + 1.0)
+        (e_lo - 1.0, e_hi + 1.0)
     } else {
-        (e_lo as f64, e_hi as f64)
+        (e_lo, e_hi)
     };
 
     let values = series
@@ -180,14 +186,18 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     let placed = series
         .iter()
         .map(|s| {
-            let kept: Vec<(u32, f64)> =
-                s.points.iter().copied().filter(|p| drawable(p.1)).collect();
+            let kept: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && drawable(p.1))
+                .collect();
             let points: Vec<PlacedPoint> = kept
                 .iter()
-                .map(|&(epoch, value)| PlacedPoint {
-                    epoch,
+                .map(|&(at, value)| PlacedPoint {
+                    at,
                     value,
-                    x: x(epoch as f64),
+                    x: x(at),
                     y: y(value),
                 })
                 .collect();
@@ -200,7 +210,7 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
                         .iter()
                         .zip(smoothed)
                         .filter(|(_, v)| drawable(*v))
-                        .map(|(p, v)| (x(p.0 as f64), y(v))),
+                        .map(|(p, v)| (x(p.0), y(v))),
                 )
             } else {
                 String::new()
@@ -266,6 +276,16 @@ pub fn plot(series: &[Series], log_scale: bool, smoothing: f64) -> Plot {
     }
 }
 
+/// An x value as the hover text shows it: whole epochs and steps as integers, a fractional
+/// epoch to two places.
+pub fn format_x(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// A chart of one metric over epochs, for one or more runs.
 #[component]
 pub fn MetricChart(
@@ -280,6 +300,12 @@ pub fn MetricChart(
     /// Smoothing weight in [0, 1).
     #[prop(into)]
     smoothing: Signal<f64>,
+    /// What x is (`epoch`, `step`): the axis label and the hover text.
+    #[prop(default = "epoch")]
+    x_label: &'static str,
+    /// Most points drawn as hoverable circles; a denser series is drawn as its line only.
+    #[prop(default = usize::MAX)]
+    max_circles: usize,
 ) -> impl IntoView {
     let hovered = RwSignal::new(None::<String>);
     let layout = Memo::new(move |_| plot(&series.get(), log_scale.get(), smoothing.get()));
@@ -323,7 +349,7 @@ pub fn MetricChart(
                             })
                             .collect_view()
                     }}
-                    <text class="axis-label" x=(LEFT + WIDTH - RIGHT) / 2.0 y=HEIGHT - 2.0>"epoch"</text>
+                    <text class="axis-label" x=(LEFT + WIDTH - RIGHT) / 2.0 y=HEIGHT - 2.0>{x_label}</text>
                     <line class="axis" x1=LEFT x2=LEFT y1=TOP y2=HEIGHT - BOTTOM></line>
                     <line class="axis" x1=LEFT x2=WIDTH - RIGHT y1=HEIGHT - BOTTOM y2=HEIGHT - BOTTOM></line>
                 </g>
@@ -353,16 +379,16 @@ pub fn MetricChart(
                                     {smoothing_on.then(|| view! {
                                         <path class="smooth" d=s.smooth_path.clone() stroke=color fill="none"></path>
                                     })}
-                                    {s
+                                    {(s.points.len() <= max_circles).then(|| s
                                         .points
                                         .into_iter()
                                         .map(|p| {
-                                            let text = format!("{}, epoch {}: {}", s.label, p.epoch, format_value(p.value));
+                                            let text = format!("{}, {x_label} {}: {}", s.label, format_x(p.at), format_value(p.value));
                                             let on_enter = text.clone();
                                             view! {
                                                 <circle
                                                     data-point=""
-                                                    data-epoch=p.epoch
+                                                    data-x=p.at
                                                     data-value=p.value
                                                     cx=p.x
                                                     cy=p.y
@@ -375,7 +401,7 @@ pub fn MetricChart(
                                                 </circle>
                                             }
                                         })
-                                        .collect_view()}
+                                        .collect_view())}
                                 </g>
                             }
                         })
@@ -394,7 +420,7 @@ mod tests {
         Series {
             label: "run 1".into(),
             color: PALETTE[0],
-            points: points.to_vec(),
+            points: points.iter().map(|&(e, v)| (f64::from(e), v)).collect(),
             baseline: Some(1.0),
         }
     }

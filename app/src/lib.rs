@@ -15,6 +15,7 @@ pub mod run;
 pub mod runs;
 pub mod sample;
 pub mod sampler;
+pub mod steps;
 
 use leptos::prelude::*;
 use wasm_bindgen::prelude::wasm_bindgen;

@@ -12,6 +12,7 @@ use crate::display;
 use crate::error::ErrorBox;
 use crate::live::use_live;
 use crate::route::{navigate, Route};
+use crate::steps::{SampleStrip, StepCharts};
 
 /// Metrics charted first, in this order; any others follow alphabetically.
 const PREFERRED_METRICS: [&str; 2] = ["val_loss", "train_loss"];
@@ -46,7 +47,7 @@ pub fn series_of(meta: &Metadata, metric: &str, position: usize) -> Series {
         points: meta
             .metric_series()
             .iter()
-            .filter_map(|e| e.metrics.get(metric).map(|v| (e.epoch, *v)))
+            .filter_map(|e| e.metrics.get(metric).map(|v| (f64::from(e.epoch), *v)))
             .collect(),
         baseline: meta.base_metrics.get(metric).copied(),
     }
@@ -117,6 +118,7 @@ fn RunBody(
     };
     let log_scale = RwSignal::new(false);
     let smoothing = RwSignal::new(0.0f64);
+    let with_steps = with.clone();
 
     let overlay_errors: Vec<String> = overlays
         .iter()
@@ -191,6 +193,8 @@ fn RunBody(
             <span class="legend">{legend}</span>
         </div>
         <div class="charts">{charts}</div>
+        <StepCharts runs=std::iter::once(run).chain(with_steps).collect() log_scale=log_scale smoothing=smoothing/>
+        <SampleStrip run=run/>
         <div class="columns">
             <CheckpointList meta=meta.clone() sampleable=detail.seed.is_none()/>
             <ConfigPanel config=detail.config.clone() meta=meta/>
@@ -346,7 +350,7 @@ mod tests {
         meta.base_metrics.insert("val_loss".into(), 0.9);
         assert_eq!(metric_names([&meta]), ["val_loss", "train_loss", "lr"]);
         let s = series_of(&meta, "val_loss", 1);
-        assert_eq!(s.points, vec![(1, 0.5), (2, 0.4)]);
+        assert_eq!(s.points, vec![(1.0, 0.5), (2.0, 0.4)]);
         assert_eq!(s.baseline, Some(0.9));
         assert_eq!(s.color, PALETTE[1]);
     }

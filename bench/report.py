@@ -151,6 +151,24 @@ def main():
                      ratio_text(ratios), "–", "info"))
         rows.append((f"5. Peak RSS streaming a {server['stream_bytes'] / 2**30:.0f} GiB checkpoint",
                      f"{server['stream_peak_rss_kib'] / 1024:.1f} MiB", "–", "–", "flat", "info"))
+    table = rounds(k, "runs_table")
+    if table:
+        small_n = min(d["runs"] for d in table)
+        large_n = max(d["runs"] for d in table)
+        small = [d for d in table if d["runs"] == small_n]
+        large = [d for d in table if d["runs"] == large_n]
+        for key, what in [("first_rows_ms", "navigation → first 100 rows"),
+                          ("search_ms", "search `lr<3e-4 tag:sweep` → rows"),
+                          ("clear_ms", "search cleared → rows"),
+                          ("sort_ms", "sort by a config column → rows"),
+                          ("next_page_ms", "next page → rows")]:
+            ratios = [l[key] / s[key] for l, s in zip(large, small)]
+            mid, lo, hi = spread([d[key] for d in large])
+            rows.append((f"4. Runs view, {large_n:,} runs: {what}",
+                         f"{fmt(mid, 0)} ms ({fmt(lo, 0)}–{fmt(hi, 0)})",
+                         f"{fmt(median_of(small, key), 0)} ms at {small_n:,} runs",
+                         ratio_text(ratios), "≤ 200 ms" if key != "first_rows_ms" else "–",
+                         verdict(mid, 200.0, False) if key != "first_rows_ms" else "info"))
 
     listed = k.get("bucket_listing", [None])[0]
     if listed:

@@ -179,6 +179,52 @@ async fn runs_table_charts_and_live_updates() {
         "the config is shown"
     );
 
+    // The steps logged during training, charted per step (every step the trainer kept), then
+    // by epoch; the sample grids drawn after each epoch, in a strip, each a loaded image.
+    let steps: usize = (1..=3)
+        .map(|epoch| {
+            let path = format::RunLayout::new(checkpoints.path(), 1).step_log(epoch);
+            let log: format::logs::StepLog =
+                serde_json::from_slice(&std::fs::read(&path).expect("step log")).expect("parse");
+            log.steps.len()
+        })
+        .sum();
+    browser
+        .wait_for(
+            r#"svg[data-chart="train_loss_step"] circle[data-point]"#,
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        browser
+            .count(r#"svg[data-chart="train_loss_step"] circle[data-point]"#)
+            .await,
+        steps,
+        "one point per logged step"
+    );
+    client
+        .find(Locator::Css(r#"input[data-field="axis-epoch"]"#))
+        .await
+        .expect("axis toggle")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_until(
+            r#"(() => { const xs = [...document.querySelectorAll('svg[data-chart="train_loss_step"] circle[data-point]')].map(c => Number(c.dataset.x));
+                 return xs.length > 0 && Math.max(...xs) === 3 && Math.min(...xs) > 0; })()"#,
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_until(
+            r#"(() => { const imgs = [...document.querySelectorAll('[data-sample-strip] figure[data-sample-epoch] img')];
+                 return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0); })()"#,
+            WAIT,
+        )
+        .await;
+    browser.screenshot("run-steps-and-samples").await;
+
     // Log scale and smoothing redraw the same points.
     client
         .find(Locator::Css(r#"input[data-field="log-scale"]"#))
@@ -280,6 +326,72 @@ async fn runs_table_charts_and_live_updates() {
         )
         .await;
     browser.screenshot("run-lineage").await;
+
+    // The runs view's search: tags and a note set by `diffit runs tag/note` (while the server
+    // runs), a column for each config value the runs differ in, a bad search explained.
+    for args in [
+        &["runs", "tag", "2", "sweep"][..],
+        &["runs", "note", "2", "fine-tuned on base run 1"][..],
+    ] {
+        let status = Command::new(&diffit)
+            .args(args)
+            .arg("--checkpoints")
+            .arg(checkpoints.path())
+            .status()
+            .expect("run diffit runs");
+        assert!(status.success(), "diffit {args:?} failed");
+    }
+    client
+        .goto(&format!("{}/#/", server.url))
+        .await
+        .expect("back to runs");
+    browser
+        .wait_for(r#"tr[data-run="2"] .tag[data-tag="sweep"]"#, WAIT)
+        .await;
+    browser
+        .wait_for(r#"th.varying[data-sort="training.epochs"]"#, WAIT)
+        .await;
+    let epochs_cells = client
+        .execute(
+            r#"return [...document.querySelectorAll('td[data-param="training.epochs"]')].map(td => td.textContent);"#,
+            vec![],
+        )
+        .await
+        .expect("read cells");
+    assert_eq!(epochs_cells, serde_json::json!(["1", "3"]), "newest first");
+    let search = |text: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .execute(
+                    r#"const s = document.querySelector('input[data-search]');
+                       s.value = arguments[0]; s.dispatchEvent(new Event('input', { bubbles: true }));"#,
+                    vec![serde_json::json!(text)],
+                )
+                .await
+                .expect("type a search");
+        }
+    };
+    let rows_are = |runs: &'static str| {
+        format!(
+            r#"[...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run).join() === '{runs}'"#
+        )
+    };
+    search("tag:sweep").await;
+    browser.wait_until(&rows_are("2"), WAIT).await;
+    // The config columns stay while a search narrows the rows.
+    browser
+        .wait_for(r#"th.varying[data-sort="training.epochs"]"#, WAIT)
+        .await;
+    browser.screenshot("runs-search").await;
+    search("epochs>=3 -tag:sweep").await;
+    browser.wait_until(&rows_are("1"), WAIT).await;
+    search("momentum>0.9").await;
+    let error = browser.wait_for("[data-error]", WAIT).await;
+    let text = error.text().await.expect("error text");
+    assert!(text.contains("momentum"), "{text}");
+    search("").await;
+    browser.wait_until(&rows_are("2,1"), WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,6 @@
 //! The runs view: one page of the runs at a time, searched, sorted and paged by the server
 //! (`/api/runs?q=…`, [`format::query`]), with a column for each config value that differs
-//! between the matching runs; refreshed by live updates. A row opens the run; checked rows
+//! between the runs; refreshed by live updates. A row opens the run; checked rows
 //! open together with their charts overlaid.
 
 use std::time::Duration;

@@ -213,7 +213,8 @@ pub struct RunPage {
     pub matched: usize,
     /// Every run of the checkpoints dir.
     pub total: usize,
-    /// The config keys whose values differ between the matching runs (the columns worth showing).
+    /// The config keys whose values differ between the runs (the columns worth showing; taken
+    /// over every run, so they stay put while a search narrows the rows).
     pub varying: Vec<String>,
 }
 

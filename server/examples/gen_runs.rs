@@ -1,5 +1,7 @@
 //! Writes synthetic runs for benchmarking: `gen_runs <checkpoints-dir> <count> [--large-bytes N]`.
-//! Each run gets a `metadata.json` with ten epochs of metrics (no tensor files); with
+//! Each run gets a `metadata.json` with ten epochs of metrics (no tensor files), a
+//! `config.json` whose learning rate, batch size and LoRA rank vary from run to run, and every
+//! tenth run the tag `sweep` (`annotations.json`); with
 //! `--large-bytes`, run 1 also gets an `epoch_001.safetensors` of about N bytes (one sparse U8
 //! tensor) with its checksum recorded, for streaming measurements.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
@@ -68,6 +70,19 @@ fn main() -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(&meta)?;
         std::fs::write(layout.metadata(), json)
             .with_context(|| format!("writing {}", layout.metadata().display()))?;
+        let learning_rate = [1e-3, 5e-4, 2e-4, 1e-4][n as usize % 4];
+        let batch_size = [8, 16][n as usize % 2];
+        let rank = [4, 8][(n as usize / 2) % 2];
+        let config = serde_json::json!({
+            "training": {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": 10},
+            "lora": {"rank": rank, "alpha": 8.0},
+        });
+        std::fs::write(layout.config(), serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", layout.config().display()))?;
+        if n % 10 == 0 {
+            std::fs::write(layout.annotations(), br#"{"tags": ["sweep"]}"#)
+                .with_context(|| format!("writing {}", layout.annotations().display()))?;
+        }
     }
     println!("wrote {count} runs under {}", dir.display());
     Ok(())

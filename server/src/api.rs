@@ -57,7 +57,7 @@ pub fn parse_run_number(text: &str) -> Result<u32, ApiError> {
 
 /// `GET /api/runs`: every run, broken ones included, from the watcher's cached list; with a
 /// query (`q`, `sort`, `order`, `offset`, `limit`: [`RunQuery`]) the matching runs, sorted,
-/// one page of them, with the counts and the config keys that differ between them.
+/// one page of them, with the counts and the config keys that differ between the runs.
 pub async fn list_runs(
     State(state): State<AppState>,
     query: Result<Query<RunQuery>, QueryRejection>,
@@ -130,7 +130,7 @@ fn run_page(snapshot: &RunsSnapshot, query: &RunQuery) -> Result<RunList, ApiErr
             offset,
             matched: matched.len(),
             total: snapshot.summaries.len(),
-            varying: format::query::varying_params(matched.iter().copied()),
+            varying: format::query::varying_params(all()),
         }),
     })
 }

@@ -167,8 +167,8 @@ def main():
             rows.append((f"4. Runs view, {large_n:,} runs: {what}",
                          f"{fmt(mid, 0)} ms ({fmt(lo, 0)}–{fmt(hi, 0)})",
                          f"{fmt(median_of(small, key), 0)} ms at {small_n:,} runs",
-                         ratio_text(ratios), "≤ 200 ms" if key != "first_rows_ms" else "–",
-                         verdict(mid, 200.0, False) if key != "first_rows_ms" else "info"))
+                         ratio_text(ratios), "≤ 100 ms" if key != "first_rows_ms" else "–",
+                         verdict(mid, 100.0, False) if key != "first_rows_ms" else "info"))
 
     listed = k.get("bucket_listing", [None])[0]
     if listed:

@@ -6,7 +6,7 @@
 #   2. LoRA checkpoint save MB/s vs a plain fsync'd write of the same bytes; stall per save
 #   3. bytes on disk: 3 runs x 10 epochs vs the seed's scheme and a full model per epoch
 #   4. browser: ms per DDIM step in headless Chromium vs native; click -> image for `small`;
-#      the runs view at 10,000 runs vs 100 (first rows, search, sort, next page)
+#      the runs view at 10,000 runs vs 200 (first rows, search, sort, next page)
 #   5. server: /api/runs requests/s at 10,000 runs vs nginx; peak RSS streaming a 1 GiB file
 #   6. bucket: listing 1,000 runs in an S3 server (moto) vs on disk; bytes of 3 runs in a bucket;
 #      the longest a save waits for a --mirror upload vs an epoch of `small`
@@ -107,12 +107,13 @@ if [ -z "${SKIP_BROWSER:-}" ]; then
         target/debug/examples/browser_bench "$R/diffit-server" "$WORK/checkpoints" 1 "$SAMPLE_STEPS" \
             | tee -a /dev/stderr | collect
     done
-    # The runs view at 100 and at 10,000 runs, alternating: first rows, search, sort, next page.
-    log "browser: the runs view at 100 and 10,000 runs (headless Chromium)"
+    # The runs view at 200 and at 10,000 runs (two pages at least), alternating: first rows,
+    # search, sort, next page.
+    log "browser: the runs view at 200 and 10,000 runs (headless Chromium)"
     cargo build --release -p server --example gen_runs
-    "$R/examples/gen_runs" "$WORK/runs-100" 100
+    "$R/examples/gen_runs" "$WORK/runs-200" 200
     "$R/examples/gen_runs" "$WORK/runs-10000" 10000
-    target/debug/examples/runs_table_bench "$R/diffit-server" "$WORK/runs-100" "$WORK/runs-10000" \
+    target/debug/examples/runs_table_bench "$R/diffit-server" "$WORK/runs-200" "$WORK/runs-10000" \
         | tee -a /dev/stderr | collect
 fi
 

@@ -1,4 +1,5 @@
-//! The runs view with many runs, for `make bench`: serves two checkpoints dirs (a small one and
+//! The runs view with many runs, for `make bench`: serves two checkpoints dirs (a small one of
+//! more than a page, and
 //! a large one, `server/examples/gen_runs`) with the real server and measures, in headless
 //! Chromium and by the page's own clock, alternating the two dirs each round: time from
 //! navigation to the first page of rows, and the latency of a search, of clearing it, of a sort

@@ -5,6 +5,9 @@
 //! published architecture sampled with a class and a guidance scale (`--class --cfg-scale`)
 //! agrees the same way, and the page offers its classes by name.
 //!
+//! The comparison grid samples the run's epochs from the same seed: the best epoch's cell is the
+//! native image too, and the epoch slider scrubs back to a cell from the page's cache.
+//!
 //! The same page then checks the base model cache: a reload takes the base from Cache Storage,
 //! and a cached copy damaged in place (same size, valid header, garbage weights) is rejected by
 //! its checksum, downloaded again and replaced, with the same image and a notice in the page;
@@ -140,6 +143,19 @@ async fn sample_in_browser(browser: &Browser) -> (u32, u32, Vec<u8>) {
         .map(|v| v.as_u64().expect("byte") as u8)
         .collect();
     (width, height, data)
+}
+
+/// Sets an `<input>`'s value and fires its `input` event, as dragging a slider does.
+async fn client_input(browser: &Browser, css: &str, value: &str) {
+    browser
+        .client
+        .execute(
+            r#"const i = document.querySelector(arguments[0]); i.value = arguments[1];
+               i.dispatchEvent(new Event('input', { bubbles: true }));"#,
+            vec![json!(css), json!(value)],
+        )
+        .await
+        .expect("set the input");
 }
 
 /// Every entry of the base model cache: (URL path, bytes).
@@ -318,6 +334,111 @@ async fn browser_sample_matches_native_sampler() {
     );
     assert_eq!(again, rgba, "same seed, same image");
     browser.screenshot("sample-browser-cached").await;
+
+    // The comparison grid: run 1's epochs, each sampled in the page from the same seed; the best
+    // epoch's cell is the native image, and the slider scrubs to a cell already sampled, shown
+    // from the page's cache without sampling again.
+    let best_epoch = support::read_metadata(checkpoints.path(), 1)
+        .best_checkpoint
+        .expect("a best checkpoint")
+        .epoch;
+    browser
+        .client
+        .goto(&format!("{}/#/compare?runs=1", server.url))
+        .await
+        .expect("open the comparison");
+    browser
+        .wait_for(r#"input[data-field="seed"]"#, Duration::from_secs(30))
+        .await;
+    browser.set_field("seed", &SEED.to_string()).await;
+    browser.set_field("steps", &STEPS.to_string()).await;
+    let all_done = r#"(() => {
+        const cells = [...document.querySelectorAll('td[data-compare-cell][data-run="1"]')];
+        return cells.length === 4 && cells.every(c => c.querySelector('img[data-state="done"]'))
+            && document.querySelector('[data-field="compare-status"]').textContent === ''; })()"#;
+    browser.wait_until(all_done, Duration::from_secs(300)).await;
+    assert_eq!(browser.count("[data-error]").await, 0, "the grid sampled");
+    let cell_pixels = |css: String| {
+        let client = browser.client.clone();
+        async move {
+            let answer = client
+                .execute_async(
+                    r#"const img = document.querySelector(arguments[0]);
+                       const done = arguments[arguments.length - 1];
+                       const read = () => {
+                         const c = document.createElement('canvas');
+                         c.width = img.naturalWidth; c.height = img.naturalHeight;
+                         const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+                         done([c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data), img.src]);
+                       };
+                       img.complete ? read() : img.addEventListener('load', read);"#,
+                    vec![json!(css)],
+                )
+                .await
+                .expect("read a cell");
+            let parts = answer.as_array().expect("cell answer").clone();
+            let bytes: Vec<u8> = parts[2]
+                .as_array()
+                .expect("pixels")
+                .iter()
+                .map(|v| v.as_u64().expect("byte") as u8)
+                .collect();
+            (
+                parts[0].as_u64().expect("w") as u32,
+                parts[1].as_u64().expect("h") as u32,
+                bytes,
+                parts[3].as_str().expect("src").to_string(),
+            )
+        }
+    };
+    let cell = |epoch: &str| {
+        format!(
+            r#"td[data-compare-cell][data-run="1"][data-epoch="{epoch}"]:not([data-scrub]) img"#
+        )
+    };
+    let (w, h, best_cell, _) = cell_pixels(cell(&best_epoch.to_string())).await;
+    assert_matches_native(&native_png, w, h, &best_cell, "comparison cell vs native");
+    let (_, _, epoch1, epoch1_src) = cell_pixels(cell("1")).await;
+    let (_, _, epoch2, _) = cell_pixels(cell("2")).await;
+    assert_ne!(
+        epoch1, epoch2,
+        "another epoch, another model, another image"
+    );
+    browser.screenshot("compare-grid").await;
+    client_input(&browser, r#"input[data-field="scrub"]"#, "0").await;
+    browser
+        .wait_until(
+            r#"document.querySelector('[data-field="scrub-epoch"]').textContent === 'epoch 1'"#,
+            Duration::from_secs(10),
+        )
+        .await;
+    let scrubbed = r#"td[data-compare-cell][data-run="1"][data-scrub] img[data-state="done"]"#;
+    browser.wait_for(scrubbed, Duration::from_secs(10)).await;
+    let (_, _, _, scrub_src) = cell_pixels(scrubbed.to_string()).await;
+    assert_eq!(
+        scrub_src, epoch1_src,
+        "scrubbing back shows the cached image"
+    );
+    assert_eq!(
+        browser
+            .client
+            .execute(
+                r#"return document.querySelector('[data-field="compare-status"]').textContent;"#,
+                vec![],
+            )
+            .await
+            .expect("status"),
+        json!(""),
+        "nothing was sampled again"
+    );
+    browser
+        .client
+        .goto(&page)
+        .await
+        .expect("back to the sample view");
+    browser
+        .wait_for(r#"button[data-action="sample"]"#, Duration::from_secs(30))
+        .await;
 
     // A cached copy damaged in place is rejected by its checksum, downloaded again and replaced.
     let meta = support::read_metadata(checkpoints.path(), 1);

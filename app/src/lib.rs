@@ -7,6 +7,7 @@
 pub mod api;
 pub mod base_cache;
 pub mod chart;
+pub mod compare;
 pub mod display;
 pub mod error;
 pub mod live;
@@ -85,6 +86,7 @@ pub fn App() -> impl IntoView {
             {move || match route.get() {
                 Route::Runs => view! { <runs::RunsView/> }.into_any(),
                 Route::Run { run, with } => view! { <run::RunView run=run with=with/> }.into_any(),
+                Route::Compare { runs } => view! { <compare::CompareView runs=runs/> }.into_any(),
                 Route::Sample { run, checkpoint } => {
                     view! { <sample::SampleView run=run checkpoint=checkpoint/> }.into_any()
                 }

@@ -17,6 +17,11 @@ pub enum Route {
         /// Runs overlaid on its charts.
         with: Vec<u32>,
     },
+    /// Runs × epochs sampled in the browser from one seed (`#/compare?runs=1,2`).
+    Compare {
+        /// The runs, one row each.
+        runs: Vec<u32>,
+    },
     /// Sampling from one run's checkpoints in the browser.
     Sample {
         /// The run sampled from.
@@ -52,6 +57,11 @@ impl Route {
                 }
                 Err(_) => Route::Runs,
             },
+            ["compare"] => Route::Compare {
+                runs: param("runs")
+                    .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect())
+                    .unwrap_or_default(),
+            },
             ["runs", n, "sample"] => match n.parse() {
                 Ok(run) => Route::Sample {
                     run,
@@ -71,6 +81,10 @@ impl Route {
             Route::Run { run, with } => {
                 let list: Vec<String> = with.iter().map(u32::to_string).collect();
                 format!("#/runs/{run}?with={}", list.join(","))
+            }
+            Route::Compare { runs } => {
+                let list: Vec<String> = runs.iter().map(u32::to_string).collect();
+                format!("#/compare?runs={}", list.join(","))
             }
             Route::Sample {
                 run,
@@ -128,6 +142,7 @@ mod tests {
                 run: 3,
                 with: vec![1, 2],
             },
+            Route::Compare { runs: vec![1, 4] },
             Route::Sample {
                 run: 12,
                 checkpoint: None,

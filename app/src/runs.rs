@@ -164,6 +164,18 @@ pub fn RunsView() -> impl IntoView {
                 <h1>"Runs"</h1>
                 <button
                     class="secondary"
+                    data-action="compare-images"
+                    disabled=move || selected.with(Vec::is_empty)
+                    on:click=move |_| {
+                        let mut runs = selected.get();
+                        runs.sort_unstable();
+                        navigate(&Route::Compare { runs });
+                    }
+                >
+                    {move || format!("Compare images ({})", selected.with(Vec::len))}
+                </button>
+                <button
+                    class="secondary"
                     data-action="compare"
                     disabled=move || selected.with(|s| s.len() < 2)
                     on:click=open_selected

@@ -23,7 +23,7 @@ use crate::api::fetch_run;
 use crate::error::ErrorBox;
 use crate::now_ms;
 use crate::route::Route;
-use crate::sample::{class_choices, parse_request};
+use crate::sample::{class_choices, guidance_fields, parse_request};
 use crate::sampler::{load_models, ClassGuidance, Models, Sampling};
 
 /// Epoch columns picked when the page opens, spread over the epochs the runs share.
@@ -345,6 +345,14 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
                         continue;
                     }
                     let meta = &metas[job.run];
+                    // The cell's run and checkpoint name what failed; the work stops there.
+                    let fail = |e: String| {
+                        error.set(Some(format!(
+                            "run {} {}: {e}",
+                            meta.run_number, job.checkpoint
+                        )));
+                        status.set(String::new());
+                    };
                     status.set(format!(
                         "sampling run {} {} ({} of {total})",
                         meta.run_number,
@@ -364,14 +372,7 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
                                 loaded.set_value(Some((job.run, job.checkpoint, m.clone())));
                                 m
                             }
-                            Err(e) => {
-                                error.set(Some(format!(
-                                    "run {} {}: {e}",
-                                    meta.run_number, job.checkpoint
-                                )));
-                                status.set(String::new());
-                                return;
-                            }
+                            Err(e) => return fail(e.to_string()),
                         },
                     };
                     match sample_cell(&models, &settings, job.base_key.is_some(), &live).await {
@@ -382,14 +383,7 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
                             }
                         }),
                         Ok(None) => return,
-                        Err(e) => {
-                            error.set(Some(format!(
-                                "run {} {}: {e}",
-                                meta.run_number, job.checkpoint
-                            )));
-                            status.set(String::new());
-                            return;
-                        }
+                        Err(e) => return fail(e),
                     }
                 }
                 if live() {
@@ -431,25 +425,7 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
             }
         })
         .collect_view();
-    let guidance_fields = classes.map(|classes| {
-        let options = classes
-            .into_iter()
-            .map(|(label, name)| view! { <option value=label.to_string()>{name}</option> })
-            .collect_view();
-        view! {
-            <label>
-                "Class"
-                <select data-field="class" on:change=move |ev| class.set(event_target_value(&ev))>
-                    <option value="" selected=true>"none (unconditional)"</option>
-                    {options}
-                </select>
-            </label>
-            <label>
-                "Guidance"
-                <input type="number" step="0.5" data-field="cfg-scale" prop:value=cfg_scale prop:disabled=move || class.get().is_empty() on:input=move |ev| cfg_scale.set(event_target_value(&ev))/>
-            </label>
-        }
-    });
+    let guidance_fields = classes.map(|classes| guidance_fields(classes, class, cfg_scale));
     let scrub_max = epochs.len().saturating_sub(1);
     let scrub_label = {
         let epoch_list = epoch_list.clone();

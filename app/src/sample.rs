@@ -303,6 +303,35 @@ fn stats_line(s: &Stats) -> String {
     )
 }
 
+/// The class selector (`none` first: unconditional) and the guidance scale of a labelled run's
+/// form; the scale is editable once a class is chosen.
+pub fn guidance_fields(
+    classes: Vec<(u32, String)>,
+    class: RwSignal<String>,
+    cfg_scale: RwSignal<String>,
+) -> impl IntoView {
+    let options = classes
+        .into_iter()
+        .map(|(label, name)| {
+            let value = label.to_string();
+            view! { <option value=value>{name}</option> }
+        })
+        .collect_view();
+    view! {
+        <label>
+            "Class"
+            <select data-field="class" on:change=move |ev| class.set(event_target_value(&ev))>
+                <option value="" selected=true>"none (unconditional)"</option>
+                {options}
+            </select>
+        </label>
+        <label title="Classifier-free guidance: 1 samples the class plainly, more pushes harder towards it">
+            "Guidance"
+            <input type="number" step="0.5" data-field="cfg-scale" prop:value=cfg_scale prop:disabled=move || class.get().is_empty() on:input=move |ev| cfg_scale.set(event_target_value(&ev))/>
+        </label>
+    }
+}
+
 #[component]
 fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>) -> impl IntoView {
     let run = meta.run_number;
@@ -466,28 +495,7 @@ fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>
             seed.get_untracked()
         )
     };
-    let guidance_fields = classes.map(|classes| {
-        let options = classes
-            .into_iter()
-            .map(|(label, name)| {
-                let value = label.to_string();
-                view! { <option value=value>{name}</option> }
-            })
-            .collect_view();
-        view! {
-            <label>
-                "Class"
-                <select data-field="class" on:change=move |ev| class.set(event_target_value(&ev))>
-                    <option value="" selected=true>"none (unconditional)"</option>
-                    {options}
-                </select>
-            </label>
-            <label title="Classifier-free guidance: 1 samples the class plainly, more pushes harder towards it">
-                "Guidance"
-                <input type="number" step="0.5" data-field="cfg-scale" prop:value=cfg_scale prop:disabled=move || class.get().is_empty() on:input=move |ev| cfg_scale.set(event_target_value(&ev))/>
-            </label>
-        }
-    });
+    let guidance_fields = classes.map(|classes| guidance_fields(classes, class, cfg_scale));
 
     view! {
         <form class="sample-form" on:submit=|ev| ev.prevent_default()>

@@ -17,13 +17,13 @@ use format::Metadata;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use model::diffusion::DEFAULT_CFG_SCALE;
-use wasm_bindgen::{Clamped, JsCast};
+use wasm_bindgen::JsCast;
 
 use crate::api::fetch_run;
 use crate::error::ErrorBox;
 use crate::now_ms;
 use crate::route::Route;
-use crate::sample::{class_choices, guidance_fields, parse_request};
+use crate::sample::{class_choices, guidance_fields, paint, parse_request};
 use crate::sampler::{load_models, ClassGuidance, Models, Sampling};
 
 /// Epoch columns picked when the page opens, spread over the epochs the runs share.
@@ -147,38 +147,16 @@ fn jobs(
     out
 }
 
-/// An RGB image (`size`×`size`) as a PNG data URL, for an `<img>`.
-fn data_url(rgb: &[u8], size: usize) -> Result<String, String> {
-    let document = web_sys::window()
+/// RGB images (`size`×`size`; a cell has one) as a PNG data URL, for an `<img>`.
+fn data_url(images: &[Vec<u8>], size: usize) -> Result<String, String> {
+    let canvas: web_sys::HtmlCanvasElement = web_sys::window()
         .and_then(|w| w.document())
-        .ok_or("no document")?;
-    let canvas: web_sys::HtmlCanvasElement = document
+        .ok_or("no document")?
         .create_element("canvas")
         .map_err(|e| format!("canvas: {e:?}"))?
         .dyn_into()
         .map_err(|_| "not a canvas".to_string())?;
-    canvas.set_width(size as u32);
-    canvas.set_height(size as u32);
-    let context = canvas
-        .get_context("2d")
-        .ok()
-        .flatten()
-        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
-        .ok_or("this browser has no 2D canvas")?;
-    let mut rgba = Vec::with_capacity(size * size * 4);
-    for px in rgb.chunks(3).take(size * size) {
-        rgba.extend_from_slice(px);
-        rgba.push(255);
-    }
-    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-        Clamped(&rgba),
-        size as u32,
-        size as u32,
-    )
-    .map_err(|e| format!("ImageData: {e:?}"))?;
-    context
-        .put_image_data(&data, 0.0, 0.0)
-        .map_err(|e| format!("putImageData: {e:?}"))?;
+    paint(&canvas, images, size)?;
     canvas
         .to_data_url()
         .map_err(|e| format!("toDataURL: {e:?}"))
@@ -216,9 +194,8 @@ async fn sample_cell(
     }
     let (lora, base) = sampling.images().map_err(|e| e.to_string())?;
     let size = models.config.image_size;
-    let first = |images: &[Vec<u8>]| images.first().cloned().unwrap_or_default();
-    let lora = data_url(&first(&lora), size)?;
-    let base = base.map(|b| data_url(&first(&b), size)).transpose()?;
+    let lora = data_url(&lora, size)?;
+    let base = base.map(|b| data_url(&b, size)).transpose()?;
     Ok(Some((lora, base)))
 }
 
@@ -267,7 +244,7 @@ pub fn CompareView(
 #[component]
 fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
     let metas: Arc<Vec<Metadata>> = Arc::new(details.iter().map(|d| d.metadata.clone()).collect());
-    let epochs = union_epochs(&metas);
+    let epochs = Arc::new(union_epochs(&metas));
     let classes = details
         .first()
         .and_then(|d| class_choices(&d.metadata, d.config.as_ref()));
@@ -301,12 +278,11 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
             guidance: r.guidance,
         })
     });
-    let epoch_list = Arc::new(epochs.clone());
     let columns = {
-        let epoch_list = epoch_list.clone();
+        let epochs = epochs.clone();
         Memo::new(move |_| {
             let mut cols = picked.get();
-            if let Some(e) = epoch_list.get(scrub.get()) {
+            if let Some(e) = epochs.get(scrub.get()) {
                 cols.push(*e);
             }
             cols
@@ -428,9 +404,9 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
     let guidance_fields = classes.map(|classes| guidance_fields(classes, class, cfg_scale));
     let scrub_max = epochs.len().saturating_sub(1);
     let scrub_label = {
-        let epoch_list = epoch_list.clone();
+        let epochs = epochs.clone();
         move || {
-            epoch_list
+            epochs
                 .get(scrub.get())
                 .map_or("—".to_string(), |e| format!("epoch {e}"))
         }
@@ -440,7 +416,7 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
             return ().into_any();
         };
         let picked = picked.get();
-        let scrubbed = epoch_list.get(scrub.get()).copied();
+        let scrubbed = epochs.get(scrub.get()).copied();
         let done = images.get();
         let header = picked
             .iter()

@@ -238,9 +238,18 @@ pub fn SampleView(
 }
 
 fn draw(canvas: &NodeRef<Canvas>, images: &[Vec<u8>], size: usize) -> Result<(), String> {
-    let Some(canvas) = canvas.get_untracked() else {
-        return Ok(());
-    };
+    match canvas.get_untracked() {
+        Some(canvas) => paint(&canvas, images, size),
+        None => Ok(()),
+    }
+}
+
+/// Paints RGB images (`size`×`size`) on `canvas` as [`compose_rgba`]'s grid, sized to fit.
+pub fn paint(
+    canvas: &web_sys::HtmlCanvasElement,
+    images: &[Vec<u8>],
+    size: usize,
+) -> Result<(), String> {
     let (rgba, width, height) = compose_rgba(images, size);
     canvas.set_width(width as u32);
     canvas.set_height(height as u32);

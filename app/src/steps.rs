@@ -79,24 +79,32 @@ pub fn StepCharts(
             loaded
         }
     });
-    let series = move |which: usize| {
+    // The loss and the lr series of every run, from one pass over its logs.
+    let series = move || {
         let axis = axis.get();
-        logs.get()
+        let mut loss_series = vec![];
+        let mut lr_series = vec![];
+        for (i, steps) in logs
+            .get()
             .unwrap_or_default()
             .iter()
             .enumerate()
             .filter_map(|(i, r)| r.as_ref().ok().map(|steps| (i, steps)))
-            .map(|(i, steps)| {
-                let (loss, lr) = step_points(&steps.logs, axis);
-                Series {
-                    label: format!("run {}", steps.run_number),
-                    color: PALETTE[i % PALETTE.len()],
-                    points: if which == 0 { loss } else { lr },
-                    baseline: None,
-                }
-            })
-            .filter(|s| !s.points.is_empty())
-            .collect::<Vec<_>>()
+        {
+            let (loss, lr) = step_points(&steps.logs, axis);
+            if loss.is_empty() {
+                continue;
+            }
+            let series = |points| Series {
+                label: format!("run {}", steps.run_number),
+                color: PALETTE[i % PALETTE.len()],
+                points,
+                baseline: None,
+            };
+            loss_series.push(series(loss));
+            lr_series.push(series(lr));
+        }
+        (loss_series, lr_series)
     };
     let errors = move || {
         logs.get()
@@ -114,31 +122,25 @@ pub fn StepCharts(
         <section class="steps" data-steps="">
             <div class="chart-controls">
                 <span class="sub">"Per step:"</span>
-                <label>
-                    <input
-                        type="radio"
-                        name="step-axis"
-                        data-field="axis-step"
-                        prop:checked=move || axis.get() == StepAxis::Step
-                        on:change=move |_| axis.set(StepAxis::Step)
-                    />
-                    " by step"
-                </label>
-                <label>
-                    <input
-                        type="radio"
-                        name="step-axis"
-                        data-field="axis-epoch"
-                        prop:checked=move || axis.get() == StepAxis::Epoch
-                        on:change=move |_| axis.set(StepAxis::Epoch)
-                    />
-                    " by epoch"
-                </label>
+                {[(StepAxis::Step, "axis-step", " by step"), (StepAxis::Epoch, "axis-epoch", " by epoch")]
+                    .into_iter()
+                    .map(|(choice, field, label)| view! {
+                        <label>
+                            <input
+                                type="radio"
+                                name="step-axis"
+                                data-field=field
+                                prop:checked=move || axis.get() == choice
+                                on:change=move |_| axis.set(choice)
+                            />
+                            {label}
+                        </label>
+                    })
+                    .collect_view()}
             </div>
             {errors}
             {move || {
-                let loss = series(0);
-                let lr = series(1);
+                let (loss, lr) = series();
                 if loss.is_empty() {
                     return view! {
                         <p class="sub" data-no-steps="">"No per-step log yet (runs trained before it existed have none)."</p>

@@ -65,30 +65,29 @@ pub async fn list_runs(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let snapshot = state.shared.runs();
-    let (etag, body) = if query.is_plain() {
-        let etag = format!("\"runs-{}\"", snapshot.generation);
-        (etag, snapshot.json.clone())
+    let etag = if query.is_plain() {
+        format!("\"runs-{}\"", snapshot.generation)
     } else {
         // The same query of the same list is the same answer.
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&query.path(), &mut hasher);
-        let etag = format!(
+        format!(
             "\"runs-{}-{:016x}\"",
             snapshot.generation,
             std::hash::Hasher::finish(&hasher)
-        );
-        if if_none_match(&headers, &etag) {
-            (etag, Default::default())
-        } else {
-            let page = run_page(&snapshot, &query)?;
-            let json = serde_json::to_vec(&page)
-                .map_err(|e| ApiError::Internal(format!("cannot encode the run list: {e}")))?;
-            (etag, json.into())
-        }
+        )
     };
     let mut response = if if_none_match(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
+        let body = if query.is_plain() {
+            snapshot.json.clone()
+        } else {
+            let page = run_page(&snapshot, &query)?;
+            serde_json::to_vec(&page)
+                .map_err(|e| ApiError::Internal(format!("cannot encode the run list: {e}")))?
+                .into()
+        };
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     set_header(&mut response, header::ETAG, &etag);
@@ -130,7 +129,7 @@ fn run_page(snapshot: &RunsSnapshot, query: &RunQuery) -> Result<RunList, ApiErr
             offset,
             matched: matched.len(),
             total: snapshot.summaries.len(),
-            varying: format::query::varying_params(all()),
+            varying: snapshot.varying.clone(),
         }),
     })
 }

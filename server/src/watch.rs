@@ -44,6 +44,9 @@ pub struct RunsSnapshot {
     pub base_training: RunSetView,
     /// `{"runs": [...], "base_training": [...]}`.
     pub json: Bytes,
+    /// The config keys whose values differ between the runs (every page's `varying`), found
+    /// once per list rather than per request.
+    pub varying: Vec<String>,
 }
 
 impl RunsSnapshot {
@@ -64,6 +67,7 @@ impl RunsSnapshot {
             .unwrap_or_else(|_| Bytes::from_static(b"{\"runs\":[]}"));
         Self {
             generation,
+            varying: format::query::varying_params(runs.summaries.values()),
             summaries: runs.summaries,
             fingerprints: runs.fingerprints,
             base_training,

@@ -5,7 +5,8 @@
 #   1. training images/s: `diffit train --preset small` vs the PyTorch reference (bench/diffit_torch.py)
 #   2. LoRA checkpoint save MB/s vs a plain fsync'd write of the same bytes; stall per save
 #   3. bytes on disk: 3 runs x 10 epochs vs the seed's scheme and a full model per epoch
-#   4. browser: ms per DDIM step in headless Chromium vs native; click -> image for `small`;
+#   4. browser: ms per DDIM step in headless Chromium (its worker pool) vs native at the same
+#      thread count; click -> image for `small`; the page's stall while sampling;
 #      the runs view at 10,000 runs vs 200 (first rows, search, sort, next page)
 #   5. server: /api/runs requests/s at 10,000 runs vs nginx; peak RSS streaming a 1 GiB file
 #   6. bucket: listing 1,000 runs in an S3 server (moto) vs on disk; bytes of 3 runs in a bucket;

@@ -99,9 +99,19 @@ NATIVE_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WASM_TARGET_DIR=$NATIVE_TARGET_DIR
 BUILD_ARGS=(--target "$TARGET" -p app)
 if [ "$PROFILE" = release ]; then BUILD_ARGS+=(--release); else BUILD_ARGS+=(--profile "$PROFILE"); fi
-if rustup_has_wasm_std; then
-    log "compiler: $(rustc --version) with its wasm32 standard library"
+# The app samples on a pool of Web Workers sharing one memory (wasm threads), so std itself is
+# rebuilt with atomics: -Zbuild-std, which needs rust-src (nightly, or RUSTC_BOOTSTRAP on a
+# stable one).
+rustup_has_wasm_src() {
+    rustup_has_wasm_std || return 1
+    [ -d "$(rustc --print sysroot 2>/dev/null)/lib/rustlib/src/rust/library/std" ]
+}
+if rustup_has_wasm_src; then
+    log "compiler: $(rustc --version) with its wasm32 standard library, building std with atomics"
     WASM_CARGO=cargo
+    export RUSTC_BOOTSTRAP=1
+    # shellcheck disable=SC2054 # one flag: the commas are cargo's
+    BUILD_ARGS+=(-Zbuild-std=std,panic_abort)
 else
     apt_ensure rustc-web cargo-web rust-web-src rust-web-llvm lld-22
     log "compiler: $(/usr/bin/rustc --version) (Debian), building std for wasm32"
@@ -115,7 +125,11 @@ fi
 [ -n "$HOST_CARGO" ] || HOST_CARGO=/usr/bin/cargo
 
 export CARGO_TARGET_DIR=$WASM_TARGET_DIR
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128 ${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS:-}"
+# atomics + bulk-memory: a shared memory for the worker pool. The linker is asked for it
+# outright (an imported, shared memory, and the TLS symbols wasm-bindgen's thread support calls
+# on each worker): without those flags this rustc links a private memory, and the page fails
+# with "not a shared typed array".
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base ${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS:-}"
 log "cargo build ${BUILD_ARGS[*]}"
 "$WASM_CARGO" build "${BUILD_ARGS[@]}"
 PROFILE_DIR=$PROFILE
@@ -136,7 +150,7 @@ BG=$STAGE/pkg/app_bg.wasm
 BINDGEN_SIZE=$(stat -c %s "$BG")
 if [ "${SKIP_WASM_OPT:-0}" != 1 ]; then
     # -O3, not -Oz: sampling speed matters more here than a few hundred KB.
-    "$WASM_OPT" -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+    "$WASM_OPT" -O3 --enable-simd --enable-threads --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-reference-types --enable-multivalue --enable-sign-ext --enable-mutable-globals \
         "$BG" -o "$BG.opt"
     mv "$BG.opt" "$BG"

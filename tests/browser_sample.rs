@@ -1,7 +1,9 @@
 //! Sampling in the browser gives the native sampler's image: a tiny run trained by the real
 //! trainer, sampled by `diffit sample --n 1` and by the dashboard (LoRA fused in wasm) with the
 //! same checkpoint, seed and steps; the pixels agree within 1/255 on average and 8/255 at most.
-//! Also prints the browser's time per step next to the native one. A labelled run of the
+//! Also prints the browser's time per step next to the native one. The page is cross-origin
+//! isolated and samples on its pool of Web Workers (wasm threads), answers script calls while
+//! they work, and a Cancel mid-run stops the run early and leaves the next one unchanged. A labelled run of the
 //! published architecture sampled with a class and a guidance scale (`--class --cfg-scale`)
 //! agrees the same way, and the page offers its classes by name.
 //!
@@ -239,6 +241,137 @@ async fn stats(browser: &Browser) -> (f64, f64, String, f64) {
     (total, step, source, verify)
 }
 
+/// The page is cross-origin isolated (the server's headers), so the sampler ran on the pool of
+/// Web Workers sharing the module's memory, not on the page's thread.
+async fn assert_sampled_on_workers(browser: &Browser) {
+    let isolated = browser
+        .client
+        .execute("return self.crossOriginIsolated === true", vec![])
+        .await
+        .expect("read crossOriginIsolated");
+    assert_eq!(
+        isolated,
+        Value::Bool(true),
+        "the dashboard is cross-origin isolated"
+    );
+    let el = browser
+        .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
+        .await;
+    let on_worker = el.attr("data-on-worker").await.expect("attr");
+    let threads: usize = el
+        .attr("data-threads")
+        .await
+        .expect("attr")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let stall: f64 = el
+        .attr("data-stall-ms")
+        .await
+        .expect("attr")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!("browser: sampled on {threads} worker threads, the page's timers at most {stall:.0} ms late meanwhile");
+    assert_eq!(
+        on_worker.as_deref(),
+        Some("true"),
+        "sampling ran on a worker"
+    );
+    assert!(threads >= 1, "the pool has a thread");
+    assert!(stall.is_finite(), "the page measured its stalls");
+}
+
+/// A long run (many steps, several images) cancelled once it is under way: the page answers
+/// script calls within a generous bound while the workers sample (its thread is free), the run
+/// stops early and says so, and the next run still gives the image of before.
+async fn cancel_mid_run_and_sample_again(browser: &Browser, expected: &[u8]) {
+    browser.set_field("steps", "1000").await;
+    browser.set_field("count", "8").await;
+    browser
+        .client
+        .find(Locator::Css(r#"button[data-action="sample"]"#))
+        .await
+        .expect("sample button")
+        .click()
+        .await
+        .expect("click sample");
+    browser
+        .wait_until(
+            r#"document.querySelector('progress[data-field="progress"]').value >= 2"#,
+            Duration::from_secs(120),
+        )
+        .await;
+    // Round trips to the page's thread while it samples: each waits for whatever the thread
+    // is busy with, as a click would.
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        browser
+            .client
+            .execute("return performance.now()", vec![])
+            .await
+            .expect("script round trip");
+        worst = worst.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("browser: page answered within {worst:?} (worst of 20 round trips) while sampling");
+    assert!(
+        worst < Duration::from_secs(2),
+        "the page stayed responsive while the workers sampled: {worst:?}"
+    );
+    browser
+        .client
+        .find(Locator::Css(r#"button[data-action="cancel"]"#))
+        .await
+        .expect("cancel button")
+        .click()
+        .await
+        .expect("click cancel");
+    browser
+        .wait_until(
+            r#"document.querySelector('canvas[data-sample="lora"]').dataset.state !== 'running'"#,
+            Duration::from_secs(60),
+        )
+        .await;
+    let answer = browser
+        .client
+        .execute(
+            r#"const p = document.querySelector('progress[data-field="progress"]');
+               return [document.querySelector('canvas[data-sample="lora"]').dataset.state,
+                       p.value, p.max,
+                       document.querySelector('[data-field="status"]').textContent];"#,
+            vec![],
+        )
+        .await
+        .expect("read the page");
+    browser.screenshot("sample-browser-cancelled").await;
+    let Value::Array(parts) = answer else {
+        panic!("unexpected answer {answer}")
+    };
+    assert_eq!(
+        parts[0],
+        json!("cancelled"),
+        "the run stopped as cancelled: {parts:?}"
+    );
+    let (done, total) = (
+        parts[1].as_f64().unwrap_or(0.0),
+        parts[2].as_f64().unwrap_or(0.0),
+    );
+    assert!(
+        done < total,
+        "it stopped before its last step: {done} of {total}"
+    );
+    assert_eq!(parts[3], json!("cancelled"), "the page says so");
+    println!("browser: cancelled at step {done} of {total}");
+
+    browser.set_field("steps", &STEPS.to_string()).await;
+    browser.set_field("count", "1").await;
+    let (_, _, after) = sample_in_browser(browser).await;
+    assert_eq!(
+        after, expected,
+        "after a cancel the same seed gives the same image"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_sample_matches_native_sampler() {
     if !support::browser_available() {
@@ -315,6 +448,7 @@ async fn browser_sample_matches_native_sampler() {
     println!("browser: {total_ms:.0} ms from click to image, {step_ms:.1} ms per step (base and LoRA), base from {source}");
     assert_eq!(source, "network", "a fresh profile downloads the base");
     browser.screenshot("sample-browser").await;
+    assert_sampled_on_workers(&browser).await;
 
     assert_matches_native(&native_png, width, height, &rgba, "browser vs native");
 
@@ -334,6 +468,8 @@ async fn browser_sample_matches_native_sampler() {
     );
     assert_eq!(again, rgba, "same seed, same image");
     browser.screenshot("sample-browser-cached").await;
+
+    cancel_mid_run_and_sample_again(&browser, &rgba).await;
 
     // The comparison grid: run 1's epochs, each sampled in the page from the same seed; the best
     // epoch's cell is the native image, and the slider scrubs to a cell already sampled, shown

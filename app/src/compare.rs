@@ -3,8 +3,8 @@
 //! run starts with its base model; the columns are the epochs picked, and a last column follows
 //! the epoch slider, which scrubs every run at once. Finished images are kept per (checkpoint
 //! checksum, seed, steps, guidance), so scrubbing back or picking an epoch again is instant.
-//! Cells are sampled one at a time, yielding to the page between steps; changing a setting
-//! (or Cancel) stops the work in flight.
+//! Cells are sampled one at a time on the sampling workers (the base and the fused model of a
+//! cell side by side); changing a setting (or Cancel) stops the work in flight.
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
@@ -21,15 +21,13 @@ use wasm_bindgen::JsCast;
 
 use crate::api::fetch_run;
 use crate::error::ErrorBox;
-use crate::now_ms;
+use crate::pool::{Event, Task};
 use crate::route::Route;
 use crate::sample::{class_choices, guidance_fields, paint, parse_request};
-use crate::sampler::{load_models, ClassGuidance, Models, Sampling};
+use crate::sampler::{download, run_job, ClassGuidance, Models, SampleJob, SampleProgress, Source};
 
 /// Epoch columns picked when the page opens, spread over the epochs the runs share.
 const DEFAULT_COLUMNS: usize = 4;
-/// Longest stretch of denoising between two turns of the event loop.
-const YIELD_EVERY_MS: f64 = 50.0;
 
 /// The settings every cell is sampled with.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,40 +160,45 @@ fn data_url(images: &[Vec<u8>], size: usize) -> Result<String, String> {
         .map_err(|e| format!("toDataURL: {e:?}"))
 }
 
-/// Samples one cell (and its run's base, when asked) to the end; `None` when `live` turned
-/// false on the way (a newer request took over).
+/// Samples one cell (and its run's base, when asked) to the end on the sampling pool; `None`
+/// when `live` turned false on the way (a newer request took over: the work is cancelled).
+/// Models the pool built from downloaded files go to `built`, for the run's next cell.
 async fn sample_cell(
-    models: &Models,
+    source: Source,
     settings: &Settings,
     with_base: bool,
     live: &dyn Fn() -> bool,
+    built: impl Fn(Arc<Models>),
 ) -> Result<Option<(String, Option<String>)>, String> {
-    let mut sampling = Sampling::new(
-        models,
-        settings.seed,
-        settings.steps,
-        1,
+    let job = SampleJob {
+        source,
+        seed: settings.seed,
+        steps: settings.steps,
+        count: 1,
         with_base,
-        settings.guidance,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut yielded_at = now_ms();
-    loop {
-        if now_ms() - yielded_at >= YIELD_EVERY_MS {
-            gloo_timers::future::TimeoutFuture::new(0).await;
-            yielded_at = now_ms();
-        }
+        guidance: settings.guidance,
+        preview_every_ms: None,
+    };
+    // Dropped on return, which cancels the work if it is still running.
+    let mut task = Task::spawn(move |r| run_job(job, r)).await?;
+    let outcome = loop {
         if !live() {
             return Ok(None);
         }
-        if !sampling.step(models).map_err(|e| e.to_string())? {
-            break;
+        match task.next().await {
+            Event::Progress(SampleProgress::Models(models)) => built(models),
+            Event::Progress(SampleProgress::Step { .. }) => {}
+            Event::Done(result) => break result?,
+            Event::Lost => return Err("the sampling worker stopped".to_string()),
         }
-    }
-    let (lora, base) = sampling.images().map_err(|e| e.to_string())?;
-    let size = models.config.image_size;
-    let lora = data_url(&lora, size)?;
-    let base = base.map(|b| data_url(&b, size)).transpose()?;
+    };
+    let Some(outcome) = outcome else {
+        return Ok(None);
+    };
+    let (lora, base) = &outcome.images;
+    let size = outcome.image_size;
+    let lora = data_url(lora, size)?;
+    let base = base.as_ref().map(|b| data_url(b, size)).transpose()?;
     Ok(Some((lora, base)))
 }
 
@@ -260,7 +263,7 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
     // Bumped by every new request and by Cancel: work of an older generation stops.
     let generation = Rc::new(Cell::new(0u64));
     // The models of the last checkpoint sampled, so a run's next cell reuses its base download.
-    let loaded = StoredValue::new_local(None::<(usize, CheckpointName, Rc<Models>)>);
+    let loaded = StoredValue::new_local(None::<(usize, CheckpointName, Arc<Models>)>);
 
     // The sample form's rules for seed, steps and guidance (the checkpoint is each cell's own).
     let settings = Memo::new(move |_| {
@@ -340,18 +343,16 @@ fn CompareGrid(details: Vec<RunDetail>) -> impl IntoView {
                             .filter(|(r, c, _)| *r == job.run && *c == job.checkpoint)
                             .map(|(_, _, m)| m.clone())
                     });
-                    let models = match cached {
-                        Some(m) => m,
-                        None => match load_models(meta, job.checkpoint, |_| {}).await {
-                            Ok(m) => {
-                                let m = Rc::new(m);
-                                loaded.set_value(Some((job.run, job.checkpoint, m.clone())));
-                                m
-                            }
+                    let source = match cached {
+                        Some(m) => Source::Loaded(m),
+                        None => match download(meta, job.checkpoint, |_| {}).await {
+                            Ok(files) => Source::Downloaded(Box::new(files)),
                             Err(e) => return fail(e.to_string()),
                         },
                     };
-                    match sample_cell(&models, &settings, job.base_key.is_some(), &live).await {
+                    let built = |m| loaded.set_value(Some((job.run, job.checkpoint, m)));
+                    let with_base = job.base_key.is_some();
+                    match sample_cell(source, &settings, with_base, &live, built).await {
                         Ok(Some((lora, base))) => images.update(|d| {
                             d.insert(job.key.clone(), lora);
                             if let (Some(key), Some(base)) = (job.base_key.clone(), base) {

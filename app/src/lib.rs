@@ -11,6 +11,7 @@ pub mod compare;
 pub mod display;
 pub mod error;
 pub mod live;
+pub mod pool;
 pub mod route;
 pub mod run;
 pub mod runs;
@@ -24,10 +25,13 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use crate::live::{Connection, LiveUpdates};
 use crate::route::{use_route, Route};
 
-/// Milliseconds on the page's monotonic clock (`performance.now()`); 0 where there is none.
+/// Milliseconds on this thread's monotonic clock (`performance.now()`, the page's or a sampling
+/// worker's: only differences on one thread mean anything); 0 where there is none.
 pub fn now_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
+    use wasm_bindgen::JsCast;
+    js_sys::Reflect::get(&js_sys::global(), &"performance".into())
+        .ok()
+        .and_then(|p| p.dyn_into::<web_sys::Performance>().ok())
         .map(|p| p.now())
         .unwrap_or(0.0)
 }
@@ -35,7 +39,18 @@ pub fn now_ms() -> f64 {
 /// Entry point called by the wasm-bindgen glue when the module loads.
 #[wasm_bindgen(start)]
 pub fn start() {
+    // The sampling workers load this same module: the app runs on the page's thread only.
+    if web_sys::window().is_none() {
+        return;
+    }
     console_panic_hook();
+    // Start the workers now, so they are up by the time the first Sample click comes (on
+    // wasm-bindgen's executor: Leptos' own is set up only by the mount below).
+    wasm_bindgen_futures::spawn_local(async {
+        if let Err(e) = pool::ready().await {
+            web_sys::console::warn_1(&e.into());
+        }
+    });
     leptos::mount::mount_to_body(App);
 }
 

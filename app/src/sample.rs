@@ -3,7 +3,9 @@
 //! weights, fuses them, runs DDIM step by step and draws the base and base+LoRA images side by
 //! side as they denoise.
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use format::layout::CheckpointName;
 use format::Metadata;
@@ -12,24 +14,39 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use model::diffusion::DEFAULT_CFG_SCALE;
 use serde_json::Value;
-use wasm_bindgen::{Clamped, JsCast};
+use wasm_bindgen::JsCast;
 
 use crate::api::fetch_run;
 use crate::base_cache::BaseSource;
 use crate::error::ErrorBox;
 use crate::now_ms;
+use crate::pool::{Canceller, Event, Task};
 use crate::route::Route;
-use crate::sampler::{load_models, model_config_from_metadata, ClassGuidance, Models, Sampling};
+use crate::sampler::{
+    download, model_config_from_metadata, run_job, ClassGuidance, Models, SampleJob,
+    SampleProgress, SampledImages, Source,
+};
 use format::api::RunDetail;
 
 /// Largest count of images per model, to keep the page responsive.
 const MAX_COUNT: usize = 16;
 /// Largest number of DDIM steps (the schedule's length).
 const MAX_STEPS: usize = 1000;
-/// Longest stretch of denoising between two turns of the browser's event loop (about 20
-/// repaints a second): the page stays responsive and shows progress without paying a timer
-/// per step.
-const YIELD_EVERY_MS: f64 = 50.0;
+/// How often the workers send the partly denoised images to draw (about 20 a second).
+const PREVIEW_EVERY_MS: f64 = 50.0;
+/// The period of the page-responsiveness probe while sampling runs.
+const PROBE_MS: u32 = 16;
+
+/// Records in `worst` the page thread's longest stall while `running` holds: how late a
+/// [`PROBE_MS`] timer fires past its due time, which is also how long a click or a key press
+/// would wait for the page to answer.
+pub async fn watch_stalls(worst: Rc<Cell<f64>>, running: impl Fn() -> bool) {
+    while running() {
+        let due = now_ms() + f64::from(PROBE_MS);
+        gloo_timers::future::TimeoutFuture::new(PROBE_MS).await;
+        worst.set(worst.get().max(now_ms() - due));
+    }
+}
 
 /// Checkpoint choices for a run: `best` (if any), `last`, then every epoch whose file exists.
 pub fn checkpoint_choices(meta: &Metadata) -> Vec<(String, String)> {
@@ -180,6 +197,7 @@ enum Phase {
     Idle,
     Running,
     Done,
+    Cancelled,
     Failed,
 }
 
@@ -189,6 +207,7 @@ impl Phase {
             Phase::Idle => "idle",
             Phase::Running => "running",
             Phase::Done => "done",
+            Phase::Cancelled => "cancelled",
             Phase::Failed => "error",
         }
     }
@@ -205,6 +224,12 @@ struct Stats {
     /// Time spent checking the base against its recorded checksum (none when it was in memory).
     base_verify_ms: Option<f64>,
     downloaded: u64,
+    /// Threads of the sampling pool.
+    threads: usize,
+    /// Whether the steps ran on a sampling worker (off the page's thread).
+    on_worker: bool,
+    /// The page thread's longest stall while sampling ran (ms past a timer's due time).
+    stall_ms: f64,
 }
 
 /// Sampling from one run.
@@ -244,6 +269,20 @@ fn draw(canvas: &NodeRef<Canvas>, images: &[Vec<u8>], size: usize) -> Result<(),
     }
 }
 
+/// Draws the fused images, and the base's when it was sampled beside them.
+fn draw_both(
+    lora: &NodeRef<Canvas>,
+    base: &NodeRef<Canvas>,
+    (lora_images, base_images): &SampledImages,
+    size: usize,
+) -> Result<(), String> {
+    draw(lora, lora_images, size)?;
+    match base_images {
+        Some(images) => draw(base, images, size),
+        None => Ok(()),
+    }
+}
+
 /// Paints RGB images (`size`×`size`) on `canvas` as [`compose_rgba`]'s grid, sized to fit.
 pub fn paint(
     canvas: &web_sys::HtmlCanvasElement,
@@ -259,8 +298,12 @@ pub fn paint(
         .flatten()
         .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
         .ok_or("this browser has no 2D canvas")?;
-    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-        Clamped(&rgba),
+    // A copy in the page's own memory: wasm memory is shared with the workers, and ImageData
+    // refuses a view of shared memory.
+    let pixels = js_sys::Uint8ClampedArray::new_with_length(rgba.len() as u32);
+    pixels.copy_from(&rgba);
+    let data = web_sys::ImageData::new_with_js_u8_clamped_array_and_sh(
+        &pixels,
         width as u32,
         height as u32,
     )
@@ -303,12 +346,18 @@ fn stats_line(s: &Stats) -> String {
         Some(BaseSource::Refetched) => "network, refetched: a cached copy was damaged",
         other => source_name(other),
     };
+    let place = if s.on_worker {
+        format!("on {} worker threads", s.threads)
+    } else {
+        "on the page's thread".to_string()
+    };
     format!(
-        "{:.0} ms from click to image · {:.1} ms per step ({} steps, both models) · base from {source}{checked} · {} downloaded",
+        "{:.0} ms from click to image · {:.1} ms per step ({} steps, both models, {place}) · base from {source}{checked} · {} downloaded · page stalled at most {:.0} ms",
         s.total_ms,
         s.step_ms,
         s.steps,
-        crate::display::bytes(s.downloaded)
+        crate::display::bytes(s.downloaded),
+        s.stall_ms
     )
 }
 
@@ -367,7 +416,9 @@ fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>
     let base_canvas = NodeRef::<Canvas>::new();
     // Loaded models stay in memory for the page's life, keyed by checkpoint, so a second click
     // only samples.
-    let loaded = StoredValue::new_local(None::<(CheckpointName, Rc<Models>)>);
+    let loaded = StoredValue::new_local(None::<(CheckpointName, Arc<Models>)>);
+    // The run in flight, for Cancel.
+    let running = StoredValue::new_local(None::<Canceller>);
     let meta = Rc::new(meta);
     let has_choices = !choices.is_empty();
 
@@ -397,91 +448,105 @@ fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>
         progress.set((0, request.steps));
         spawn_local(async move {
             let started = now_ms();
+            let stall = Rc::new(Cell::new(0.0));
+            spawn_local(watch_stalls(stall.clone(), move || {
+                phase.get_untracked() == Phase::Running
+            }));
             let result = async {
                 let cached = loaded.with_value(|l| {
                     l.as_ref()
                         .filter(|(c, _)| *c == request.checkpoint)
                         .map(|(_, m)| m.clone())
                 });
-                let (models, source, verify_ms, downloaded) = match cached {
-                    Some(models) => (models, None, None, 0),
+                let mut size = cached.as_ref().map(|m| m.config.image_size);
+                let source = match cached {
+                    Some(models) => Source::Loaded(models),
                     None => {
-                        let models = Rc::new(
-                            load_models(&meta, request.checkpoint, |s| status.set(s.to_string()))
+                        let files =
+                            download(&meta, request.checkpoint, |s| status.set(s.to_string()))
                                 .await
-                                .map_err(|e| e.to_string())?,
-                        );
-                        loaded.set_value(Some((request.checkpoint, models.clone())));
-                        (
-                            models.clone(),
-                            Some(models.base_source),
-                            models.base_verify_ms,
-                            models.downloaded_bytes,
-                        )
+                                .map_err(|e| e.to_string())?;
+                        status.set("fusing LoRA into the base".to_string());
+                        Source::Downloaded(Box::new(files))
                     }
                 };
-                let size = models.config.image_size;
-                let mut sampling = Sampling::new(
-                    &models,
-                    request.seed,
-                    request.steps,
-                    request.count,
-                    compare,
-                    request.guidance,
-                )
-                .map_err(|e| e.to_string())?;
-                let steps_started = now_ms();
-                let mut yielded_at = f64::NEG_INFINITY;
-                loop {
-                    if now_ms() - yielded_at >= YIELD_EVERY_MS {
-                        let (done, total) = sampling.progress();
-                        status.set(format!("denoising: step {done} of {total}"));
-                        // Hand the event loop a turn so the page repaints and stays responsive.
-                        // Not after every step: browsers clamp nested zero timeouts to 4 ms,
-                        // which at `small`'s ~15 ms per step cost a fifth of the time.
-                        gloo_timers::future::TimeoutFuture::new(0).await;
-                        yielded_at = now_ms();
-                    }
-                    let more = sampling.step(&models).map_err(|e| e.to_string())?;
-                    // Draw the partly denoised image at the pace of the yields, and at the end.
-                    if !more || now_ms() - yielded_at >= YIELD_EVERY_MS {
-                        progress.set(sampling.progress());
-                        let (lora_images, base_images) =
-                            sampling.images().map_err(|e| e.to_string())?;
-                        draw(&lora_canvas, &lora_images, size)?;
-                        if let Some(base_images) = base_images {
-                            draw(&base_canvas, &base_images, size)?;
+                let job = SampleJob {
+                    source,
+                    seed: request.seed,
+                    steps: request.steps,
+                    count: request.count,
+                    with_base: compare,
+                    guidance: request.guidance,
+                    preview_every_ms: Some(PREVIEW_EVERY_MS),
+                };
+                let mut task = Task::spawn(move |r| run_job(job, r)).await?;
+                running.set_value(Some(task.canceller()));
+                let mut fresh = None;
+                let outcome = loop {
+                    match task.next().await {
+                        Event::Progress(SampleProgress::Models(models)) => {
+                            size = Some(models.config.image_size);
+                            loaded.set_value(Some((request.checkpoint, models.clone())));
+                            fresh = Some(models);
                         }
+                        Event::Progress(SampleProgress::Step {
+                            done,
+                            total,
+                            images,
+                        }) => {
+                            progress.set((done, total));
+                            status.set(format!("denoising: step {done} of {total}"));
+                            if let (Some(images), Some(size)) = (images, size) {
+                                draw_both(&lora_canvas, &base_canvas, &images, size)?;
+                            }
+                        }
+                        Event::Done(result) => break result?,
+                        Event::Lost => return Err("the sampling worker stopped".to_string()),
                     }
-                    if !more {
-                        break;
-                    }
+                };
+                let Some(outcome) = outcome else {
+                    return Ok(None);
+                };
+                if let Some(size) = size {
+                    draw_both(&lora_canvas, &base_canvas, &outcome.images, size)?;
                 }
-                let finished = now_ms();
-                let steps_done = sampling.progress().1;
-                Ok::<_, String>(Stats {
-                    total_ms: finished - started,
-                    step_ms: (finished - steps_started) / steps_done.max(1) as f64,
-                    steps: steps_done,
-                    base_source: source,
-                    base_verify_ms: verify_ms,
-                    downloaded,
-                })
+                Ok::<_, String>(Some(Stats {
+                    total_ms: now_ms() - started,
+                    step_ms: outcome.step_ms,
+                    steps: outcome.steps,
+                    base_source: fresh.as_ref().map(|m| m.base_source),
+                    base_verify_ms: fresh.as_ref().and_then(|m| m.base_verify_ms),
+                    downloaded: fresh.as_ref().map_or(0, |m| m.downloaded_bytes),
+                    threads: outcome.threads,
+                    on_worker: outcome.on_worker,
+                    stall_ms: stall.get(),
+                }))
             }
             .await;
+            running.set_value(None);
+            status.set(String::new());
             match result {
-                Ok(s) => {
-                    status.set(String::new());
+                Ok(Some(s)) => {
                     stats.set(Some(s));
                     phase.set(Phase::Done);
                 }
+                Ok(None) => {
+                    status.set("cancelled".to_string());
+                    phase.set(Phase::Cancelled);
+                }
                 Err(e) => {
-                    status.set(String::new());
                     error.set(Some(e));
                     phase.set(Phase::Failed);
                 }
             }
         });
+    };
+    let cancel = move |_| {
+        running.with_value(|r| {
+            if let Some(r) = r {
+                r.cancel();
+            }
+        })
     };
 
     let options = choices
@@ -537,6 +602,15 @@ fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>
             >
                 {move || if phase.get() == Phase::Running { "Sampling…" } else { "Sample" }}
             </button>
+            <button
+                type="button"
+                class="secondary"
+                data-action="cancel"
+                disabled=move || phase.get() != Phase::Running
+                on:click=cancel
+            >
+                "Cancel"
+            </button>
         </form>
         {(!has_choices).then(|| view! { <ErrorBox message="this run has no LoRA checkpoint to sample from yet"/> })}
         {move || error.get().map(|e| view! { <ErrorBox message=e/> })}
@@ -548,7 +622,7 @@ fn SamplePanel(meta: Metadata, config: Option<Value>, checkpoint: Option<String>
             ></progress>
             <span class="sub" data-field="status">{move || status.get()}</span>
             {move || stats.get().map(|s| view! {
-                <span class="sample-stats" data-field="stats" data-total-ms=s.total_ms data-step-ms=s.step_ms data-base-source=source_name(s.base_source) data-verify-ms=s.base_verify_ms>
+                <span class="sample-stats" data-field="stats" data-total-ms=s.total_ms data-step-ms=s.step_ms data-base-source=source_name(s.base_source) data-verify-ms=s.base_verify_ms data-threads=s.threads data-on-worker=s.on_worker.to_string() data-stall-ms=s.stall_ms>
                     {stats_line(&s)}
                 </span>
                 {(s.base_source == Some(BaseSource::Refetched)).then(|| view! {
@@ -668,10 +742,13 @@ mod tests {
             base_source: Some(BaseSource::Cache),
             base_verify_ms: Some(0.3),
             downloaded: 2048,
+            threads: 4,
+            on_worker: true,
+            stall_ms: 3.4,
         };
         assert_eq!(
             stats_line(&stats),
-            "120 ms from click to image · 3.2 ms per step (12 steps, both models) · base from cache (checksum checked in 0.3 ms) · 2.0 KiB downloaded"
+            "120 ms from click to image · 3.2 ms per step (12 steps, both models, on 4 worker threads) · base from cache (checksum checked in 0.3 ms) · 2.0 KiB downloaded · page stalled at most 3 ms"
         );
         stats.base_source = Some(BaseSource::Refetched);
         assert!(

@@ -1,8 +1,10 @@
 //! Sampling in the browser, without the UI: download the base and the weights-only LoRA
-//! checkpoint, fuse them with candle, and run DDIM one step at a time for the base model and
-//! the fused model from the same noise, so the caller can draw and yield between steps.
+//! checkpoint (on the page's thread), then on the sampling pool ([`run_job`]) fuse them with
+//! candle and run DDIM for the fused model and the base from the same noise, the two side by
+//! side on two threads, reporting progress and preview images to the page as it goes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -17,6 +19,8 @@ use format::api::checkpoint_path;
 
 use crate::api::{fetch_bytes, ApiError};
 use crate::base_cache::{load_base, BaseError, BaseSource, LoadedBase};
+use crate::now_ms;
+use crate::pool::{on_worker, Reporter};
 
 /// Why sampling could not run; shown in the page.
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +117,28 @@ pub fn model_config_from_metadata(meta: &Metadata) -> Option<Config> {
     }
 }
 
-/// Downloads the base (or takes it from the cache) and `checkpoint`'s LoRA weights, checks they
-/// fit, and builds the base and fused models. `on_phase` is told what is happening.
-pub async fn load_models(
+/// A checkpoint's files, downloaded (the base perhaps from the cache) but not parsed yet:
+/// parsing and fusing are CPU work, done on the sampling pool by [`Downloaded::into_models`].
+pub struct Downloaded {
+    checkpoint: CheckpointName,
+    base_bytes: Vec<u8>,
+    lora_bytes: Vec<u8>,
+    /// The model configuration the run's metadata records, for files that record none.
+    model_config: Option<Config>,
+    /// Likewise the LoRA configuration.
+    lora_config: Value,
+    base_source: BaseSource,
+    base_verify_ms: Option<f64>,
+    downloaded_bytes: u64,
+}
+
+/// Downloads the base (or takes it from the cache) and `checkpoint`'s LoRA weights.
+/// `on_phase` is told what is happening.
+pub async fn download(
     meta: &Metadata,
     checkpoint: CheckpointName,
     on_phase: impl Fn(&str),
-) -> Result<Models, SampleError> {
+) -> Result<Downloaded, SampleError> {
     let run = meta.run_number;
     let LoadedBase {
         bytes: base_bytes,
@@ -139,37 +158,174 @@ pub async fn load_models(
         } else {
             0
         };
-
-    on_phase("fusing LoRA into the base");
-    let base = parse_tensor_file("the base model", &base_bytes)?;
-    let lora = parse_tensor_file(&format!("the {checkpoint} checkpoint"), &lora_bytes)?;
-    let config: Config = from_file(&lora, meta_keys::MODEL_CONFIG)
-        .or_else(|| from_file(&base, meta_keys::MODEL_CONFIG))
-        .or_else(|| model_config_from_metadata(meta))
-        .ok_or(SampleError::MissingConfig("model"))?;
-    let lora_config: LoraConfig = from_file(&lora, meta_keys::LORA_CONFIG)
-        .or_else(|| serde_json::from_value(meta.lora_config.clone()).ok())
-        .ok_or(SampleError::MissingConfig("LoRA"))?;
-    validate_lora(&config, &base.tensors, &lora.tensors, &lora_config)?;
-    let fused_tensors = fuse_lora_weights(&base.tensors, &lora.tensors, &lora_config)?;
-    let fused = DiffiT::new(
-        &config,
-        VarBuilder::from_tensors(fused_tensors, DType::F32, &Device::Cpu),
-        None,
-    )?;
-    let base_model = DiffiT::new(
-        &config,
-        VarBuilder::from_tensors(base.tensors, DType::F32, &Device::Cpu),
-        None,
-    )?;
-    Ok(Models {
-        config,
-        base: base_model,
-        fused,
+    Ok(Downloaded {
+        checkpoint,
+        base_bytes,
+        lora_bytes,
+        model_config: model_config_from_metadata(meta),
+        lora_config: meta.lora_config.clone(),
         base_source,
         base_verify_ms,
         downloaded_bytes,
     })
+}
+
+impl Downloaded {
+    /// Parses both files, checks they fit, and builds the base and fused models.
+    pub fn into_models(self) -> Result<Models, SampleError> {
+        let base = parse_tensor_file("the base model", &self.base_bytes)?;
+        let lora = parse_tensor_file(
+            &format!("the {} checkpoint", self.checkpoint),
+            &self.lora_bytes,
+        )?;
+        let config: Config = from_file(&lora, meta_keys::MODEL_CONFIG)
+            .or_else(|| from_file(&base, meta_keys::MODEL_CONFIG))
+            .or(self.model_config)
+            .ok_or(SampleError::MissingConfig("model"))?;
+        let lora_config: LoraConfig = from_file(&lora, meta_keys::LORA_CONFIG)
+            .or_else(|| serde_json::from_value(self.lora_config).ok())
+            .ok_or(SampleError::MissingConfig("LoRA"))?;
+        validate_lora(&config, &base.tensors, &lora.tensors, &lora_config)?;
+        let fused_tensors = fuse_lora_weights(&base.tensors, &lora.tensors, &lora_config)?;
+        let fused = DiffiT::new(
+            &config,
+            VarBuilder::from_tensors(fused_tensors, DType::F32, &Device::Cpu),
+            None,
+        )?;
+        let base_model = DiffiT::new(
+            &config,
+            VarBuilder::from_tensors(base.tensors, DType::F32, &Device::Cpu),
+            None,
+        )?;
+        Ok(Models {
+            config,
+            base: base_model,
+            fused,
+            base_source: self.base_source,
+            base_verify_ms: self.base_verify_ms,
+            downloaded_bytes: self.downloaded_bytes,
+        })
+    }
+}
+
+/// Where a [`SampleJob`] gets its models.
+pub enum Source {
+    /// Already built by an earlier job.
+    Loaded(Arc<Models>),
+    /// Just downloaded: the job parses and fuses them first.
+    Downloaded(Box<Downloaded>),
+}
+
+/// One sampling run for the pool: what [`run_job`] does.
+pub struct SampleJob {
+    /// The models.
+    pub source: Source,
+    /// Noise seed.
+    pub seed: u64,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Images per model.
+    pub count: usize,
+    /// Sample the base alone beside the fused model.
+    pub with_base: bool,
+    /// Class guidance for both models.
+    pub guidance: Option<ClassGuidance>,
+    /// Send the partly denoised images at most this often (`None`: only progress counts).
+    pub preview_every_ms: Option<f64>,
+}
+
+/// What a running [`SampleJob`] tells the page.
+pub enum SampleProgress {
+    /// The models are built (parsed and fused); the page keeps them for its next job.
+    Models(Arc<Models>),
+    /// Steps done of total, with the current images when a preview was due.
+    Step {
+        /// Steps done.
+        done: usize,
+        /// Steps in all.
+        total: usize,
+        /// Fused and base images as they stand, when it was time for a preview.
+        images: Option<SampledImages>,
+    },
+}
+
+/// A finished [`SampleJob`].
+pub struct SampleOutcome {
+    /// The final images.
+    pub images: SampledImages,
+    /// Milliseconds per DDIM step (both models when the base was sampled beside), timed where
+    /// the steps ran.
+    pub step_ms: f64,
+    /// Steps run.
+    pub steps: usize,
+    /// Whether the steps ran off the page's thread (on a sampling worker).
+    pub on_worker: bool,
+    /// Threads of the pool the steps could use.
+    pub threads: usize,
+    /// Width and height of each image.
+    pub image_size: usize,
+}
+
+/// Runs `job` to its end on the pool, reporting to the page through `reporter`; `Ok(None)` when
+/// the page cancelled it on the way. Errors are already messages (they cross threads).
+pub fn run_job(
+    job: SampleJob,
+    reporter: &Reporter<SampleProgress>,
+) -> Result<Option<SampleOutcome>, String> {
+    let models = match job.source {
+        Source::Loaded(models) => models,
+        Source::Downloaded(files) => {
+            let models = Arc::new(files.into_models().map_err(|e| e.to_string())?);
+            reporter.report(SampleProgress::Models(models.clone()));
+            models
+        }
+    };
+    let mut sampling = Sampling::new(
+        &models,
+        job.seed,
+        job.steps,
+        job.count,
+        job.with_base,
+        job.guidance,
+    )
+    .map_err(|e| e.to_string())?;
+    let started = now_ms();
+    let mut previewed = started;
+    loop {
+        if reporter.cancelled() {
+            return Ok(None);
+        }
+        let more = sampling.step(&models).map_err(|e| e.to_string())?;
+        let (done, total) = sampling.progress();
+        let preview = more
+            && job
+                .preview_every_ms
+                .is_some_and(|every| now_ms() - previewed >= every);
+        let images = if preview {
+            previewed = now_ms();
+            Some(sampling.images().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        reporter.report(SampleProgress::Step {
+            done,
+            total,
+            images,
+        });
+        if !more {
+            break;
+        }
+    }
+    let steps = sampling.progress().1;
+    let step_ms = (now_ms() - started) / steps.max(1) as f64;
+    Ok(Some(SampleOutcome {
+        images: sampling.images().map_err(|e| e.to_string())?,
+        step_ms,
+        steps,
+        on_worker: on_worker(),
+        threads: rayon::current_num_threads(),
+        image_size: models.config.image_size,
+    }))
 }
 
 /// Classifier-free guidance towards one class, for every image of a sampling run (what
@@ -243,13 +399,16 @@ impl Sampling {
         self.lora.progress()
     }
 
-    /// Runs one step of each model; false once done.
+    /// Runs one step of each model, the two on two threads of the pool; false once done.
+    /// Only on the pool: in the browser the page's thread may not wait for a worker.
     pub fn step(&mut self, models: &Models) -> Result<bool, SampleError> {
-        let more = self.lora.step(&models.fused)?;
-        if let Some(base) = &mut self.base {
-            base.step(&models.base)?;
-        }
-        Ok(more)
+        let (lora, base) = (&mut self.lora, &mut self.base);
+        let (more, base) = rayon::join(
+            || lora.step(&models.fused),
+            || base.as_mut().map(|b| b.step(&models.base)).transpose(),
+        );
+        base?;
+        Ok(more?)
     }
 
     /// Current images as RGB bytes (HWC) per image: (fused, base). Final once [`Sampling::step`]

@@ -51,13 +51,39 @@ pub fn router(state: AppState) -> Router {
     let app = static_app::router(&state.shared().app_dir);
     let token = state.shared().token.clone();
     let everything = Router::new().nest("/api", api).with_state(state).merge(app);
-    match token {
-        // Outermost, so no route, fallback or asset is reachable without it.
+    let everything = match token {
+        // Outside the routes, so no route, fallback or asset is reachable without it.
         Some(token) => {
             everything.layer(middleware::from_fn_with_state(token, access::require_token))
         }
         None => everything,
-    }
+    };
+    // Outermost: every response, a refusal too, carries the isolation headers.
+    everything.layer(middleware::map_response(cross_origin_isolation))
+}
+
+/// Makes the page cross-origin isolated, which is what lets the dashboard share its wasm memory
+/// with its sampling workers (`SharedArrayBuffer`, wasm threads): the page keeps no opener
+/// relation with other origins' windows (COOP), loads nothing cross-origin that did not opt in
+/// (COEP), and our own responses may only be embedded by our own origin (CORP).
+async fn cross_origin_isolation(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let headers = response.headers_mut();
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-embedder-policy"),
+        HeaderValue::from_static("require-corp"),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    response
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then ends open event

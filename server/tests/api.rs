@@ -341,6 +341,23 @@ async fn static_app_or_a_page_saying_how_to_build_it() {
     assert_eq!(wasm.header("content-type"), Some("application/wasm"));
     let absent = blocking(move || get(addr, "/nope.js", &[])).await;
     assert_eq!(absent.status, 404);
+    // Every response makes the page cross-origin isolated (the sampling workers share its
+    // memory): the page, its assets, the API, a not-found.
+    let api = blocking(move || get(addr, "/api/runs", &[])).await;
+    for response in [&index, &wasm, &absent, &api] {
+        assert_eq!(
+            response.header("cross-origin-opener-policy"),
+            Some("same-origin")
+        );
+        assert_eq!(
+            response.header("cross-origin-embedder-policy"),
+            Some("require-corp")
+        );
+        assert_eq!(
+            response.header("cross-origin-resource-policy"),
+            Some("same-origin")
+        );
+    }
 }
 
 /// The search, the sort and the pages of `/api/runs`, over runs with their own learning rates,

@@ -7,7 +7,8 @@
 //! 1. Click → finished image with the page's defaults (count 1, base shown side by side), from a
 //!    fresh browser profile: download, fuse, sample, draw.
 //! 2. ms per DDIM step of one image through base + LoRA fused (no side-by-side base), the same
-//!    work as the native `bench_sample`, after a warm-up run in the same page.
+//!    work as the native `bench_sample`, after a warm-up run in the same page; with the page's
+//!    worker thread count and its longest stall meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benchmarks fail loudly.
 
 #[path = "../support/mod.rs"]
@@ -32,8 +33,16 @@ async fn set_compare(browser: &Browser, on: bool) {
         .expect("set compare");
 }
 
-/// Clicks Sample, waits for the image, returns (click → image ms, ms per step).
-async fn sample(browser: &Browser) -> (f64, f64) {
+/// The page's figures of one run.
+struct Figures {
+    click_ms: f64,
+    step_ms: f64,
+    threads: f64,
+    stall_ms: f64,
+}
+
+/// Clicks Sample, waits for the image, returns the page's figures.
+async fn sample(browser: &Browser) -> Figures {
     browser
         .client
         .execute(
@@ -66,10 +75,12 @@ async fn sample(browser: &Browser) -> (f64, f64) {
         .wait_for(r#"[data-field="stats"]"#, Duration::from_secs(10))
         .await;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (
-        number(stats.attr("data-total-ms").await.expect("attr")),
-        number(stats.attr("data-step-ms").await.expect("attr")),
-    )
+    Figures {
+        click_ms: number(stats.attr("data-total-ms").await.expect("attr")),
+        step_ms: number(stats.attr("data-step-ms").await.expect("attr")),
+        threads: number(stats.attr("data-threads").await.expect("attr")),
+        stall_ms: number(stats.attr("data-stall-ms").await.expect("attr")),
+    }
 }
 
 #[tokio::main]
@@ -98,19 +109,20 @@ async fn main() {
     browser.set_field("count", "1").await;
 
     set_compare(&browser, true).await;
-    let (click_ms, both_step_ms) = sample(&browser).await;
+    let click = sample(&browser).await;
     browser.screenshot("bench-sample-small").await;
     println!(
         "BENCH {}",
-        json!({"kind": "browser_click", "steps": steps, "click_to_image_ms": click_ms,
-               "step_ms_base_and_lora": both_step_ms})
+        json!({"kind": "browser_click", "steps": steps, "click_to_image_ms": click.click_ms,
+               "step_ms_base_and_lora": click.step_ms})
     );
 
     set_compare(&browser, false).await;
     let _warm = sample(&browser).await;
-    let (_, step_ms) = sample(&browser).await;
+    let step = sample(&browser).await;
     println!(
         "BENCH {}",
-        json!({"kind": "browser_step", "steps": steps, "step_ms": step_ms})
+        json!({"kind": "browser_step", "steps": steps, "step_ms": step.step_ms,
+               "threads": step.threads as u64, "stall_ms": step.stall_ms})
     );
 }

@@ -85,15 +85,22 @@ fn assert_matches_native(native_png: &Path, width: u32, height: u32, rgba: &[u8]
     assert!(max <= 8, "{what}: max abs diff {max}/255 > 8/255");
 }
 
+/// Clicks the form's button `data-action="{action}"`.
+async fn press(browser: &Browser, action: &str) {
+    browser
+        .client
+        .find(Locator::Css(&format!(r#"button[data-action="{action}"]"#)))
+        .await
+        .unwrap_or_else(|e| panic!("{action} button: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {action}: {e}"));
+}
+
 /// Clicks Sample and waits for the LoRA canvas to finish (`Ok`) or the page to show an error
 /// (`Err` with its text).
 async fn click_sample(browser: &Browser) -> Result<(), String> {
-    let button = browser
-        .client
-        .find(Locator::Css(r#"button[data-action="sample"]"#))
-        .await
-        .expect("sample button");
-    button.click().await.expect("click sample");
+    press(browser, "sample").await;
     browser
         .wait_until(
             r#"document.querySelector('canvas[data-sample="lora"]').dataset.state === 'done'
@@ -286,14 +293,7 @@ async fn assert_sampled_on_workers(browser: &Browser) {
 async fn cancel_mid_run_and_sample_again(browser: &Browser, expected: &[u8]) {
     browser.set_field("steps", "1000").await;
     browser.set_field("count", "8").await;
-    browser
-        .client
-        .find(Locator::Css(r#"button[data-action="sample"]"#))
-        .await
-        .expect("sample button")
-        .click()
-        .await
-        .expect("click sample");
+    press(browser, "sample").await;
     browser
         .wait_until(
             r#"document.querySelector('progress[data-field="progress"]').value >= 2"#,
@@ -318,14 +318,7 @@ async fn cancel_mid_run_and_sample_again(browser: &Browser, expected: &[u8]) {
         worst < Duration::from_secs(2),
         "the page stayed responsive while the workers sampled: {worst:?}"
     );
-    browser
-        .client
-        .find(Locator::Css(r#"button[data-action="cancel"]"#))
-        .await
-        .expect("cancel button")
-        .click()
-        .await
-        .expect("click cancel");
+    press(browser, "cancel").await;
     browser
         .wait_until(
             r#"document.querySelector('canvas[data-sample="lora"]').dataset.state !== 'running'"#,
